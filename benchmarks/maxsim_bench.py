@@ -1,0 +1,344 @@
+"""MaxSim on one GPU: torch eager, flash-maxsim 0.3.0, late-interaction-kernels 0.4.5 and ours, side by side.
+
+Usage (on the GPU machine, peers installed):  python benchmarks/maxsim_bench.py [--out DIR] [--sweep]
+    [--shapes rr-1k,colpali-1k] [--dtype fp16|bf16] [--skip-scorer]
+
+Each row: median µs (triton.testing.do_bench, L2 flushed), the fraction of the floor max(bytes/BW, flops/PEAK)
+reached, and ‖out − ref‖/‖ref‖ against a float64 reference over every document. The floor uses the ceilings
+measured on our H100 (ANCHORS.md: 3.0 TB/s copy, 696 TFLOP/s bf16), so rows compare with the peer table there;
+the ceilings measured in this run are printed too. `--sweep` also times a set of block configurations of our
+kernel per shape. The scorer path (documents as a list of GPU tensors; documents in host memory) follows.
+Writes maxsim_bench.json and maxsim_bench.png to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import triton
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from kernels import maxsim as km  # noqa: E402
+from scoring import maxsim as sm  # noqa: E402
+
+BW = 3.0e12  # B/s, device-to-device copy on our H100 (ANCHORS.md)
+PEAK = 696e12  # FLOP/s, bf16 matrix product on our H100 (ANCHORS.md)
+DEV = "cuda"
+
+SHAPES = [  # name, Nq, B, Lq, Ld (max when varlen), d, varlen
+    ("serve-64", 1, 64, 32, 300, 128, False),
+    ("rr-1k", 1, 1000, 32, 300, 128, False),
+    ("rr-1k-var", 1, 1000, 32, 512, 128, True),
+    ("rr-1k-Ld1024-Lq128", 1, 1000, 128, 1024, 128, False),
+    ("colpali-1k", 1, 1000, 1024, 1024, 128, False),
+    ("rr-10k", 1, 10000, 32, 300, 128, False),
+    ("rr-10k-var", 1, 10000, 32, 512, 128, True),
+    ("multi-128x128", 128, 128, 32, 300, 128, False),
+    ("rr-1k-d64", 1, 1000, 32, 300, 64, False),
+    ("rr-1k-d96", 1, 1000, 32, 300, 96, False),
+]
+TARGET_US = {"rr-1k": 32, "rr-1k-var": 35, "serve-64": 10, "colpali-1k": 500, "multi-128x128": 80,
+             "rr-1k-d64": 25, "rr-1k-d96": 30}
+TARGET_FLOOR_FRAC = {"rr-10k": 0.9, "rr-10k-var": 0.9}
+
+SWEEP = {  # (block_q, block_d, swap, num_warps, num_stages); block_k follows d
+    "short": [(None, 64, True, 4, 3), (None, 128, True, 4, 3), (None, 128, True, 8, 3), (None, 64, True, 4, 4),
+              (None, 32, True, 4, 4), (None, 64, False, 4, 3), (None, 128, False, 4, 3), (None, 128, True, 4, 4),
+              (None, 64, True, 2, 3), (None, 256, True, 8, 3)],
+    "long": [(128, 64, False, 8, 3), (128, 128, False, 8, 3), (128, 64, False, 4, 3), (128, 128, False, 4, 4),
+             (128, 64, True, 8, 3), (128, 128, True, 8, 3), (64, 128, False, 4, 3), (256, 64, False, 8, 3),
+             (128, 128, False, 8, 4), (128, 256, False, 8, 3)],
+}
+
+
+def floor_us(nq, lq, tokens, d, esize=2):
+    return max(tokens * d * esize / BW, 2.0 * nq * lq * tokens * d / PEAK) * 1e6
+
+
+def make(nq, B, lq, ld, d, varlen, dtype, gen):
+    Q = torch.nn.functional.normalize(torch.randn(nq, lq, d, device=DEV, generator=gen), dim=-1).to(dtype)
+    lens = torch.randint(max(8, ld // 6), ld + 1, (B,), generator=torch.Generator().manual_seed(B)) if varlen \
+        else torch.full((B,), ld)
+    total = int(lens.sum())
+    D = torch.nn.functional.normalize(torch.randn(total, d, device=DEV, generator=gen), dim=-1).to(dtype)
+    cu = torch.zeros(B + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lens, 0)
+    cu = cu.to(DEV)
+    maxld = int(lens.max())
+    idx = torch.arange(maxld, device=DEV)
+    lens_d = lens.to(DEV)
+    mask = idx[None, :] < lens_d[:, None]
+    Dpad = torch.zeros(B, maxld, d, device=DEV, dtype=dtype)
+    Dpad[mask] = D
+    return Q, D, cu, maxld, Dpad, mask, lens_d.to(torch.int32), total
+
+
+def rel_err(out, ref):
+    out = out.double().reshape(ref.shape)
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def bench(fn):
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1000
+
+
+def peers():
+    found = {}
+    try:
+        import flash_maxsim as fm
+        from flash_maxsim.flash_maxsim_rerank import flash_maxsim_rerank
+        found["fm"] = (fm, flash_maxsim_rerank)
+    except ImportError as e:
+        print(f"flash-maxsim missing: {e}")
+    try:
+        import late_interaction_kernels as lik
+        found["lik"] = lik
+    except ImportError as e:
+        print(f"late-interaction-kernels missing: {e}")
+    return found
+
+
+def eager(Q, Dpad, mask):
+    s = torch.einsum("qld,bmd->qblm", Q, Dpad)
+    s = s.masked_fill(~mask[None, :, None, :], float("-inf"))
+    return s.amax(-1).float().sum(-1)
+
+
+def candidates(name, nq, lq, varlen, Q, D, cu, maxld, Dpad, mask, lens, found):
+    c = {"torch eager": lambda: eager(Q, Dpad, mask)}
+    if "fm" in found:
+        fm, rerank = found["fm"]
+        if nq == 1:
+            c["flash-maxsim"] = (lambda: rerank(Q[0], D, cu, maxld)) if varlen else (lambda: fm.flash_maxsim(Q[0], Dpad, lens))
+        else:
+            c["flash-maxsim"] = lambda: fm.flash_maxsim_batched(Q, Dpad, lens)
+    if "lik" in found:
+        lik = found["lik"]
+        if nq == 1 and varlen:
+            cq = torch.tensor([0, lq], dtype=torch.int32, device=DEV)
+            c["late-interaction-kernels"] = lambda: lik.maxsim_varlen(Q[0], D, cq, cu, lq, maxld)
+        else:
+            c["late-interaction-kernels"] = lambda: lik.maxsim(Q, Dpad, None, mask)
+    c["ours"] = (lambda: km.maxsim_packed(Q[0], D, cu)) if nq == 1 else (lambda: km.maxsim_packed(Q, D, cu))
+    return c
+
+
+def sweep_shape(row, nq, lq, Q, D, cu, ref, d):
+    res = []
+    kind = "short" if lq <= 64 else "long"
+    for bq, bd, swap, w, s in SWEEP[kind]:
+        rows = bq or max(16, min(128, (1 << (lq - 1).bit_length()) * (128 // max(lq, 1) if nq > 1 else 1)))
+        cfg = km.KernelConfig(block_q=rows, block_d=bd, block_k=min(128, 1 << (d - 1).bit_length()), swap=swap,
+                              num_warps=w, num_stages=s)
+        try:
+            f = (lambda: km.maxsim_packed(Q[0], D, cu, config=cfg)) if nq == 1 else \
+                (lambda: km.maxsim_packed(Q, D, cu, config=cfg))
+            err = rel_err(f(), ref)
+            t = bench(f)
+            res.append({"cfg": [rows, bd, swap, w, s], "us": round(t, 1), "err": float(f"{err:.1e}")})
+        except Exception as e:  # a config that does not compile is a finding, keep sweeping
+            res.append({"cfg": [rows, bd, swap, w, s], "error": f"{type(e).__name__}: {str(e)[:100]}"})
+        torch.cuda.empty_cache()
+    ok = [r for r in res if "us" in r and r["err"] < 1e-4]
+    row["sweep"] = res
+    if ok:
+        best = min(ok, key=lambda r: r["us"])
+        print(f"  sweep best {row['shape']}: {best}", flush=True)
+
+
+def kernel_table(args, dtype, found):
+    rows = []
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    for name, nq, B, lq, ld, d, varlen in SHAPES:
+        if args.shapes and name not in args.shapes.split(","):
+            continue
+        Q, D, cu, maxld, Dpad, mask, lens, total = make(nq, B, lq, ld, d, varlen, dtype, gen)
+        ref = km.maxsim_reference(Q, D, cu, dtype=torch.float64)  # [Nq, B], every document
+        fl = floor_us(nq, lq, total, d)
+        row = {"shape": name, "Nq": nq, "B": B, "Lq": lq, "Ld": ld, "d": d, "varlen": varlen, "tokens": total,
+               "floor_us": round(fl, 1)}
+        for k, f in candidates(name, nq, lq, varlen, Q, D, cu, maxld, Dpad, mask, lens, found).items():
+            try:
+                if k == "ours":
+                    km._POISON_OUTPUTS = True
+                out = f()
+                km._POISON_OUTPUTS = False
+                torch.cuda.synchronize()
+                err = rel_err(out, ref)
+                t = bench(f)
+                row[k] = {"us": round(t, 1), "err": float(f"{err:.1e}"), "floor_frac": round(fl / t, 3)}
+            except Exception as e:  # a peer that fails a shape is a finding
+                row[k] = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+            km._POISON_OUTPUTS = False
+            torch.cuda.empty_cache()
+        if args.sweep:
+            sweep_shape(row, nq, lq, Q, D, cu, ref, d)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
+        del Q, D, Dpad, mask, ref
+        torch.cuda.empty_cache()
+    return rows
+
+
+def wall_us(fn, n=30):
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e6)
+    return round(statistics.median(ts), 1)
+
+
+def scorer_path(dtype):
+    """1,000 documents of 85-512 tokens, d 128, one 32-token query: the scorer around the kernel."""
+    g = torch.Generator().manual_seed(1)
+    lens = torch.randint(85, 513, (1000,), generator=g)
+    total, d = int(lens.sum()), 128
+    host_docs = torch.nn.functional.normalize(torch.randn(total, d, generator=g), dim=-1).to(torch.float16)
+    query = torch.nn.functional.normalize(torch.randn(32, d, generator=g), dim=-1)
+    res = {"docs": 1000, "tokens": total, "MB": round(total * d * 2 / 1e6, 1)}
+    Dg = host_docs.to(DEV)
+    cu = torch.zeros(1001, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lens, 0)
+    cu = cu.to(DEV)
+    Qg = query.to(DEV, torch.float16)
+    ref = km.maxsim_reference(Qg, Dg, cu, dtype=torch.float64)
+    res["kernel alone (do_bench)"] = round(bench(lambda: km.maxsim_packed(Qg, Dg, cu)), 1)
+    res["kernel alone (wall)"] = wall_us(lambda: km.maxsim_packed(Qg, Dg, cu))
+
+    views = list(torch.split(Dg, lens.tolist()))
+    separate = [v.clone() for v in views]
+
+    def from_list(docs):
+        D, c = sm.pack_device_documents(docs)
+        return km.maxsim_packed(Qg, D, c)
+
+    res["err list"] = float(f"{rel_err(from_list(separate), ref):.1e}")
+    res["GPU list, separate tensors: cat + kernel (do_bench)"] = round(bench(lambda: from_list(separate)), 1)
+    res["GPU list, separate tensors: cat + kernel (wall)"] = wall_us(lambda: from_list(separate))
+    res["GPU list, views of one buffer: zero-copy + kernel (do_bench)"] = round(bench(lambda: from_list(views)), 1)
+    res["GPU list, views of one buffer: zero-copy + kernel (wall)"] = wall_us(lambda: from_list(views))
+
+    # host side: the encoder's packed fp16 buffer in shared memory (as Ray's object store maps it)
+    from multiprocessing import shared_memory
+    shm = shared_memory.SharedMemory(create=True, size=host_docs.numel() * 2)
+    try:
+        arr = np.ndarray((total, d), dtype=np.float16, buffer=shm.buf)
+        arr[:] = host_docs.numpy()
+        pinned = torch.empty(total * d * 2, dtype=torch.uint8, pin_memory=True)
+        dst = torch.empty(total * d * 2, dtype=torch.uint8, device=DEV)
+        res["floor: one pinned H2D copy"] = wall_us(lambda: dst.copy_(pinned, non_blocking=True))
+        res["pageable .cuda() of the packed buffer"] = wall_us(lambda: torch.from_numpy(arr).cuda())
+        scorer = sm.MaxSimScorer(d, device="cuda")
+        res["scorer warmup s"] = round(scorer.warmup(), 2)
+        group = sm.ScoreGroup(query=query.numpy(), docs=arr, lengths=lens.numpy().astype(np.int32))
+        out = scorer.score([group])[0]
+        res["err scorer"] = float(f"{rel_err(torch.from_numpy(out).to(DEV), ref):.1e}")
+        res["torch threads"] = torch.get_num_threads()
+        for chunk_mb in (4, 8, 16, 32):
+            sm._STAGE_CHUNK_BYTES = chunk_mb << 20
+            res[f"host packed -> scorer.score (chunk {chunk_mb} MB)"] = wall_us(lambda: scorer.score([group]), n=20)
+        sm._STAGE_CHUNK_BYTES = 8 << 20
+        groups = [sm.ScoreGroup(query=query.numpy(), docs=arr[int(cu[i * 125]):int(cu[(i + 1) * 125])],
+                                lengths=lens[i * 125:(i + 1) * 125].numpy()) for i in range(8)]
+        res["host packed, 8 requests of 125 docs, one score() call"] = wall_us(lambda: scorer.score(groups), n=20)
+        del arr
+    finally:
+        shm.close()
+        shm.unlink()
+    return res
+
+
+def ceilings():
+    x = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
+    y = torch.empty_like(x)
+    t = triton.testing.do_bench(lambda: y.copy_(x), warmup=10, rep=100, return_mode="median") * 1e-3
+    a = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
+    tm = triton.testing.do_bench(lambda: a @ a, warmup=10, rep=100, return_mode="median") * 1e-3
+    del x, y, a
+    torch.cuda.empty_cache()
+    return {"copy TB/s": round(2 * (1 << 30) / t / 1e12, 2), "bf16 TFLOP/s": round(2 * 8192 ** 3 / tm / 1e12, 0)}
+
+
+def verdict(row):
+    ours = row.get("ours", {}).get("us")
+    if ours is None:
+        return "ERR"
+    best = min((row[k]["us"] for k in ("flash-maxsim", "late-interaction-kernels") if "us" in row.get(k, {})),
+               default=float("inf"))
+    ok = ours < best
+    if row["shape"] in TARGET_US:
+        ok = ok and ours <= TARGET_US[row["shape"]]
+    if row["shape"] in TARGET_FLOOR_FRAC:
+        ok = ok and row["ours"]["floor_frac"] >= TARGET_FLOOR_FRAC[row["shape"]]
+    return "met" if ok else "MISSED"
+
+
+def chart(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = ["torch eager", "flash-maxsim", "late-interaction-kernels", "ours"]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    w = 0.2
+    for i, k in enumerate(keys):
+        vals = [r[k]["floor_frac"] if "us" in r.get(k, {}) else 0 for r in rows]
+        ax.bar(np.arange(len(rows)) + (i - 1.5) * w, vals, w, label=k)
+    ax.set_xticks(np.arange(len(rows)), [r["shape"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("fraction of roofline floor (higher is better)")
+    ax.set_title("MaxSim on H100, fp16: fraction of floor")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    ap.add_argument("--shapes", default="")
+    ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--skip-scorer", action="store_true")
+    ap.add_argument("--skip-ceilings", action="store_true")
+    args = ap.parse_args()
+    dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    os.makedirs(args.out, exist_ok=True)
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "dtype": args.dtype, "floor_constants": {"BW": BW, "PEAK": PEAK}}
+    if not args.skip_ceilings:
+        result["ceilings_measured"] = ceilings()
+        print(result["ceilings_measured"], flush=True)
+    found = peers()
+    rows = kernel_table(args, dtype, found)
+    result["rows"] = rows
+    if not args.skip_scorer:
+        result["scorer_path"] = scorer_path(dtype)
+        print(json.dumps(result["scorer_path"], indent=1), flush=True)
+    with open(os.path.join(args.out, "maxsim_bench.json"), "w") as fh:
+        json.dump(result, fh, indent=1)
+    try:
+        chart(rows, os.path.join(args.out, "maxsim_bench.png"))
+    except Exception as e:  # the table matters more than the picture
+        print(f"chart failed: {e}")
+    keys = ["torch eager", "flash-maxsim", "late-interaction-kernels", "ours"]
+    print("\n| shape | floor µs | " + " | ".join(keys) + " | ours err | target |")
+    print("|---|---|" + "---|" * len(keys) + "---|---|")
+    for r in rows:
+        cells = [f"{r[k]['us']:.1f} ({r[k]['floor_frac']:.2f})" if "us" in r.get(k, {}) else "ERR" for k in keys]
+        err = r.get("ours", {}).get("err", "-")
+        print(f"| {r['shape']} | {r['floor_us']:.1f} | " + " | ".join(cells) + f" | {err} | {verdict(r)} |")
+
+
+if __name__ == "__main__":
+    main()

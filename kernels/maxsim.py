@@ -1,0 +1,414 @@
+"""MaxSim (ColBERT late interaction) over packed documents: Triton kernels and their exact reference.
+
+score(query, doc) = sum over query tokens i of max over doc tokens j of <Q_i, D_j>.
+
+Documents are packed without padding: `D` is `[T, d]` and `cu_seqlens` `[B+1]` (int32) holds the offsets, so
+document b is `D[cu_seqlens[b]:cu_seqlens[b+1]]`. Every form accumulates in fp32 and returns fp32. Extra memory
+is O(B): the kernels keep the running max of each query token in registers and write one value per (query,
+document); a query longer than one row block adds one partial sum per (block, document), summed afterwards.
+
+Conventions: an empty document scores 0 (max over nothing is taken as 0), so does an empty query. Query and
+documents are computed in the documents' dtype (the query is cast to it); fp32 inputs use IEEE fp32 products.
+
+Compilation: the kernels are specialised only on the model dimension, the dtype and a block configuration chosen
+from length buckets (`_config`), never on exact lengths or counts, so a replica that ran `warmup` for its `d`
+never compiles while serving.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+try:  # Triton is optional: CPU-only installs use the reference.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where Triton is absent
+    triton = None
+    tl = None
+
+__all__ = [
+    "maxsim_packed",
+    "maxsim_grouped",
+    "maxsim_reference",
+    "maxsim_grouped_reference",
+    "triton_available",
+    "warmup",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Exact reference (CPU or GPU, any float dtype; float64 on request)
+# --------------------------------------------------------------------------------------------------------------
+
+_REF_CHUNK_ELEMS = 1 << 22  # similarity elements per chunk: bounds the reference's memory, never [B, Lq, Ld]
+
+
+def _doc_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths,
+                                   output_size=total)
+
+
+def _segment_maxsim(Qs: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Qs [Nq, Lq, d] against packed D -> [Nq, B] in `dtype`, chunked over tokens at document boundaries."""
+    nq, lq, _ = Qs.shape
+    n_docs = cu_seqlens.numel() - 1
+    out = torch.zeros(nq, n_docs, dtype=dtype, device=D.device)
+    if n_docs == 0 or lq == 0 or nq == 0:
+        return out
+    cu = cu_seqlens.long().cpu()
+    Qf = Qs.to(dtype).reshape(nq * lq, -1)
+    rows_per_chunk = max(1, _REF_CHUNK_ELEMS // max(1, nq * lq))
+    b0 = 0
+    while b0 < n_docs:
+        # whole documents per chunk; a single document longer than the budget is one chunk of its own
+        b1 = int(torch.searchsorted(cu, cu[b0] + rows_per_chunk, right=True)) - 1
+        b1 = min(max(b1, b0 + 1), n_docs)
+        t0, t1 = int(cu[b0]), int(cu[b1])
+        if t1 > t0:
+            sims = D[t0:t1].to(dtype) @ Qf.T  # [tokens, Nq*Lq]
+            ids = _doc_ids(cu_seqlens[b0:b1 + 1].to(D.device) - t0, t1 - t0)
+            best = torch.zeros(b1 - b0, nq * lq, dtype=dtype, device=D.device)
+            best.scatter_reduce_(0, ids[:, None].expand_as(sims), sims, reduce="amax", include_self=False)
+            out[:, b0:b1] = best.reshape(b1 - b0, nq, lq).sum(-1).T
+        b0 = b1
+    return out
+
+
+def maxsim_reference(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Exact MaxSim in `dtype` (float32 or float64): Q [Lq, d] -> [B], Q [Nq, Lq, d] -> [Nq, B]."""
+    _check_packed(Q, D, cu_seqlens)
+    out = _segment_maxsim(Q if Q.dim() == 3 else Q[None], D, cu_seqlens, dtype)
+    return out if Q.dim() == 3 else out[0]
+
+
+def maxsim_grouped_reference(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: torch.Tensor,
+                             cu_seqlens: torch.Tensor, doc_group: torch.Tensor,
+                             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Exact grouped MaxSim: document b is scored against query `doc_group[b]` -> [B] in `dtype`.
+
+    Loops over groups (requests), never over documents.
+    """
+    n_docs = cu_seqlens.numel() - 1
+    out = torch.zeros(n_docs, dtype=dtype, device=D.device)
+    if n_docs == 0:
+        return out
+    cu = cu_seqlens.long()
+    cq = cu_seqlens_q.long().cpu()
+    group = doc_group.long()
+    order = torch.argsort(group, stable=True)
+    sorted_group = group[order].cpu()
+    bounds = torch.searchsorted(sorted_group, torch.arange(cq.numel(), dtype=torch.long))
+    for g in range(cq.numel() - 1):
+        docs = order[int(bounds[g]):int(bounds[g + 1])]
+        if docs.numel() == 0:
+            continue
+        # gather this group's documents into one packed block (contiguous runs stay contiguous)
+        starts, ends = cu[docs], cu[docs + 1]
+        lengths = ends - starts
+        token_idx = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths) + \
+            torch.arange(int(lengths.sum()), device=D.device)
+        sub_cu = torch.zeros(docs.numel() + 1, dtype=torch.long, device=D.device)
+        sub_cu[1:] = torch.cumsum(lengths, 0)
+        q = Q[int(cq[g]):int(cq[g + 1])]
+        out[docs] = _segment_maxsim(q[None], D[token_idx], sub_cu, dtype)[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Triton kernel
+# --------------------------------------------------------------------------------------------------------------
+
+def _maxsim_kernel(
+    Q, D, cu_d, cu_q, doc_group, out,
+    n_docs, n_queries, q_len, n_chunks, n_jobs,
+    D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+    QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """One program: one document against one block of BLOCK_Q query rows.
+
+    Rows of a block: QPB queries of LQP rows each (QPB > 1 packs several short queries of the multi-query form),
+    or chunk `c` of one long query (n_chunks > 1, QPB == 1). Programs of one document are adjacent, so a document
+    read by several query blocks is served from L2.
+    GROUPED: the query of document b is rows cu_q[g]:cu_q[g+1] of Q, g = doc_group[b]; out is [n_chunks, B].
+    Otherwise queries are [n_queries, q_len] rows of Q; out is [n_queries, n_chunks, B].
+    SWAP computes the tile as D @ Q^T ([BLOCK_D, BLOCK_Q], doc tokens on the MMA's M side), keeps an elementwise
+    running max and reduces over doc tokens once at the end: better for short queries.
+    UPCAST (interpreter only): Triton's CPU interpreter multiplies bf16 tiles as raw integers, so there they are
+    widened to fp32 first (exact: every bf16 is an fp32, and products accumulate in fp32 either way).
+    """
+    pid = tl.program_id(0)
+    b = pid // n_jobs
+    job = pid % n_jobs
+    c = job % n_chunks
+    qblock = job // n_chunks
+
+    d_start = tl.load(cu_d + b)
+    d_end = tl.load(cu_d + b + 1)
+
+    r = tl.arange(0, BLOCK_Q)
+    if GROUPED:
+        g = tl.load(doc_group + b)
+        q_start = tl.load(cu_q + g)
+        lq = tl.load(cu_q + g + 1) - q_start
+        tok = c * BLOCK_Q + r
+        row_valid = tok < lq
+        q_rows = q_start.to(tl.int64) + tok
+        # a chunk past the end of a shorter query in the same launch reads no document
+        loop_end = tl.where(c * BLOCK_Q < lq, d_end, d_start)
+    else:
+        qi = qblock * QPB + r // LQP
+        tok = c * LQP + r % LQP
+        row_valid = (qi < n_queries) & (tok < q_len)
+        q_rows = qi.to(tl.int64) * q_len + tok
+        loop_end = d_end
+
+    offs_k = tl.arange(0, BLOCK_K)
+    NUM_K: tl.constexpr = (D_MODEL + BLOCK_K - 1) // BLOCK_K
+    EVEN_K: tl.constexpr = D_MODEL % BLOCK_K == 0
+    q_ptrs = Q + q_rows[:, None] * D_MODEL + offs_k[None, :]
+    if NUM_K == 1:
+        if EVEN_K:
+            q0 = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
+        else:
+            q0 = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_k[None, :] < D_MODEL), other=0.0)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    if SWAP:
+        best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
+    else:
+        best_row = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+    for start in range(d_start, loop_end, BLOCK_D):
+        rows = start + offs_d
+        d_valid = rows < d_end
+        d_ptrs = D + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
+        if SWAP:
+            acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+        else:
+            acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+        for kk in tl.static_range(NUM_K):
+            k_valid = (offs_k[None, :] + kk * BLOCK_K) < D_MODEL
+            if EVEN_K:
+                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0)
+            else:
+                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0)
+            if NUM_K == 1:
+                qt = q0
+            elif EVEN_K:
+                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None], other=0.0)
+            else:
+                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
+            if UPCAST:
+                dt = dt.to(tl.float32)
+                qt = qt.to(tl.float32)
+            if SWAP:
+                if IEEE:
+                    acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(dt, tl.trans(qt), acc)
+            else:
+                if IEEE:
+                    acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(qt, tl.trans(dt), acc)
+        if SWAP:
+            best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
+        else:
+            best_row = tl.maximum(best_row, tl.max(tl.where(d_valid[None, :], acc, float("-inf")), axis=1))
+    if SWAP:
+        best_row = tl.max(best, axis=0)
+
+    best_row = tl.where(row_valid & (d_end > d_start), best_row, 0.0)
+    per_query = tl.sum(tl.reshape(best_row, [QPB, LQP]), axis=1)  # [QPB]
+    if GROUPED:
+        tl.store(out + c * n_docs + b + tl.arange(0, QPB), per_query)
+    else:
+        qo = qblock * QPB + tl.arange(0, QPB)
+        tl.store(out + (qo.to(tl.int64) * n_chunks + c) * n_docs + b, per_query, mask=qo < n_queries)
+
+
+_JITTED: dict = {}
+
+
+def _kernel():
+    """The Triton kernel, jitted on first use under the current TRITON_INTERPRET setting (tests flip it)."""
+    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if interpret not in _JITTED:
+        _JITTED[interpret] = triton.jit(
+            _maxsim_kernel,
+            do_not_specialize=["n_docs", "n_queries", "q_len", "n_chunks", "n_jobs"],
+        )
+    return _JITTED[interpret]
+
+
+def triton_available(device: torch.device | str) -> bool:
+    """True where the Triton kernels can run on tensors of `device` (CUDA, or the CPU under TRITON_INTERPRET)."""
+    if triton is None:
+        return False
+    if torch.device(device).type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Launch configuration: chosen from buckets of the query length, the mean document length and d.
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_q: int
+    block_d: int
+    block_k: int
+    swap: bool
+    num_warps: int
+    num_stages: int
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    return max(lo, 1 << max(0, math.ceil(math.log2(max(1, n)))))
+
+
+def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfig:
+    """Block shape for a program holding `q_rows` query rows (bucketed to a power of two, at most 128)."""
+    block_k = min(128, _pow2_at_least(d, 16))
+    if elem_bytes == 4:
+        block_k = min(block_k, 64)
+    if q_rows <= 64:
+        # memory-bound: stream the document, doc tokens on the MMA's M side
+        return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=64, block_k=block_k, swap=True,
+                            num_warps=4, num_stages=3)
+    block_d = 64 if mean_ld <= 512 or elem_bytes == 4 else 128
+    return KernelConfig(block_q=128, block_d=block_d, block_k=block_k, swap=False, num_warps=8,
+                        num_stages=3)
+
+
+_POISON_OUTPUTS = False  # tests set this: outputs start as NaN, so an element the kernel skips cannot pass
+
+
+def _new_output(*shape: int, device: torch.device) -> torch.Tensor:
+    if _POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+    return torch.empty(*shape, dtype=torch.float32, device=device)
+
+
+def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks, n_jobs, qpb, lqp, grouped,
+            cfg: KernelConfig):
+    if n_docs == 0 or n_jobs == 0:
+        return
+    _kernel()[(n_docs * n_jobs,)](
+        Q, D, cu_d, cu_q, doc_group, out,
+        n_docs, n_queries, q_len, n_chunks, n_jobs,
+        D_MODEL=D.shape[1], BLOCK_Q=cfg.block_q, BLOCK_D=cfg.block_d, BLOCK_K=cfg.block_k,
+        QPB=qpb, LQP=lqp, GROUPED=grouped, SWAP=cfg.swap,
+        IEEE=D.dtype == torch.float32 or (not D.is_cuda and D.dtype == torch.bfloat16),
+        UPCAST=not D.is_cuda and D.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------------------------
+
+def _check_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor) -> None:
+    if D.dim() != 2:
+        raise ValueError(f"D must be [T, d], got {tuple(D.shape)}")
+    if Q.dim() not in (2, 3) or Q.shape[-1] != D.shape[1]:
+        raise ValueError(f"Q must be [Lq, d] or [Nq, Lq, d] with d={D.shape[1]}, got {tuple(Q.shape)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens must be [B+1]")
+
+
+def _prepare(D: torch.Tensor, *tensors: torch.Tensor):
+    D = D.contiguous()
+    return D, [t.to(D.dtype).contiguous() for t in tensors]
+
+
+def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
+                  config: KernelConfig | None = None) -> torch.Tensor:
+    """MaxSim of Q [Lq, d] -> [B] (fp32), or Q [Nq, Lq, d] -> [Nq, B], against packed documents.
+
+    Runs the Triton kernel on CUDA tensors (or on CPU tensors under TRITON_INTERPRET); the exact reference
+    otherwise. Never synchronises with the host.
+    """
+    _check_packed(Q, D, cu_seqlens)
+    if not triton_available(D.device):
+        return maxsim_reference(Q, D, cu_seqlens)
+    single = Q.dim() == 2
+    Qs = Q[None] if single else Q
+    nq, lq, d = Qs.shape
+    n_docs = cu_seqlens.numel() - 1
+    D, (Qs,) = _prepare(D, Qs)
+    cu = cu_seqlens.to(torch.int32)
+    mean_ld = D.shape[0] / max(1, n_docs)
+    if nq > 1 and lq <= 64:
+        # several short queries share one program, up to 128 rows (the compute-bound many-queries case)
+        lqp = _pow2_at_least(lq, 1)
+        qpb = min(128 // lqp, _pow2_at_least(nq, 1))
+        rows = max(16, qpb * lqp)
+        cfg = config or _config(rows, mean_ld, d, D.element_size())
+        qpb = max(1, min(qpb, cfg.block_q // lqp))
+        lqp = cfg.block_q // qpb
+        n_chunks = 1
+    else:
+        cfg = config or _config(lq, mean_ld, d, D.element_size())
+        qpb, lqp = 1, cfg.block_q
+        n_chunks = max(1, math.ceil(lq / cfg.block_q))
+    n_qblocks = math.ceil(nq / qpb)
+    out = _new_output(nq, n_chunks, n_docs, device=D.device)
+    _launch(Qs.reshape(nq * lq, d), D, cu, cu, cu, out, n_docs, nq, lq, n_chunks, n_qblocks * n_chunks, qpb, lqp,
+            False, cfg)
+    out = out[:, 0] if n_chunks == 1 else out.sum(1)
+    return out[0] if single else out
+
+
+def maxsim_grouped(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
+                   doc_group: torch.Tensor, max_lq: int | None = None,
+                   config: KernelConfig | None = None) -> torch.Tensor:
+    """Many (query, documents) groups in one launch -> one fp32 score per document, [B].
+
+    Q [Tq, d]: the queries packed, query g = Q[cu_seqlens_q[g]:cu_seqlens_q[g+1]]. D [T, d] packed documents with
+    cu_seqlens [B+1]; doc_group [B] (int32) maps each document to its query. `max_lq` (the longest query) sizes
+    the launch; pass it to avoid a device-to-host read of cu_seqlens_q.
+    """
+    if D.dim() != 2 or Q.dim() != 2 or Q.shape[1] != D.shape[1]:
+        raise ValueError(f"Q [Tq, d] and D [T, d] expected, got {tuple(Q.shape)} and {tuple(D.shape)}")
+    if not triton_available(D.device):
+        return maxsim_grouped_reference(Q, cu_seqlens_q, D, cu_seqlens, doc_group)
+    n_docs = cu_seqlens.numel() - 1
+    if max_lq is None:
+        max_lq = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
+    D, (Q,) = _prepare(D, Q)
+    d = D.shape[1]
+    cfg = config or _config(max_lq, D.shape[0] / max(1, n_docs), d, D.element_size())
+    n_chunks = max(1, math.ceil(max_lq / cfg.block_q))
+    out = _new_output(n_chunks, n_docs, device=D.device)
+    _launch(Q, D, cu_seqlens.to(torch.int32), cu_seqlens_q.to(torch.int32), doc_group.to(torch.int32), out,
+            n_docs, 1, 0, n_chunks, n_chunks, 1, cfg.block_q, True, cfg)
+    return out[0] if n_chunks == 1 else out.sum(0)
+
+
+def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
+           query_lengths=(16, 32, 64, 128, 256), doc_lengths=(64, 1024), grouped: bool = True,
+           multi: bool = False) -> None:
+    """Compile every kernel variant that `d`, `dtype` and these length buckets select (no-op without Triton)."""
+    if not triton_available(device):
+        return
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for lq in query_lengths:
+        for ld in doc_lengths:
+            D = torch.randn(2 * ld, d, generator=g).to(device=device, dtype=dtype)
+            cu = torch.tensor([0, ld, 2 * ld], dtype=torch.int32, device=device)
+            Q = torch.randn(lq, d, generator=g).to(device=device, dtype=dtype)
+            if grouped:
+                cq = torch.tensor([0, lq], dtype=torch.int32, device=device)
+                maxsim_grouped(Q, cq, D, cu, torch.zeros(2, dtype=torch.int32, device=device), max_lq=lq)
+            else:
+                maxsim_packed(Q, D, cu)
+            if multi:
+                maxsim_packed(Q[None].expand(4, lq, d), D, cu)

@@ -1,0 +1,200 @@
+"""MaxSim dispatch for the scorer: one grouped Triton launch on CUDA, the exact torch reference on CPU.
+
+The encoder hands each request's documents over packed (one contiguous buffer + per-document lengths). On CUDA
+every call stages all groups through one reused pinned host buffer (grown geometrically), moves it to the GPU in
+a few large copies that overlap the host-side staging, and scores every group in one kernel launch; nothing loops
+over documents in Python. No Ray or vLLM import here.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from kernels import maxsim as kmaxsim
+
+_ALIGN = 256  # bytes: every staged section starts aligned, so the kernel sees aligned pointers
+_STAGE_CHUNK_BYTES = 8 << 20  # host staging and the host-to-device copies proceed in chunks of this size
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class ScoreGroup:
+    """One rerank request: one query against its documents."""
+
+    query: np.ndarray  # [Lq, d], float32 or float16
+    docs: np.ndarray  # [T, d] packed documents (contiguous), float16 or float32
+    lengths: np.ndarray  # [B] int32/int64 token count per document, sum == T
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _validate(groups: Sequence[ScoreGroup], dim: int) -> None:
+    for i, g in enumerate(groups):
+        if g.query.ndim != 2 or g.query.shape[1] != dim:
+            raise ValueError(f"group {i}: query must be [Lq, {dim}], got {g.query.shape}")
+        if g.docs.ndim != 2 or g.docs.shape[1] != dim:
+            raise ValueError(f"group {i}: docs must be [T, {dim}], got {g.docs.shape}")
+        lengths = np.asarray(g.lengths)
+        if lengths.ndim != 1 or (lengths.size and lengths.min() < 0):
+            raise ValueError(f"group {i}: lengths must be a 1-D array of non-negative counts")
+        if int(lengths.sum()) != g.docs.shape[0]:
+            raise ValueError(f"group {i}: lengths sum to {int(lengths.sum())}, docs have {g.docs.shape[0]} rows")
+
+
+def _cu_seqlens(lengths: np.ndarray) -> np.ndarray:
+    cu = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu[1:])
+    return cu
+
+
+class MaxSimScorer:
+    """Scores (query, packed documents) groups; one instance per replica, for one model dimension."""
+
+    def __init__(self, dim: int, device: str = "auto", dtype: str = "float16"):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.dim = dim
+        self._device = torch.device(device)
+        self._dtype = _DTYPES[dtype]
+        self._lock = threading.Lock()  # the staging buffers are reused: one call at a time
+        self._host: torch.Tensor | None = None  # pinned uint8 staging buffer
+        self._dev: torch.Tensor | None = None  # device uint8 buffer of the same size
+        self._stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    def warmup(self) -> float:
+        """Compile the kernels for this dim and every length bucket; seconds taken (≈0 on CPU)."""
+        t0 = time.perf_counter()
+        if self._device.type == "cuda":
+            kmaxsim.warmup(self.dim, self._dtype, self._device)
+            rng = np.random.default_rng(0)
+            q = rng.standard_normal((32, self.dim)).astype(np.float32)
+            docs = rng.standard_normal((300, self.dim)).astype(np.float16)
+            self.score([ScoreGroup(q, docs, np.array([100, 200]))])  # allocates the staging buffers too
+            torch.cuda.synchronize(self._device)
+        return time.perf_counter() - t0
+
+    def score(self, groups: Sequence[ScoreGroup]) -> list[np.ndarray]:
+        """One float32 [B_i] array of MaxSim scores per group, in order."""
+        _validate(groups, self.dim)
+        if not groups:
+            return []
+        if self._device.type == "cuda":
+            with self._lock:
+                return self._score_cuda(groups)
+        return [self._score_cpu(g) for g in groups]
+
+    # -- CPU: exact reference, fp32 accumulation, chunked over documents ----------------------------------------
+    def _score_cpu(self, g: ScoreGroup) -> np.ndarray:
+        lengths = np.asarray(g.lengths)
+        if lengths.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        cu = torch.from_numpy(_cu_seqlens(lengths))
+        q = torch.from_numpy(np.ascontiguousarray(g.query)).float()
+        docs = torch.from_numpy(np.ascontiguousarray(g.docs))
+        return kmaxsim.maxsim_reference(q, docs, cu, dtype=torch.float32).numpy()
+
+    # -- CUDA: stage through pinned memory, one grouped launch --------------------------------------------------
+    def _buffers(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._host is None or self._host.numel() < nbytes:
+            size = max(nbytes, 2 * (0 if self._host is None else self._host.numel()), 1 << 20)
+            self._host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            self._dev = torch.empty(size, dtype=torch.uint8, device=self._device)
+        return self._host, self._dev
+
+    def _score_cuda(self, groups: Sequence[ScoreGroup]) -> list[np.ndarray]:
+        dim, esize = self.dim, torch.tensor([], dtype=self._dtype).element_size()
+        q_lens = np.array([g.query.shape[0] for g in groups], dtype=np.int64)
+        n_docs = np.array([len(g.lengths) for g in groups], dtype=np.int64)
+        doc_lengths = np.concatenate([np.asarray(g.lengths, dtype=np.int64) for g in groups])
+        tq, t, b = int(q_lens.sum()), int(doc_lengths.sum()), int(n_docs.sum())
+        if b == 0:
+            return [np.zeros(0, dtype=np.float32) for _ in groups]
+
+        # layout: [queries | documents | cu_q (G+1) | cu_d (B+1) | doc_group (B) | scores (B, fp32)]
+        off_d = _align(tq * dim * esize)
+        off_meta = off_d + _align(t * dim * esize)
+        n_meta = (len(groups) + 1) + (b + 1) + b
+        off_out = off_meta + _align(4 * n_meta)
+        total = off_out + _align(4 * b)
+        host, dev = self._buffers(total)
+
+        meta = np.concatenate([_cu_seqlens(q_lens), _cu_seqlens(doc_lengths),
+                               np.repeat(np.arange(len(groups)), n_docs)]).astype(np.int32)
+        host[off_meta:off_meta + 4 * n_meta].view(torch.int32).copy_(torch.from_numpy(meta))
+        q_host = host[:tq * dim * esize].view(self._dtype).view(tq, dim)
+        d_host = host[off_d:off_d + t * dim * esize].view(self._dtype).view(t, dim)
+        row = 0
+        for g, lq in zip(groups, q_lens):
+            q_host[row:row + lq].copy_(torch.from_numpy(np.ascontiguousarray(g.query)))
+            row += int(lq)
+
+        stream = self._stream
+        stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream):
+            # queries and metadata first, then the documents in chunks: the DMA of one chunk overlaps the
+            # host-side copy (and dtype conversion) of the next
+            dev[off_meta:off_out].copy_(host[off_meta:off_out], non_blocking=True)
+            dev[:off_d].copy_(host[:off_d], non_blocking=True)
+            rows_per_chunk = max(1, _STAGE_CHUNK_BYTES // (dim * esize))
+            row = 0
+            for g in groups:
+                src = torch.from_numpy(np.ascontiguousarray(g.docs))
+                for r0 in range(0, src.shape[0], rows_per_chunk):
+                    part = src[r0:r0 + rows_per_chunk]
+                    d_host[row:row + part.shape[0]].copy_(part)
+                    a = off_d + row * dim * esize
+                    z = a + part.shape[0] * dim * esize
+                    dev[a:z].copy_(host[a:z], non_blocking=True)
+                    row += part.shape[0]
+
+            meta_dev = dev[off_meta:off_meta + 4 * n_meta].view(torch.int32)
+            cu_q = meta_dev[:len(groups) + 1]
+            cu_d = meta_dev[len(groups) + 1:len(groups) + 2 + b]
+            doc_group = meta_dev[len(groups) + 2 + b:]
+            scores = kmaxsim.maxsim_grouped(
+                dev[:tq * dim * esize].view(self._dtype).view(tq, dim), cu_q,
+                dev[off_d:off_d + t * dim * esize].view(self._dtype).view(t, dim), cu_d, doc_group,
+                max_lq=int(q_lens.max()),
+            )
+            out_host = host[off_out:off_out + 4 * b].view(torch.float32)
+            out_host.copy_(scores, non_blocking=True)
+        stream.synchronize()
+        result = out_host.numpy().copy()
+        return np.split(result, np.cumsum(n_docs)[:-1])
+
+
+def pack_device_documents(docs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-document [Ld_i, d] tensors already on the GPU -> (packed [T, d], cu_seqlens [B+1] int32).
+
+    When the tensors are consecutive row ranges of one buffer (an encoder that writes one packed output), the
+    packed view is returned without a copy; otherwise they are concatenated on the GPU.
+    """
+    if not docs:
+        raise ValueError("no documents")
+    first = docs[0]
+    lengths = np.fromiter((t.shape[0] for t in docs), dtype=np.int64, count=len(docs))
+    ptrs = np.fromiter((t.data_ptr() for t in docs), dtype=np.int64, count=len(docs))
+    row_bytes = first.shape[1] * first.element_size()
+    cu = torch.from_numpy(_cu_seqlens(lengths).astype(np.int32)).to(first.device, non_blocking=True)
+    total = int(lengths.sum())
+    base = first.untyped_storage()
+    offset = first.storage_offset()
+    if (all(t.is_contiguous() for t in docs) and bool(np.all(np.diff(ptrs) == lengths[:-1] * row_bytes))
+            and (offset + total * first.shape[1]) * first.element_size() <= base.nbytes()):
+        packed = torch.empty(0, dtype=first.dtype, device=first.device)
+        packed.set_(base, offset, (total, first.shape[1]), (first.shape[1], 1))
+        return packed, cu
+    return torch.cat(list(docs)), cu
