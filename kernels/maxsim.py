@@ -16,6 +16,7 @@ never compiles while serving.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -124,11 +125,11 @@ def maxsim_grouped_reference(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: tor
 # --------------------------------------------------------------------------------------------------------------
 
 def _maxsim_kernel(
-    Q, D, cu_d, cu_q, doc_group, out,
+    Q, D, cu_d, cu_q, doc_group, out, partial, counter,
     n_docs, n_queries, q_len, n_chunks, n_jobs,
     D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, NSPLIT: tl.constexpr,
 ):
     """One program: one document against one block of BLOCK_Q query rows.
 
@@ -139,17 +140,28 @@ def _maxsim_kernel(
     Otherwise queries are [n_queries, q_len] rows of Q; out is [n_queries, n_chunks, B].
     SWAP computes the tile as D @ Q^T ([BLOCK_D, BLOCK_Q], doc tokens on the MMA's M side), keeps an elementwise
     running max and reduces over doc tokens once at the end: better for short queries.
+    NSPLIT > 1 (one query block, short queries, few documents): the document is split over NSPLIT adjacent
+    programs; each writes its row maxima to `partial` [B, NSPLIT, BLOCK_Q] and bumps counter[b]; the last one to
+    arrive combines them, writes the score and resets the counter to 0 for the next launch.
     UPCAST (interpreter only): Triton's CPU interpreter multiplies bf16 tiles as raw integers, so there they are
     widened to fp32 first (exact: every bf16 is an fp32, and products accumulate in fp32 either way).
     """
     pid = tl.program_id(0)
     b = pid // n_jobs
     job = pid % n_jobs
-    c = job % n_chunks
-    qblock = job // n_chunks
+    split = job % NSPLIT
+    c = (job // NSPLIT) % n_chunks
+    qblock = job // (NSPLIT * n_chunks)
 
     d_start = tl.load(cu_d + b)
     d_end = tl.load(cu_d + b + 1)
+    if NSPLIT > 1:
+        tiles_per_split = ((d_end - d_start + BLOCK_D - 1) // BLOCK_D + NSPLIT - 1) // NSPLIT
+        s_start = d_start + split * tiles_per_split * BLOCK_D
+        s_end = tl.minimum(s_start + tiles_per_split * BLOCK_D, d_end)
+    else:
+        s_start = d_start
+        s_end = d_end
 
     r = tl.arange(0, BLOCK_Q)
     if GROUPED:
@@ -160,13 +172,13 @@ def _maxsim_kernel(
         row_valid = tok < lq
         q_rows = q_start.to(tl.int64) + tok
         # a chunk past the end of a shorter query in the same launch reads no document
-        loop_end = tl.where(c * BLOCK_Q < lq, d_end, d_start)
+        loop_end = tl.where(c * BLOCK_Q < lq, s_end, s_start)
     else:
         qi = qblock * QPB + r // LQP
         tok = c * LQP + r % LQP
         row_valid = (qi < n_queries) & (tok < q_len)
         q_rows = qi.to(tl.int64) * q_len + tok
-        loop_end = d_end
+        loop_end = s_end
 
     offs_k = tl.arange(0, BLOCK_K)
     NUM_K: tl.constexpr = (D_MODEL + BLOCK_K - 1) // BLOCK_K
@@ -183,9 +195,9 @@ def _maxsim_kernel(
         best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
     else:
         best_row = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
-    for start in range(d_start, loop_end, BLOCK_D):
+    for start in range(s_start, loop_end, BLOCK_D):
         rows = start + offs_d
-        d_valid = rows < d_end
+        d_valid = rows < loop_end
         d_ptrs = D + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
         if SWAP:
             acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
@@ -223,13 +235,27 @@ def _maxsim_kernel(
     if SWAP:
         best_row = tl.max(best, axis=0)
 
+    if NSPLIT > 1:
+        slot = partial + b.to(tl.int64) * (NSPLIT * BLOCK_Q)
+        tl.store(slot + split * BLOCK_Q + r, best_row)
+        arrived = tl.atomic_add(counter + b, 1, sem="acq_rel")  # release: the row maxima above are visible
+        last = arrived == NSPLIT - 1
+        part_idx = tl.arange(0, NSPLIT)[:, None] * BLOCK_Q + r[None, :]
+        parts = tl.load(slot + part_idx, mask=(part_idx * 0 + arrived) == NSPLIT - 1, other=0.0, volatile=True)
+        best_row = tl.max(parts, axis=0)
+        tl.store(counter + b + tl.arange(0, 1), tl.zeros([1], dtype=tl.int32),
+                 mask=(tl.arange(0, 1) + arrived) == NSPLIT - 1)
     best_row = tl.where(row_valid & (d_end > d_start), best_row, 0.0)
+    if NSPLIT > 1:  # as a vector: the CPU interpreter wants tensor masks
+        last = (tl.arange(0, QPB) * 0 + arrived) == NSPLIT - 1
+    else:
+        last = tl.arange(0, QPB) >= 0
     per_query = tl.sum(tl.reshape(best_row, [QPB, LQP]), axis=1)  # [QPB]
     if GROUPED:
-        tl.store(out + c * n_docs + b + tl.arange(0, QPB), per_query)
+        tl.store(out + c * n_docs + b + tl.arange(0, QPB), per_query, mask=last)
     else:
         qo = qblock * QPB + tl.arange(0, QPB)
-        tl.store(out + (qo.to(tl.int64) * n_chunks + c) * n_docs + b, per_query, mask=qo < n_queries)
+        tl.store(out + (qo.to(tl.int64) * n_chunks + c) * n_docs + b, per_query, mask=(qo < n_queries) & last)
 
 
 _JITTED: dict = {}
@@ -256,7 +282,7 @@ def triton_available(device: torch.device | str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Launch configuration: chosen from buckets of the query length, the mean document length and d.
+# Launch configuration: chosen from buckets of the query rows, the mean document length, d and the batch size.
 # --------------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -267,6 +293,7 @@ class KernelConfig:
     swap: bool
     num_warps: int
     num_stages: int
+    nsplit: int = 0  # programs per document (power of two); 0: chosen from the batch size
 
 
 def _pow2_at_least(n: int, lo: int) -> int:
@@ -274,20 +301,42 @@ def _pow2_at_least(n: int, lo: int) -> int:
 
 
 def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfig:
-    """Block shape for a program holding `q_rows` query rows (bucketed to a power of two, at most 128)."""
+    """Block shape for programs of `q_rows` query rows (bucketed to a power of two) — measured on the H100,
+    docs/kernel_notes.md."""
     block_k = min(128, _pow2_at_least(d, 16))
     if elem_bytes == 4:
         block_k = min(block_k, 64)
     if q_rows <= 64:
         # memory-bound: stream the document, doc tokens on the MMA's M side
         return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=64, block_k=block_k, swap=True,
-                            num_warps=4, num_stages=3)
-    block_d = 64 if mean_ld <= 512 or elem_bytes == 4 else 128
-    return KernelConfig(block_q=128, block_d=block_d, block_k=block_k, swap=False, num_warps=8,
+                            num_warps=4, num_stages=4 if elem_bytes == 2 else 3)
+    if mean_ld > 512 and q_rows > 128 and elem_bytes == 2:
+        # long queries against long documents: compute-bound, 256 query rows a program
+        return KernelConfig(block_q=256, block_d=64, block_k=block_k, swap=False, num_warps=8, num_stages=3)
+    return KernelConfig(block_q=128, block_d=64, block_k=block_k, swap=False, num_warps=8 if mean_ld > 512 else 4,
                         num_stages=3)
 
 
+_SM_COUNT: dict = {}
+
+
+def _nsplit(cfg: KernelConfig, n_programs: int, mean_ld: float, device: torch.device) -> int:
+    """Split documents over several programs when too few programs would keep the GPU's memory system busy."""
+    if cfg.nsplit:
+        return cfg.nsplit
+    if cfg.block_q > 64 or device.type != "cuda":
+        return 1
+    if device.index not in _SM_COUNT:
+        _SM_COUNT[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    tiles = max(1, math.ceil(mean_ld / cfg.block_d))
+    n = 1
+    while n * 2 <= min(8, tiles) and n_programs * n < 4 * _SM_COUNT[device.index]:
+        n *= 2
+    return n
+
+
 _POISON_OUTPUTS = False  # tests set this: outputs start as NaN, so an element the kernel skips cannot pass
+_COUNTERS: dict = {}  # (device, stream) -> int32 zeros, reset by the kernel itself after every use
 
 
 def _new_output(*shape: int, device: torch.device) -> torch.Tensor:
@@ -296,17 +345,31 @@ def _new_output(*shape: int, device: torch.device) -> torch.Tensor:
     return torch.empty(*shape, dtype=torch.float32, device=device)
 
 
+def _counter(n: int, device: torch.device) -> torch.Tensor:
+    key = (str(device), torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    buf = _COUNTERS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 2 * (0 if buf is None else buf.numel()), 1024), dtype=torch.int32, device=device)
+        _COUNTERS[key] = buf
+    return buf
+
+
 def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks, n_jobs, qpb, lqp, grouped,
-            cfg: KernelConfig):
+            cfg: KernelConfig, nsplit: int):
     if n_docs == 0 or n_jobs == 0:
         return
-    _kernel()[(n_docs * n_jobs,)](
-        Q, D, cu_d, cu_q, doc_group, out,
-        n_docs, n_queries, q_len, n_chunks, n_jobs,
+    if nsplit > 1:
+        partial = torch.empty(n_docs * nsplit * cfg.block_q, dtype=torch.float32, device=D.device)
+        counter = _counter(n_docs, D.device)
+    else:
+        partial = counter = out
+    cpu_bf16 = not D.is_cuda and D.dtype == torch.bfloat16
+    _kernel()[(n_docs * n_jobs * nsplit,)](
+        Q, D, cu_d, cu_q, doc_group, out, partial, counter,
+        n_docs, n_queries, q_len, n_chunks, n_jobs * nsplit,
         D_MODEL=D.shape[1], BLOCK_Q=cfg.block_q, BLOCK_D=cfg.block_d, BLOCK_K=cfg.block_k,
         QPB=qpb, LQP=lqp, GROUPED=grouped, SWAP=cfg.swap,
-        IEEE=D.dtype == torch.float32 or (not D.is_cuda and D.dtype == torch.bfloat16),
-        UPCAST=not D.is_cuda and D.dtype == torch.bfloat16,
+        IEEE=D.dtype == torch.float32 or cpu_bf16, UPCAST=cpu_bf16, NSPLIT=nsplit,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
@@ -324,9 +387,10 @@ def _check_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor) ->
         raise ValueError("cu_seqlens must be [B+1]")
 
 
-def _prepare(D: torch.Tensor, *tensors: torch.Tensor):
-    D = D.contiguous()
-    return D, [t.to(D.dtype).contiguous() for t in tensors]
+def _same(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -339,19 +403,17 @@ def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
     _check_packed(Q, D, cu_seqlens)
     if not triton_available(D.device):
         return maxsim_reference(Q, D, cu_seqlens)
-    single = Q.dim() == 2
-    Qs = Q[None] if single else Q
-    nq, lq, d = Qs.shape
+    D = _same(D, D.dtype)
+    nq, lq, d = (1, *Q.shape) if Q.dim() == 2 else Q.shape
+    Qf = _same(Q, D.dtype)
     n_docs = cu_seqlens.numel() - 1
-    D, (Qs,) = _prepare(D, Qs)
-    cu = cu_seqlens.to(torch.int32)
+    cu = _same(cu_seqlens, torch.int32)
     mean_ld = D.shape[0] / max(1, n_docs)
     if nq > 1 and lq <= 64:
         # several short queries share one program, up to 128 rows (the compute-bound many-queries case)
         lqp = _pow2_at_least(lq, 1)
         qpb = min(128 // lqp, _pow2_at_least(nq, 1))
-        rows = max(16, qpb * lqp)
-        cfg = config or _config(rows, mean_ld, d, D.element_size())
+        cfg = config or _config(max(16, qpb * lqp), mean_ld, d, D.element_size())
         qpb = max(1, min(qpb, cfg.block_q // lqp))
         lqp = cfg.block_q // qpb
         n_chunks = 1
@@ -359,12 +421,15 @@ def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
         cfg = config or _config(lq, mean_ld, d, D.element_size())
         qpb, lqp = 1, cfg.block_q
         n_chunks = max(1, math.ceil(lq / cfg.block_q))
-    n_qblocks = math.ceil(nq / qpb)
-    out = _new_output(nq, n_chunks, n_docs, device=D.device)
-    _launch(Qs.reshape(nq * lq, d), D, cu, cu, cu, out, n_docs, nq, lq, n_chunks, n_qblocks * n_chunks, qpb, lqp,
-            False, cfg)
-    out = out[:, 0] if n_chunks == 1 else out.sum(1)
-    return out[0] if single else out
+    n_jobs = math.ceil(nq / qpb) * n_chunks
+    nsplit = _nsplit(cfg, n_docs * n_jobs, mean_ld, D.device) if n_chunks == 1 and qpb == 1 else 1
+    out_shape = (nq, n_chunks, n_docs) if n_chunks > 1 else ((n_docs,) if Q.dim() == 2 else (nq, n_docs))
+    out = _new_output(*out_shape, device=D.device)
+    _launch(Qf, D, cu, cu, cu, out, n_docs, nq, lq, n_chunks, n_jobs, qpb, lqp, False, cfg, nsplit)
+    if n_chunks > 1:
+        out = out.sum(1)
+        return out[0] if Q.dim() == 2 else out
+    return out
 
 
 def maxsim_grouped(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -383,32 +448,36 @@ def maxsim_grouped(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: torch.Tensor,
     n_docs = cu_seqlens.numel() - 1
     if max_lq is None:
         max_lq = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if cu_seqlens_q.numel() > 1 else 0
-    D, (Q,) = _prepare(D, Q)
-    d = D.shape[1]
-    cfg = config or _config(max_lq, D.shape[0] / max(1, n_docs), d, D.element_size())
+    D = _same(D, D.dtype)
+    Q = _same(Q, D.dtype)
+    mean_ld = D.shape[0] / max(1, n_docs)
+    cfg = config or _config(max_lq, mean_ld, D.shape[1], D.element_size())
     n_chunks = max(1, math.ceil(max_lq / cfg.block_q))
-    out = _new_output(n_chunks, n_docs, device=D.device)
-    _launch(Q, D, cu_seqlens.to(torch.int32), cu_seqlens_q.to(torch.int32), doc_group.to(torch.int32), out,
-            n_docs, 1, 0, n_chunks, n_chunks, 1, cfg.block_q, True, cfg)
-    return out[0] if n_chunks == 1 else out.sum(0)
+    nsplit = _nsplit(cfg, n_docs, mean_ld, D.device) if n_chunks == 1 else 1
+    out = _new_output(*((n_chunks, n_docs) if n_chunks > 1 else (n_docs,)), device=D.device)
+    _launch(Q, D, _same(cu_seqlens, torch.int32), _same(cu_seqlens_q, torch.int32), _same(doc_group, torch.int32),
+            out, n_docs, 1, 0, n_chunks, n_chunks, 1, cfg.block_q, True, cfg, nsplit)
+    return out.sum(0) if n_chunks > 1 else out
 
 
 def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
-           query_lengths=(16, 32, 64, 128, 256), doc_lengths=(64, 1024), grouped: bool = True,
-           multi: bool = False) -> None:
-    """Compile every kernel variant that `d`, `dtype` and these length buckets select (no-op without Triton)."""
+           query_lengths=(16, 32, 64, 128, 256), doc_lengths=(64, 1024), multi: bool = False) -> None:
+    """Compile every kernel variant that `d`, `dtype` and these length buckets can select (no-op without
+    Triton): each query-row bucket, short and long documents, and every document split count."""
     if not triton_available(device):
         return
     g = torch.Generator(device="cpu").manual_seed(0)
     for lq in query_lengths:
         for ld in doc_lengths:
+            cfg = _config(lq, ld, d, torch.tensor([], dtype=dtype).element_size())
             D = torch.randn(2 * ld, d, generator=g).to(device=device, dtype=dtype)
             cu = torch.tensor([0, ld, 2 * ld], dtype=torch.int32, device=device)
             Q = torch.randn(lq, d, generator=g).to(device=device, dtype=dtype)
-            if grouped:
-                cq = torch.tensor([0, lq], dtype=torch.int32, device=device)
-                maxsim_grouped(Q, cq, D, cu, torch.zeros(2, dtype=torch.int32, device=device), max_lq=lq)
-            else:
-                maxsim_packed(Q, D, cu)
+            cq = torch.tensor([0, lq], dtype=torch.int32, device=device)
+            group = torch.zeros(2, dtype=torch.int32, device=device)
+            for nsplit in (1, 2, 4, 8) if cfg.block_q <= 64 else (1,):
+                c = dataclasses.replace(cfg, nsplit=nsplit)
+                maxsim_grouped(Q, cq, D, cu, group, max_lq=lq, config=c)
+                maxsim_packed(Q, D, cu, config=c)
             if multi:
                 maxsim_packed(Q[None].expand(4, lq, d), D, cu)
