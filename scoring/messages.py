@@ -1,0 +1,30 @@
+"""What deployments send each other (beside `PackedEmbeddings`): plain dataclasses, cheap to pickle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scoring.cache import content_key
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """A query as the scorer caches it: its embedding depends on the model, the text and the truncation."""
+
+    model: str
+    text: str
+    max_tokens: int | None = None
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", content_key(self.model, self.text, self.max_tokens))
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    scores: np.ndarray  # [B] float32, one per document in input order
+    query_tokens: int
+    document_tokens: int
+    query_cache_hit: bool

@@ -1,0 +1,178 @@
+"""Wire models for every route: pydantic only, no logic beyond shape checks.
+
+Request fields are strict (a number where a string belongs is a 422, not a silent coercion);
+unknown fields are ignored so that clients of other rerank APIs (Cohere, Jina, vLLM) work unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DocumentObject(_Request):
+    """A document given as an object (Jina / vLLM accept `{"text": ...}`)."""
+
+    text: StrictStr
+
+
+Document = Union[StrictStr, DocumentObject]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+_EXAMPLE = {
+    "model": "minilm-colbert",
+    "query": "what is the capital of France?",
+    "documents": ["Paris is the capital of France.", "Berlin is in Germany."],
+}
+
+
+def _examples(**fields) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [{**_EXAMPLE, **fields}]})
+
+
+class _RerankFields(_Request):
+    model: StrictStr | None = Field(
+        default=None, description="Model name from the service config; the first model when omitted."
+    )
+    query: StrictStr = Field(description="The search query.")
+    top_n: NonNegativeInt | None = Field(
+        default=None, description="Return only the best `top_n` results; 0 or omitted returns all."
+    )
+    max_tokens_per_doc: PositiveInt | None = Field(
+        default=None, description="Truncate each document to this many tokens (special tokens included)."
+    )
+
+
+class RerankRequest(_RerankFields):
+    """`POST /v1/rerank` and `/rerank`: the Jina / vLLM shape."""
+
+    model_config = _examples(top_n=1)
+
+    documents: list[Document] = Field(description="Candidate documents: strings or `{\"text\": ...}`.")
+    return_documents: StrictBool = Field(default=True, description="Include each document's text.")
+    max_tokens_per_query: PositiveInt | None = Field(
+        default=None, description="Truncate the query to this many tokens (special tokens included)."
+    )
+
+
+class RerankV2Request(_RerankFields):
+    """`POST /v2/rerank`: the Cohere v2 shape."""
+
+    model_config = _examples(top_n=2, return_documents=True)
+
+    documents: list[Document] = Field(description="Candidate documents.")
+    return_documents: StrictBool = Field(default=False, description="Include each document's text.")
+
+
+class ScoreRequest(_Request):
+    """`POST /v1/score` and `/score`: vLLM's shape. 1:1, 1:N (one query) or N:N (pairwise)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"model": _EXAMPLE["model"], "queries": _EXAMPLE["query"], "documents": _EXAMPLE["documents"]}]
+        }
+    )
+
+    model: StrictStr | None = None
+    queries: StrictStr | list[StrictStr] = Field(description="One query, or one query per document.")
+    documents: StrictStr | list[Document] = Field(description="One document or a list.")
+    max_tokens_per_doc: PositiveInt | None = None
+    max_tokens_per_query: PositiveInt | None = None
+
+
+class DocumentText(_Response):
+    text: str
+
+
+class RerankResult(_Response):
+    index: int
+    relevance_score: float
+    document: DocumentText | None = None
+
+
+class Usage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class RerankResponse(_Response):
+    id: str = Field(default_factory=lambda: new_id("rerank"))
+    model: str
+    usage: Usage
+    results: list[RerankResult]
+
+
+class ApiVersion(_Response):
+    version: str = "2"
+
+
+class BilledUnits(_Response):
+    search_units: int = 1
+
+
+class Tokens(_Response):
+    input_tokens: int
+    output_tokens: int = 0
+
+
+class RerankV2Meta(_Response):
+    api_version: ApiVersion = Field(default_factory=ApiVersion)
+    billed_units: BilledUnits = Field(default_factory=BilledUnits)
+    tokens: Tokens
+
+
+class RerankV2Response(_Response):
+    id: str = Field(default_factory=lambda: new_id("rerank"))
+    results: list[RerankResult]
+    meta: RerankV2Meta
+
+
+class ScoreData(_Response):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(_Response):
+    id: str = Field(default_factory=lambda: new_id("score"))
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ScoreData]
+    usage: Usage
+
+
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "reranker"
+    kind: str
+    root: str
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(_Response):
+    status: Literal["ok"] = "ok"
+    models: list[str]

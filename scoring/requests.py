@@ -1,0 +1,116 @@
+"""Request checks and response assembly shared by every route (no Ray, no engines).
+
+The ingress calls these to turn a wire request into work (query → documents groups) and the
+scores back into a wire response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from scoring.config import AppConfig, ModelConfig
+from scoring.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
+from scoring.protocol import Document, DocumentObject, DocumentText, RerankResult, ScoreRequest
+from scoring.ranking import rank
+
+
+@dataclass(frozen=True)
+class QueryGroup:
+    """One query and the documents it is scored against; `positions` place the scores in the response."""
+
+    query: str
+    documents: list[str]
+    positions: list[int]
+
+
+def resolve_model(config: AppConfig, name: str | None) -> ModelConfig:
+    if name is None:
+        return config.models[0]
+    model = config.model_by_name(name)
+    if model is None:
+        served = ", ".join(m.name for m in config.models)
+        raise ModelNotFound(f"model {name!r} is not served here; available: {served}")
+    return model
+
+
+def document_texts(documents: Sequence[Document]) -> list[str]:
+    return [d.text if isinstance(d, DocumentObject) else d for d in documents]
+
+
+def check_query(query: str, config: AppConfig, field: str = "query") -> None:
+    if not query.strip():
+        raise ValidationFailed(f"{field} must not be empty")
+    if len(query) > config.limits.max_query_chars:
+        raise PayloadTooLarge(
+            f"{field} has {len(query)} characters; the limit is {config.limits.max_query_chars}"
+        )
+
+
+def check_documents(documents: Sequence[str], config: AppConfig) -> None:
+    limits = config.limits
+    if not documents:
+        raise ValidationFailed("documents must not be empty")
+    if len(documents) > limits.max_documents:
+        raise PayloadTooLarge(
+            f"{len(documents)} documents in one request; the limit is {limits.max_documents}"
+        )
+    for i, doc in enumerate(documents):
+        if len(doc) > limits.max_document_chars:
+            raise PayloadTooLarge(
+                f"documents[{i}] has {len(doc)} characters; the limit is {limits.max_document_chars}"
+            )
+
+
+def rerank_group(query: str, documents: Sequence[Document], config: AppConfig) -> QueryGroup:
+    texts = document_texts(documents)
+    check_query(query, config)
+    check_documents(texts, config)
+    return QueryGroup(query=query, documents=texts, positions=list(range(len(texts))))
+
+
+def score_groups(request: ScoreRequest, config: AppConfig) -> tuple[list[QueryGroup], int]:
+    """vLLM's /score pairing: 1:1, 1:N (one query) or N:N (pairwise). Returns the groups and pair count."""
+    queries = [request.queries] if isinstance(request.queries, str) else list(request.queries)
+    documents = [request.documents] if isinstance(request.documents, str) else document_texts(request.documents)
+    if not queries:
+        raise ValidationFailed("queries must not be empty")
+    if len(queries) == 1:
+        queries = queries * len(documents)
+    elif len(queries) != len(documents):
+        raise ValidationFailed(
+            f"queries ({len(queries)}) and documents ({len(documents)}) must be 1:N or of equal length"
+        )
+    check_documents(documents, config)
+    groups: dict[str, QueryGroup] = {}
+    for position, (query, document) in enumerate(zip(queries, documents)):
+        group = groups.get(query)
+        if group is None:
+            check_query(query, config, field="queries")
+            group = groups[query] = QueryGroup(query=query, documents=[], positions=[])
+        group.documents.append(document)
+        group.positions.append(position)
+    return list(groups.values()), len(documents)
+
+
+def place_scores(groups: Sequence[QueryGroup], group_scores: Sequence[np.ndarray], count: int) -> np.ndarray:
+    """Scatter each group's scores back to the positions of its pairs in the request."""
+    out = np.empty(count, dtype=np.float64)
+    for group, scores in zip(groups, group_scores):
+        out[group.positions] = scores
+    return out
+
+
+def rerank_results(
+    scores: np.ndarray, documents: Sequence[str], top_n: int | None, return_documents: bool
+) -> list[RerankResult]:
+    return [
+        RerankResult(
+            index=i,
+            relevance_score=float(scores[i]),
+            document=DocumentText(text=documents[i]) if return_documents else None,
+        )
+        for i in rank(scores, top_n)
+    ]

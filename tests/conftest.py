@@ -1,0 +1,65 @@
+"""Shared fixtures: one Ray cluster and one Serve instance for the whole session, and the default app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_app_args() -> dict:
+    """The `args` of the application in serve_config.yaml: tests run exactly what users run."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    return config["applications"][0]["args"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_instance():
+    """Ray (local, real) with Serve's HTTP proxy on a free port; yields the base URL."""
+    import ray
+    from ray import serve
+
+    # Logical CPUs above the 2 physical ones, so tests can add replicas; vLLM shares the real cores.
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_app(serve_instance):
+    """The default application from serve_config.yaml; yields (base URL, ingress handle)."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    handle = serve.run(build_app(default_app_args()), name="reranker", route_prefix="/")
+    yield serve_instance, handle
+    serve.delete("reranker")
+
+
+def wait_until(condition, timeout: float = 60.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from scoring.cache import ByteBoundedLRU, content_key
+
+
+def make(capacity: int) -> ByteBoundedLRU[np.ndarray]:
+    return ByteBoundedLRU(capacity, sizeof=lambda a: a.nbytes)
+
+
+def test_lru_evicts_least_recently_used_within_byte_limit():
+    cache = make(3 * 400)
+    arrays = {k: np.full(100, i, dtype=np.float32) for i, k in enumerate("abcd")}
+    for k in "abc":
+        assert cache.put(k, arrays[k])
+    assert cache.get("a") is arrays["a"]  # a is now most recent
+    cache.put("d", arrays["d"])
+    assert "b" not in cache and all(k in cache for k in "acd")
+    stats = cache.stats()
+    assert stats.bytes == 1200 <= stats.capacity_bytes
+    assert (stats.hits, stats.evictions, stats.entries) == (1, 1, 3)
+
+
+def test_value_larger_than_capacity_is_not_stored():
+    cache = make(100)
+    assert not cache.put("big", np.zeros(1000, dtype=np.float32))
+    assert cache.get("big") is None and cache.stats().misses == 1 and cache.stats().bytes == 0
+
+
+def test_replacing_a_key_keeps_byte_count_exact():
+    cache = make(10_000)
+    cache.put("k", np.zeros(100, dtype=np.float32))
+    cache.put("k", np.zeros(10, dtype=np.float32))
+    assert cache.stats().bytes == 40 and len(cache) == 1
+
+
+def test_byte_limit_holds_under_many_inserts():
+    rng = np.random.default_rng(0)
+    cache = make(50_000)
+    for i in range(2_000):
+        cache.put(i, np.zeros(int(rng.integers(1, 2_000)), dtype=np.float32))
+        assert cache.stats().bytes <= 50_000
+
+
+def test_negative_capacity_rejected():
+    with pytest.raises(ValueError):
+        make(-1)
+
+
+def test_content_key_is_stable_and_distinguishes_parts():
+    assert content_key("m", "q", None) == content_key("m", "q", None)
+    assert content_key("m", "q", None) != content_key("m", "q", 8)
+    assert content_key("m", "ab", "c") != content_key("m", "a", "bc")
