@@ -16,7 +16,6 @@ never compiles while serving.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -317,22 +316,10 @@ def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfi
                         num_stages=3)
 
 
-_SM_COUNT: dict = {}
-
-
-def _nsplit(cfg: KernelConfig, n_programs: int, mean_ld: float, device: torch.device) -> int:
-    """Split documents over several programs when too few programs would keep the GPU's memory system busy."""
-    if cfg.nsplit:
-        return cfg.nsplit
-    if cfg.block_q > 64 or device.type != "cuda":
-        return 1
-    if device.index not in _SM_COUNT:
-        _SM_COUNT[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    tiles = max(1, math.ceil(mean_ld / cfg.block_d))
-    n = 1
-    while n * 2 <= min(8, tiles) and n_programs * n < 4 * _SM_COUNT[device.index]:
-        n *= 2
-    return n
+def _nsplit(cfg: KernelConfig) -> int:
+    """Programs per document. Splitting (cfg.nsplit > 1) measured no faster on the H100 for any benchmark row,
+    serve-64 included (docs/kernel_notes.md, v2), so it runs only when a config asks for it."""
+    return cfg.nsplit or 1
 
 
 _POISON_OUTPUTS = False  # tests set this: outputs start as NaN, so an element the kernel skips cannot pass
@@ -422,7 +409,7 @@ def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
         qpb, lqp = 1, cfg.block_q
         n_chunks = max(1, math.ceil(lq / cfg.block_q))
     n_jobs = math.ceil(nq / qpb) * n_chunks
-    nsplit = _nsplit(cfg, n_docs * n_jobs, mean_ld, D.device) if n_chunks == 1 and qpb == 1 else 1
+    nsplit = _nsplit(cfg) if n_chunks == 1 and qpb == 1 else 1
     out_shape = (nq, n_chunks, n_docs) if n_chunks > 1 else ((n_docs,) if Q.dim() == 2 else (nq, n_docs))
     out = _new_output(*out_shape, device=D.device)
     _launch(Qf, D, cu, cu, cu, out, n_docs, nq, lq, n_chunks, n_jobs, qpb, lqp, False, cfg, nsplit)
@@ -453,7 +440,7 @@ def maxsim_grouped(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: torch.Tensor,
     mean_ld = D.shape[0] / max(1, n_docs)
     cfg = config or _config(max_lq, mean_ld, D.shape[1], D.element_size())
     n_chunks = max(1, math.ceil(max_lq / cfg.block_q))
-    nsplit = _nsplit(cfg, n_docs, mean_ld, D.device) if n_chunks == 1 else 1
+    nsplit = _nsplit(cfg) if n_chunks == 1 else 1
     out = _new_output(*((n_chunks, n_docs) if n_chunks > 1 else (n_docs,)), device=D.device)
     _launch(Q, D, _same(cu_seqlens, torch.int32), _same(cu_seqlens_q, torch.int32), _same(doc_group, torch.int32),
             out, n_docs, 1, 0, n_chunks, n_chunks, 1, cfg.block_q, True, cfg, nsplit)
@@ -463,7 +450,7 @@ def maxsim_grouped(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: torch.Tensor,
 def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
            query_lengths=(16, 32, 64, 128, 256), doc_lengths=(64, 1024), multi: bool = False) -> None:
     """Compile every kernel variant that `d`, `dtype` and these length buckets can select (no-op without
-    Triton): each query-row bucket, short and long documents, and every document split count."""
+    Triton): each query-row bucket, short and long documents."""
     if not triton_available(device):
         return
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -475,9 +462,7 @@ def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.devic
             Q = torch.randn(lq, d, generator=g).to(device=device, dtype=dtype)
             cq = torch.tensor([0, lq], dtype=torch.int32, device=device)
             group = torch.zeros(2, dtype=torch.int32, device=device)
-            for nsplit in (1, 2, 4, 8) if cfg.block_q <= 64 else (1,):
-                c = dataclasses.replace(cfg, nsplit=nsplit)
-                maxsim_grouped(Q, cq, D, cu, group, max_lq=lq, config=c)
-                maxsim_packed(Q, D, cu, config=c)
+            maxsim_grouped(Q, cq, D, cu, group, max_lq=lq, config=cfg)
+            maxsim_packed(Q, D, cu, config=cfg)
             if multi:
                 maxsim_packed(Q[None].expand(4, lq, d), D, cu)
