@@ -24,4 +24,4 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         for model in config.late_interaction_models
     }
     scorer = Scorer.bind(config, encoders)
-    return Ingress.bind(config, encoders, scorer)
+    return Ingress.bind(config, scorer)

@@ -1,8 +1,8 @@
 """Ingress deployment: HTTP routes (FastAPI) and the same operations as handle methods.
 
 The ingress validates requests, routes them by model name and assembles responses; it handles text
-and scores only. Document embeddings flow encoder → scorer: the encoder's `DeploymentResponse` is
-passed straight to the scorer, so embeddings never pass through this process.
+and scores only. The scorer (chosen by query key) finds embeddings in its caches or gets them from the
+encoders, so embeddings never pass through this process.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from scoring.config import AppConfig, ModelConfig
 from scoring.errors import ServiceError, ValidationFailed, describe_validation_errors, error_body
-from scoring.messages import QuerySpec, ScoreOutcome
+from scoring.messages import DocumentSpec, QuerySpec, ScoreOutcome
 from scoring.protocol import (
     Health,
     ModelCard,
@@ -92,9 +92,8 @@ def _parse(model: type[R], request: R | dict) -> R:
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: AppConfig, encoders: dict[str, DeploymentHandle], scorer: DeploymentHandle):
+    def __init__(self, config: AppConfig, scorer: DeploymentHandle):
         self._config = config
-        self._encoders = encoders
         self._scorer = scorer
         self._created = int(time.time())
 
@@ -192,13 +191,11 @@ class Ingress:
         max_tokens_per_query: int | None,
         max_tokens_per_doc: int | None,
     ) -> list[ScoreOutcome]:
-        encoder = self._encoders[model.name]
-        calls = []
-        for group in groups:
-            query = QuerySpec(model=model.name, text=group.query, max_tokens=max_tokens_per_query)
-            # Encode documents and (on a cache miss) the query at the same time; the document
-            # embeddings go from the encoder replica to the scorer replica without coming here.
-            self._scorer.prefetch_query.remote(query)
-            documents = encoder.encode_documents.remote(group.documents, max_tokens_per_doc)
-            calls.append(self._scorer.score.remote(query, documents))
+        calls = [
+            self._scorer.score.remote(
+                QuerySpec(model=model.name, text=group.query, max_tokens=max_tokens_per_query),
+                DocumentSpec(texts=group.documents, max_tokens=max_tokens_per_doc),
+            )
+            for group in groups
+        ]
         return list(await asyncio.gather(*calls))

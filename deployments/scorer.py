@@ -1,9 +1,14 @@
-"""MaxSim scorer deployment: the cross-request query-embedding cache and the MaxSim kernel.
+"""MaxSim scorer deployment: the query and document embedding caches, encoder batching, the MaxSim kernel.
 
-Document embeddings arrive packed, straight from an encoder replica. A query embedding is looked up
-in a byte-bounded LRU keyed by (model, query text, query options); on a miss it is encoded once, even
-when several requests ask for it at the same time. Concurrent score calls are batched into one
-MaxSim call (`@serve.batch`).
+The ingress sends text; the scorer finds embeddings in its caches or asks the encoders for them, so
+embeddings cross a process boundary once (encoder → scorer) and cached ones not at all.
+- Queries: a byte-bounded LRU keyed by (model, query text, query options). A miss is encoded once,
+  even when several requests ask for the same query at the same time. Requests are routed to scorer
+  replicas by query key (`QueryAffinityRouter`), so the hit rate holds as replicas are added.
+- Documents: a byte-bounded LRU keyed by content hash (+ model + options), stored as `document_dtype`.
+  Misses of concurrent requests are gathered (`@serve.batch`, token budget) and sent to the encoder
+  replicas in parallel calls of about `chunk_tokens` tokens.
+- MaxSim: concurrent score calls are batched into one kernel call.
 """
 
 from __future__ import annotations
@@ -16,44 +21,64 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from scoring.cache import ByteBoundedLRU
+from deployments.routing import QueryAffinityRouter
+from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results
+from scoring.cache import ByteBoundedLRU, content_key
 from scoring.config import AppConfig
 from scoring.embeddings import PackedEmbeddings
 from scoring.maxsim import MaxSimScorer, ScoreGroup
-from scoring.messages import QuerySpec, ScoreOutcome
+from scoring.messages import DocumentSpec, EncodeJob, QuerySpec, ScoreOutcome
 
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=256)
+def _job_tokens(jobs: list[EncodeJob]) -> int:
+    return sum(job.estimated_tokens for job in jobs)
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=256,
+    request_router_config={"request_router_class": QueryAffinityRouter},
+)
 class Scorer:
     def __init__(self, config: AppConfig, encoders: dict[str, DeploymentHandle], device: str = "auto"):
+        self._config = config
         self._encoders = encoders
         self._device = device
         self._queries: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(
             config.cache.query_cache_bytes, sizeof=lambda a: a.nbytes
         )
+        self._documents: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(
+            config.cache.document_cache_bytes, sizeof=lambda a: a.nbytes
+        )
+        self._document_dtype = np.dtype(config.cache.document_dtype)
         self._in_flight: dict[str, asyncio.Future] = {}
         self._kernels: dict[int, MaxSimScorer] = {}
+        self._encode_batch.set_max_batch_size(config.batching.max_batch_tokens)
+        self._encode_batch.set_batch_wait_timeout_s(config.batching.wait_s)
 
-    async def score(self, query: QuerySpec, documents: PackedEmbeddings) -> ScoreOutcome:
-        """MaxSim of `query` against every document, in input order."""
-        embedding, hit = await self._query_embedding(query)
-        scores = await self._score_batch(ScoreGroup(query=embedding, docs=documents.data, lengths=documents.lengths))
+    async def score(self, query: QuerySpec, documents: DocumentSpec) -> ScoreOutcome:
+        """MaxSim of `query` against every document, in input order. `query` comes first: it routes the call."""
+        (embedding, hit), (packed, document_hits) = await asyncio.gather(
+            self._query_embedding(query), self._document_embeddings(query.model, documents)
+        )
+        scores = await self._score_batch(ScoreGroup(query=embedding, docs=packed.data, lengths=packed.lengths))
         return ScoreOutcome(
             scores=scores,
             query_tokens=int(embedding.shape[0]),
-            document_tokens=documents.total_tokens,
+            document_tokens=packed.total_tokens,
             query_cache_hit=hit,
+            document_cache_hits=document_hits,
         )
 
-    async def prefetch_query(self, query: QuerySpec) -> bool:
-        """Make sure `query` is cached (encoding it if needed); True when it already was."""
-        _, hit = await self._query_embedding(query)
-        return hit
-
     def stats(self) -> dict:
-        return {"query_cache": asdict(self._queries.stats()), "device": self._device_name()}
+        """Cache counters of this replica."""
+        return {
+            "query_cache": asdict(self._queries.stats()),
+            "document_cache": asdict(self._documents.stats()),
+            "device": self._device_name(),
+        }
 
     async def _query_embedding(self, query: QuerySpec) -> tuple[np.ndarray, bool]:
         cached = self._queries.get(query.key)
@@ -74,11 +99,35 @@ class Scorer:
             return embedding, False
         except BaseException as exc:
             future.set_exception(exc)
-            # Nobody else may be waiting; mark the exception retrieved so asyncio does not log it.
-            future.exception()
+            future.exception()  # retrieved: nobody else may be waiting, and asyncio would log it
             raise
         finally:
             del self._in_flight[query.key]
+
+    async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[PackedEmbeddings, int]:
+        keys = [content_key(model, text, documents.max_tokens) for text in documents.texts]
+        rows: list[np.ndarray | None] = [self._documents.get(key) for key in keys]
+        missing = [i for i, r in enumerate(rows) if r is None]
+        if missing:
+            texts = [documents.texts[i] for i in missing]
+            # A job larger than the whole budget counts as the budget: it runs in a batch of its own.
+            tokens = min(
+                sum(estimate_tokens(t, documents.max_tokens) for t in texts), self._config.batching.max_batch_tokens
+            )
+            fresh = await self._encode_batch(EncodeJob(model, texts, documents.max_tokens, tokens))
+            for i, embedding in zip(missing, fresh):
+                rows[i] = embedding = embedding.astype(self._document_dtype, copy=False)
+                self._documents.put(keys[i], embedding)
+        packed = PackedEmbeddings.pack(rows, rows[0].shape[1], self._document_dtype)
+        return packed, len(rows) - len(missing)
+
+    @serve.batch(max_batch_size=65536, batch_wait_timeout_s=0.004, max_concurrent_batches=4, batch_size_fn=_job_tokens)
+    async def _encode_batch(self, jobs: list[EncodeJob]) -> list[list[np.ndarray]]:
+        calls = plan_encode_calls(jobs, self._config.batching.chunk_tokens)
+        results = await asyncio.gather(
+            *(self._encoders[c.model].encode_documents.remote(c.texts, c.max_tokens) for c in calls)
+        )
+        return scatter_results(jobs, calls, results)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, groups: list[ScoreGroup]) -> list[np.ndarray]:

@@ -81,9 +81,33 @@ class Limits(_Strict):
 
 
 class CacheConfig(_Strict):
+    """Embedding caches, per scorer replica. Requests with the same query go to the same replica."""
+
     query_cache_bytes: int = Field(
         default=256 * 2**20, ge=0, description="Bytes of query token embeddings kept per scorer replica."
     )
+    document_cache_bytes: int = Field(
+        default=1024 * 2**20,
+        ge=0,
+        description="Bytes of document token embeddings kept per scorer replica (0 turns the cache off).",
+    )
+    document_dtype: Literal["float16", "float32"] = Field(
+        default="float16",
+        description="dtype documents are stored and scored in; every document is rounded to it, cached or not, "
+        "so a score does not depend on whether its document was cached.",
+    )
+
+
+class BatchingConfig(_Strict):
+    """How the scorer gathers documents to encode from concurrent requests and spreads them over encoders."""
+
+    max_batch_tokens: int = Field(
+        default=65536, ge=1, description="Token budget of one gathered batch of documents (estimated from length)."
+    )
+    chunk_tokens: int = Field(
+        default=8192, ge=1, description="Documents go to the encoders in calls of about this many tokens, in parallel."
+    )
+    wait_s: float = Field(default=0.004, ge=0, le=1, description="How long a batch waits for more requests.")
 
 
 class AppConfig(_Strict):
@@ -96,6 +120,7 @@ class AppConfig(_Strict):
     )
     limits: Limits = Field(default_factory=Limits)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
     @field_validator("models", mode="before")
     @classmethod

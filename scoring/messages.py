@@ -23,8 +23,27 @@ class QuerySpec:
 
 
 @dataclass(frozen=True)
+class DocumentSpec:
+    """The documents of one request, as text: the scorer finds or makes their embeddings."""
+
+    texts: list[str]
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """Documents of one request that missed the document cache, waiting to be batched for the encoders."""
+
+    model: str
+    texts: list[str]
+    max_tokens: int | None
+    estimated_tokens: int
+
+
+@dataclass(frozen=True)
 class ScoreOutcome:
     scores: np.ndarray  # [B] float32, one per document in input order
     query_tokens: int
     document_tokens: int
     query_cache_hit: bool
+    document_cache_hits: int = 0

@@ -120,6 +120,19 @@ def test_second_request_hits_query_cache(client, handle):
     assert first["results"] == second["results"]
 
 
+def test_seen_documents_skip_the_encoder(client, handle):
+    docs = ["A unique document about glaciers carving fjords.", "Another one, about volcanic islands."]
+    first = post(client, "/v1/rerank", {"query": "how are fjords formed?", "documents": docs}).json()
+    middle = handle.scorer_stats.remote().result()["document_cache"]
+    again = post(client, "/v1/rerank", {"query": "what forms islands?", "documents": docs}).json()
+    after = handle.scorer_stats.remote().result()["document_cache"]
+    assert after["hits"] == middle["hits"] + 2
+    assert after["entries"] == middle["entries"]
+    repeat = post(client, "/v1/rerank", {"query": "how are fjords formed?", "documents": docs}).json()
+    assert repeat["results"] == first["results"]  # cached documents score exactly as fresh ones
+    assert again["results"] != first["results"]
+
+
 def test_handle_matches_http(client, handle):
     from scoring.protocol import RerankRequest, ScoreRequest
 

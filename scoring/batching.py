@@ -1,0 +1,66 @@
+"""Gathering documents of concurrent requests into encoder calls, and spreading those calls out.
+
+The scorer collects the cache misses of concurrent requests (`@serve.batch` with a token budget),
+merges those with the same encoding options, cuts them into calls of about `chunk_tokens` tokens so
+that every encoder replica gets a share, and hands each request back its own documents in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from scoring.embeddings import PackedEmbeddings
+from scoring.messages import EncodeJob
+
+
+def estimate_tokens(text: str, max_tokens: int | None) -> int:
+    """A cheap token estimate for batching (about 4 characters a token, plus special tokens)."""
+    estimate = len(text) // 4 + 2
+    return min(estimate, max_tokens) if max_tokens else estimate
+
+
+@dataclass(frozen=True)
+class EncodeCall:
+    """One call to an encoder: texts of one (model, max_tokens), and where each came from."""
+
+    model: str
+    max_tokens: int | None
+    texts: list[str]
+    origins: list[tuple[int, int]]  # (job index, position in that job)
+
+
+def plan_encode_calls(jobs: Sequence[EncodeJob], chunk_tokens: int) -> list[EncodeCall]:
+    calls: list[EncodeCall] = []
+    open_calls: dict[tuple[str, int | None], tuple[EncodeCall, list[int]]] = {}
+    for j, job in enumerate(jobs):
+        option = (job.model, job.max_tokens)
+        for i, text in enumerate(job.texts):
+            tokens = estimate_tokens(text, job.max_tokens)
+            current = open_calls.get(option)
+            if current is None or (current[1][0] + tokens > chunk_tokens and current[0].texts):
+                current = (EncodeCall(job.model, job.max_tokens, [], []), [0])
+                open_calls[option] = current
+                calls.append(current[0])
+            current[0].texts.append(text)
+            current[0].origins.append((j, i))
+            current[1][0] += tokens
+    return calls
+
+
+def split_rows(packed: PackedEmbeddings) -> list[np.ndarray]:
+    """Each text's [L_i, d] rows (views, no copies)."""
+    return np.split(packed.data, packed.offsets[1:-1]) if packed.count else []
+
+
+def scatter_results(
+    jobs: Sequence[EncodeJob], calls: Sequence[EncodeCall], results: Sequence[PackedEmbeddings]
+) -> list[list[np.ndarray]]:
+    """Per job, its documents' token embeddings in the job's order."""
+    out: list[list[np.ndarray]] = [[None] * len(job.texts) for job in jobs]  # type: ignore[list-item]
+    for call, packed in zip(calls, results):
+        for (j, i), rows in zip(call.origins, split_rows(packed)):
+            out[j][i] = rows
+    return out
