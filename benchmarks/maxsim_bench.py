@@ -47,14 +47,24 @@ TARGET_US = {"rr-1k": 32, "rr-1k-var": 35, "serve-64": 10, "colpali-1k": 500, "m
              "rr-1k-d64": 25, "rr-1k-d96": 30}
 TARGET_FLOOR_FRAC = {"rr-10k": 0.9, "rr-10k-var": 0.9}
 
-SWEEP = {  # (block_q, block_d, swap, num_warps, num_stages, nsplit); block_q None: the query's bucket
-    "short": [(None, 64, True, 4, 4, 1), (None, 64, True, 4, 4, 2), (None, 64, True, 4, 4, 4),
-              (None, 64, True, 4, 4, 8), (None, 32, True, 4, 4, 4), (None, 64, False, 4, 3, 2),
-              (None, 64, False, 4, 3, 4), (None, 64, True, 2, 3, 2), (None, 128, True, 4, 3, 2)],
+SWEEP = {  # (block_q, block_d, swap, num_warps, num_stages, nsplit[, block_k]); block_q None: the query's bucket
+    "short": [(None, 64, True, 4, 4, 1), (None, 64, True, 4, 5, 1), (None, 128, True, 4, 3, 1),
+              (None, 128, True, 8, 3, 1), (None, 32, True, 4, 6, 1), (None, 64, True, 8, 4, 1)],
     "long": [(128, 64, False, 8, 3, 1), (128, 64, False, 4, 3, 1), (128, 32, False, 4, 4, 1),
              (256, 64, False, 8, 3, 1), (256, 64, False, 8, 4, 1), (256, 32, False, 8, 3, 1),
              (64, 64, False, 4, 3, 1), (128, 64, False, 4, 4, 1)],
+    "colpali-1k": [(256, 64, False, 8, 3, 1), (256, 64, True, 8, 3, 1), (256, 128, False, 8, 3, 1),
+                   (256, 64, False, 8, 4, 1), (256, 32, False, 8, 4, 1), (128, 128, False, 8, 3, 1),
+                   (128, 64, True, 8, 3, 1), (256, 128, True, 8, 3, 1)],
+    "multi-128x128": [(128, 64, False, 4, 3, 1), (128, 64, True, 4, 3, 1), (128, 64, True, 8, 3, 1),
+                      (256, 64, False, 8, 3, 1), (256, 64, True, 8, 3, 1), (128, 128, True, 8, 3, 1),
+                      (256, 32, True, 8, 4, 1), (128, 32, True, 4, 4, 1), (64, 64, True, 4, 3, 1)],
+    "rr-1k-d96": [(None, 64, True, 4, 4, 1, 128), (None, 64, True, 4, 4, 1, 32), (None, 128, True, 4, 3, 1, 32),
+                  (None, 128, True, 8, 3, 1, 128), (None, 64, True, 4, 5, 1, 32), (None, 128, True, 4, 4, 1, 32),
+                  (None, 64, True, 4, 6, 1, 32)],
 }
+SWEEP["rr-1k-d64"] = [(None, 64, True, 4, 4, 1), (None, 128, True, 4, 3, 1), (None, 128, True, 4, 4, 1),
+                      (None, 128, True, 8, 4, 1)]
 
 
 def floor_us(nq, lq, tokens, d, esize=2):
@@ -133,21 +143,22 @@ def candidates(name, nq, lq, varlen, Q, D, cu, maxld, Dpad, mask, lens, found):
 
 def sweep_shape(row, nq, lq, Q, D, cu, ref, d):
     res = []
-    kind = "short" if lq <= 64 else "long"
-    for bq, bd, swap, w, s, ns in SWEEP[kind]:
+    kind = row["shape"] if row["shape"] in SWEEP else ("short" if lq <= 64 else "long")
+    for bq, bd, swap, w, s, ns, *bk in SWEEP[kind]:
         if ns > 1 and nq > 1:
             continue
         rows = bq or max(16, min(128, (1 << (lq - 1).bit_length()) * (128 // max(lq, 1) if nq > 1 else 1)))
-        cfg = km.KernelConfig(block_q=rows, block_d=bd, block_k=min(128, 1 << (d - 1).bit_length()), swap=swap,
+        block_k = bk[0] if bk else min(128, 1 << (d - 1).bit_length())
+        cfg = km.KernelConfig(block_q=rows, block_d=bd, block_k=block_k, swap=swap,
                               num_warps=w, num_stages=s, nsplit=ns)
         try:
             f = (lambda: km.maxsim_packed(Q[0], D, cu, config=cfg)) if nq == 1 else \
                 (lambda: km.maxsim_packed(Q, D, cu, config=cfg))
             err = rel_err(f(), ref)
             t = bench(f)
-            res.append({"cfg": [rows, bd, swap, w, s, ns], "us": round(t, 1), "err": float(f"{err:.1e}")})
+            res.append({"cfg": [rows, bd, swap, w, s, ns, block_k], "us": round(t, 1), "err": float(f"{err:.1e}")})
         except Exception as e:  # a config that does not compile is a finding, keep sweeping
-            res.append({"cfg": [rows, bd, swap, w, s, ns], "error": f"{type(e).__name__}: {str(e)[:100]}"})
+            res.append({"cfg": [rows, bd, swap, w, s, ns, block_k], "error": f"{type(e).__name__}: {str(e)[:100]}"})
         torch.cuda.empty_cache()
     ok = [r for r in res if "us" in r and r["err"] < 1e-4]
     row["sweep"] = res
@@ -183,6 +194,8 @@ def kernel_table(args, dtype, found):
             torch.cuda.empty_cache()
         if args.sweep:
             sweep_shape(row, nq, lq, Q, D, cu, ref, d)
+        if args.probe:  # what reading the documents once costs under the same timing (torch's own reduction)
+            row["probe: D.amax() us"] = round(bench(lambda: D.amax()), 1)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
         del Q, D, Dpad, mask, ref
@@ -231,6 +244,11 @@ def scorer_path(dtype):
     res["GPU list, separate tensors: cat + kernel (wall)"] = wall_us(lambda: from_list(separate))
     res["GPU list, views of one buffer: zero-copy + kernel (do_bench)"] = round(bench(lambda: from_list(views)), 1)
     res["GPU list, views of one buffer: zero-copy + kernel (wall)"] = wall_us(lambda: from_list(views))
+    res["err maxsim_list"] = float(f"{rel_err(km.maxsim_list(Qg, separate), ref):.1e}")
+    res["GPU list, separate tensors: maxsim_list (do_bench)"] = round(bench(lambda: km.maxsim_list(Qg, separate)), 1)
+    res["GPU list, separate tensors: maxsim_list (wall)"] = wall_us(lambda: km.maxsim_list(Qg, separate))
+    res["GPU list, views of one buffer: maxsim_list (wall)"] = wall_us(lambda: km.maxsim_list(Qg, views))
+    res["GPU list: layout gather alone (wall)"] = wall_us(lambda: km._list_layout(separate, d))
 
     # host side: the encoder's packed fp16 buffer in shared memory (as Ray's object store maps it)
     from multiprocessing import shared_memory
@@ -260,10 +278,12 @@ def scorer_path(dtype):
         out = scorer.score([group])[0]
         res["err scorer"] = float(f"{rel_err(torch.from_numpy(out).to(DEV), ref):.1e}")
         res["torch threads"] = torch.get_num_threads()
-        for chunk_mb in (4, 8, 16, 32):
+        for chunk_mb in (4, 8, 16):
             sm._STAGE_CHUNK_BYTES = chunk_mb << 20
             res[f"host packed -> scorer.score (chunk {chunk_mb} MB)"] = wall_us(lambda: scorer.score([group]), n=20)
         sm._STAGE_CHUNK_BYTES = 8 << 20
+        res["err scorer (default staging)"] = float(f"{rel_err(torch.from_numpy(scorer.score([group])[0]).to(DEV), ref):.1e}")
+        res["host packed -> scorer.score (default)"] = wall_us(lambda: scorer.score([group]), n=30)
         groups = [sm.ScoreGroup(query=query.numpy(), docs=arr[int(cu[i * 125]):int(cu[(i + 1) * 125])],
                                 lengths=lens[i * 125:(i + 1) * 125].numpy()) for i in range(8)]
         res["host packed, 8 requests of 125 docs, one score() call"] = wall_us(lambda: scorer.score(groups), n=20)
@@ -271,6 +291,41 @@ def scorer_path(dtype):
     finally:
         shm.close()
         shm.unlink()
+    return res
+
+
+def cpu_scorer():
+    """MaxSimScorer on the CPU (run under `taskset -c 0,1`: the service's 2 cores): 1,000 documents x 300 tokens,
+    d 384, fp16, one 32-token fp32 query; the previous path (the float64-capable reference in fp32) beside it."""
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    d = 384
+    res = {"torch threads": torch.get_num_threads()}
+    for name, lens in (("equal 300", np.full(1000, 300, dtype=np.int32)),
+                       ("85-512", rng.integers(85, 513, 1000).astype(np.int32))):
+        g = sm.ScoreGroup(rng.standard_normal((32, d)).astype(np.float32),
+                          rng.standard_normal((int(lens.sum()), d)).astype(np.float16), lens)
+        cu = torch.from_numpy(sm._cu_seqlens(lens))
+        ref = km.maxsim_reference(torch.from_numpy(g.query), torch.from_numpy(g.docs), cu, dtype=torch.float64)
+        scorer = sm.MaxSimScorer(dim=d, device="cpu")
+        t = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            km.maxsim_reference(torch.from_numpy(g.query), torch.from_numpy(g.docs), cu)
+            t.append((time.perf_counter() - t0) * 1e3)
+        res[f"{name}: previous path (reference, fp32) ms"] = round(min(t), 1)
+        default = sm._CPU_CHUNK_ROWS
+        for rows in (1024, 2048, 4096, 8192, 32768):
+            sm._CPU_CHUNK_ROWS = rows
+            t = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                out = scorer.score([g])[0]
+                t.append((time.perf_counter() - t0) * 1e3)
+            err = float(np.abs(out - ref.numpy()).max() / np.abs(ref.numpy()).max())
+            res[f"{name}: chunk {rows} rows ms"] = round(min(t), 1)
+            res[f"{name}: chunk {rows} rows max err"] = float(f"{err:.1e}")
+        sm._CPU_CHUNK_ROWS = default
     return res
 
 
@@ -324,8 +379,17 @@ def main():
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--skip-scorer", action="store_true")
+    ap.add_argument("--probe", action="store_true")
     ap.add_argument("--skip-ceilings", action="store_true")
+    ap.add_argument("--cpu-scorer", action="store_true", help="only the CPU scorer timing (use taskset -c 0,1)")
     args = ap.parse_args()
+    if args.cpu_scorer:
+        res = cpu_scorer()
+        print(json.dumps(res, indent=1))
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "maxsim_cpu_scorer.json"), "w") as fh:
+            json.dump(res, fh, indent=1)
+        return
     dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
     os.makedirs(args.out, exist_ok=True)
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,

@@ -20,6 +20,10 @@ import math
 import os
 from dataclasses import dataclass
 
+from itertools import repeat as _repeat
+from operator import attrgetter, itemgetter
+
+import numpy as np
 import torch
 
 try:  # Triton is optional: CPU-only installs use the reference.
@@ -31,6 +35,7 @@ except ImportError:  # pragma: no cover - exercised only where Triton is absent
 
 __all__ = [
     "maxsim_packed",
+    "maxsim_list",
     "maxsim_grouped",
     "maxsim_reference",
     "maxsim_grouped_reference",
@@ -124,11 +129,11 @@ def maxsim_grouped_reference(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: tor
 # --------------------------------------------------------------------------------------------------------------
 
 def _maxsim_kernel(
-    Q, D, cu_d, cu_q, doc_group, out, partial, counter,
+    Q, D, cu_d, cu_q, doc_group, out, partial, counter, doc_off,
     n_docs, n_queries, q_len, n_chunks, n_jobs,
     D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, NSPLIT: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, NSPLIT: tl.constexpr, PTRS: tl.constexpr, ALIGN: tl.constexpr,
 ):
     """One program: one document against one block of BLOCK_Q query rows.
 
@@ -142,6 +147,8 @@ def _maxsim_kernel(
     NSPLIT > 1 (one query block, short queries, few documents): the document is split over NSPLIT adjacent
     programs; each writes its row maxima to `partial` [B, NSPLIT, BLOCK_Q] and bumps counter[b]; the last one to
     arrive combines them, writes the score and resets the counter to 0 for the next launch.
+    PTRS: documents are not packed in D: document b starts doc_off[b] elements (int64, a multiple of ALIGN) past
+    D's first element (its rows are contiguous), and cu_d holds only the cumulative lengths.
     UPCAST (interpreter only): Triton's CPU interpreter multiplies bf16 tiles as raw integers, so there they are
     widened to fp32 first (exact: every bf16 is an fp32, and products accumulate in fp32 either way).
     """
@@ -154,6 +161,9 @@ def _maxsim_kernel(
 
     d_start = tl.load(cu_d + b)
     d_end = tl.load(cu_d + b + 1)
+    if PTRS:  # rows d_start.. of this document live at D + doc_off[b]: shift the base so row indices stay as-is
+        shift = tl.multiple_of(tl.load(doc_off + b), ALIGN) - d_start.to(tl.int64) * D_MODEL
+        D = D + shift
     if NSPLIT > 1:
         tiles_per_split = ((d_end - d_start + BLOCK_D - 1) // BLOCK_D + NSPLIT - 1) // NSPLIT
         s_start = d_start + split * tiles_per_split * BLOCK_D
@@ -257,6 +267,8 @@ def _maxsim_kernel(
         tl.store(out + (qo.to(tl.int64) * n_chunks + c) * n_docs + b, per_query, mask=(qo < n_queries) & last)
 
 
+_DTYPE_OF = attrgetter("dtype")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _JITTED: dict = {}
 
 
@@ -342,7 +354,7 @@ def _counter(n: int, device: torch.device) -> torch.Tensor:
 
 
 def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks, n_jobs, qpb, lqp, grouped,
-            cfg: KernelConfig, nsplit: int):
+            cfg: KernelConfig, nsplit: int, doc_off: torch.Tensor | None = None):
     if n_docs == 0 or n_jobs == 0:
         return
     if nsplit > 1:
@@ -350,13 +362,16 @@ def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks
         counter = _counter(n_docs, D.device)
     else:
         partial = counter = out
+    if doc_off is None:
+        doc_off = out
     cpu_bf16 = not D.is_cuda and D.dtype == torch.bfloat16
     _kernel()[(n_docs * n_jobs * nsplit,)](
-        Q, D, cu_d, cu_q, doc_group, out, partial, counter,
+        Q, D, cu_d, cu_q, doc_group, out, partial, counter, doc_off,
         n_docs, n_queries, q_len, n_chunks, n_jobs * nsplit,
         D_MODEL=D.shape[1], BLOCK_Q=cfg.block_q, BLOCK_D=cfg.block_d, BLOCK_K=cfg.block_k,
         QPB=qpb, LQP=lqp, GROUPED=grouped, SWAP=cfg.swap,
         IEEE=D.dtype == torch.float32 or cpu_bf16, UPCAST=cpu_bf16, NSPLIT=nsplit,
+        PTRS=doc_off is not out, ALIGN=max(1, 16 // D.element_size()),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
@@ -380,6 +395,28 @@ def _same(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _plan(nq: int, lq: int, mean_ld: float, d: int, esize: int, config: KernelConfig | None):
+    """(config, queries per block, rows per query in a block, query chunks, programs per document)."""
+    if nq > 1 and lq <= 64:
+        # several short queries share one program (the compute-bound many-queries case); the config is chosen
+        # for up to 128 rows, and a config with larger blocks packs more queries
+        lqp = _pow2_at_least(lq, 1)
+        qpb = min(128 // lqp, _pow2_at_least(nq, 1))
+        if config is None and esize == 2 and lqp * _pow2_at_least(nq, 1) >= 256:
+            # many short queries: 256 query rows a program, 8 warps (multi-128x128 106 -> 93 µs, v3 sweep)
+            config = KernelConfig(block_q=256, block_d=64, block_k=min(128, _pow2_at_least(d, 16)), swap=False,
+                                  num_warps=8, num_stages=3)
+        cfg = config or _config(max(16, qpb * lqp), mean_ld, d, esize)
+        qpb = max(1, min(_pow2_at_least(nq, 1), cfg.block_q // lqp))
+        lqp = cfg.block_q // qpb
+        n_chunks = 1
+    else:
+        cfg = config or _config(lq, mean_ld, d, esize)
+        qpb, lqp = 1, cfg.block_q
+        n_chunks = max(1, math.ceil(lq / cfg.block_q))
+    return cfg, qpb, lqp, n_chunks, math.ceil(nq / qpb) * n_chunks
+
+
 def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
                   config: KernelConfig | None = None) -> torch.Tensor:
     """MaxSim of Q [Lq, d] -> [B] (fp32), or Q [Nq, Lq, d] -> [Nq, B], against packed documents.
@@ -396,23 +433,71 @@ def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
     n_docs = cu_seqlens.numel() - 1
     cu = _same(cu_seqlens, torch.int32)
     mean_ld = D.shape[0] / max(1, n_docs)
-    if nq > 1 and lq <= 64:
-        # several short queries share one program, up to 128 rows (the compute-bound many-queries case)
-        lqp = _pow2_at_least(lq, 1)
-        qpb = min(128 // lqp, _pow2_at_least(nq, 1))
-        cfg = config or _config(max(16, qpb * lqp), mean_ld, d, D.element_size())
-        qpb = max(1, min(qpb, cfg.block_q // lqp))
-        lqp = cfg.block_q // qpb
-        n_chunks = 1
-    else:
-        cfg = config or _config(lq, mean_ld, d, D.element_size())
-        qpb, lqp = 1, cfg.block_q
-        n_chunks = max(1, math.ceil(lq / cfg.block_q))
-    n_jobs = math.ceil(nq / qpb) * n_chunks
+    cfg, qpb, lqp, n_chunks, n_jobs = _plan(nq, lq, mean_ld, d, D.element_size(), config)
     nsplit = _nsplit(cfg) if n_chunks == 1 and qpb == 1 else 1
     out_shape = (nq, n_chunks, n_docs) if n_chunks > 1 else ((n_docs,) if Q.dim() == 2 else (nq, n_docs))
     out = _new_output(*out_shape, device=D.device)
     _launch(Qf, D, cu, cu, cu, out, n_docs, nq, lq, n_chunks, n_jobs, qpb, lqp, False, cfg, nsplit)
+    if n_chunks > 1:
+        out = out.sum(1)
+        return out[0] if Q.dim() == 2 else out
+    return out
+
+
+def _list_layout(docs, d: int):
+    """(base tensor, element offsets [B] int64 numpy, lengths [B] int64 numpy) of per-document tensors that the
+    pointer form can read in place, or None (mixed dtype/device, not [L, d] with rows of d contiguous elements,
+    misaligned). One C-level map per attribute over the list: no Python frame runs per document."""
+    n = len(docs)
+    if set(map(torch.Tensor.stride, docs)) != {(d, 1)}:  # 2-D, rows of d contiguous elements
+        return None
+    sizes = list(map(torch.Tensor.size, docs))
+    if set(map(_SECOND, sizes)) != {d}:
+        return None
+    if len(set(map(torch.Tensor.get_device, docs))) != 1 or len(set(map(_DTYPE_OF, docs))) != 1:
+        return None
+    ptrs = np.fromiter(map(torch.Tensor.data_ptr, docs), dtype=np.int64, count=n)
+    lengths = np.fromiter(map(_FIRST, sizes), dtype=np.int64, count=n)
+    base_i = int(ptrs.argmin())
+    off = ptrs - ptrs[base_i]
+    if (off % 16).any() or ptrs[base_i] % 16:
+        return None
+    return docs[base_i], off // docs[0].element_size(), lengths
+
+
+def maxsim_list(Q: torch.Tensor, docs, config: KernelConfig | None = None) -> torch.Tensor:
+    """MaxSim of Q [Lq, d] -> [B] (or [Nq, Lq, d] -> [Nq, B]) against a list of per-document [Ld_i, d] tensors,
+    read where they are: the kernel gets one array of document offsets (relative to the lowest-addressed document)
+    and the cumulative lengths, so nothing is copied and nothing loops over documents in Python. Falls back to
+    packing (`torch.cat`) for lists the pointer form cannot read (mixed dtypes or devices, non-contiguous rows)."""
+    if len(docs) == 0:
+        return torch.zeros((0,) if Q.dim() == 2 else (Q.shape[0], 0), dtype=torch.float32, device=Q.device)
+    d = Q.shape[-1]
+    layout = _list_layout(docs, d) if triton_available(docs[0].device) else None
+    if layout is None:
+        lengths = [t.shape[0] for t in docs]
+        cu = torch.zeros(len(docs) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+        return maxsim_packed(Q, torch.cat(list(docs)), cu.to(docs[0].device), config=config)
+    base, off, lengths = layout
+    n_docs = len(docs)
+    meta = np.empty(2 * n_docs + 2, dtype=np.int64)  # [doc offsets (B) | cu_seqlens (B+1) as int32 pairs]
+    meta[:n_docs] = off
+    cu32 = meta[n_docs:].view(np.int32)
+    cu32[0] = 0
+    np.cumsum(lengths, out=cu32[1:n_docs + 1], dtype=np.int32)
+    meta_t = torch.from_numpy(meta)
+    if base.is_cuda:
+        meta_t = meta_t.pin_memory().to(base.device, non_blocking=True)
+    doc_off = meta_t[:n_docs]
+    cu = meta_t[n_docs:].view(torch.int32)[:n_docs + 1]
+    nq, lq = (1, Q.shape[0]) if Q.dim() == 2 else Q.shape[:2]
+    Qf = _same(Q, base.dtype)
+    mean_ld = float(lengths.mean())
+    cfg, qpb, lqp, n_chunks, n_jobs = _plan(nq, lq, mean_ld, d, base.element_size(), config)
+    out_shape = (nq, n_chunks, n_docs) if n_chunks > 1 else ((n_docs,) if Q.dim() == 2 else (nq, n_docs))
+    out = _new_output(*out_shape, device=base.device)
+    _launch(Qf, base, cu, cu, cu, out, n_docs, nq, lq, n_chunks, n_jobs, qpb, lqp, False, cfg, 1, doc_off=doc_off)
     if n_chunks > 1:
         out = out.sum(1)
         return out[0] if Q.dim() == 2 else out

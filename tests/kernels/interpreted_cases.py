@@ -122,3 +122,45 @@ def test_empty_batch():
     D = torch.randn(0, 32).half()
     out = km.maxsim_packed(torch.randn(4, 32).half(), D, torch.zeros(1, dtype=torch.int32))
     assert out.shape == (0,)
+
+
+@pytest.mark.parametrize("lq,lengths,d,dtype", [
+    (32, [300, 5, 1, 77, 0], 128, torch.float16),
+    (200, [10, 150, 3], 96, torch.bfloat16),  # long query: chunks summed
+    (7, [9, 40], 32, torch.float32),
+])
+def test_list_of_separate_tensors(lq, lengths, d, dtype):
+    gen = torch.Generator().manual_seed(lq + d)
+    docs = [torch.randn(n, d, generator=gen).to(dtype) for n in lengths]  # separate allocations, any order
+    Q = torch.randn(lq, d, generator=gen).to(dtype)
+    D = torch.cat(docs)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    assert km._list_layout(docs, d) is not None  # the pointer form, not the cat fallback
+    check(km.maxsim_list(Q, docs), km.maxsim_reference(Q, D, cu, torch.float64), dtype)
+    check(km.maxsim_list(Q, docs[::-1]), km.maxsim_reference(Q, D, cu, torch.float64).flip(0), dtype)
+
+
+def test_list_views_multi_query_and_fallback():
+    gen = torch.Generator().manual_seed(11)
+    lengths = [33, 1, 64, 65]
+    D, cu = packed(lengths, 64, torch.float16, gen)
+    views = list(torch.split(D, lengths))
+    Q = torch.randn(5, 9, 64, generator=gen).half()
+    ref = km.maxsim_reference(Q, D, cu, torch.float64)
+    check(km.maxsim_list(Q, views), ref, torch.float16)
+    mixed = views[:-1] + [views[-1].float()]  # mixed dtypes: packed by the fallback
+    assert km._list_layout(mixed, 64) is None
+    check(km.maxsim_list(Q, mixed), ref, torch.float16)
+    strided = [torch.randn(64, 2 * n, generator=gen).half()[:, :n].T for n in (64, 64)]  # not row-contiguous
+    assert km._list_layout(strided, 64) is None
+
+
+def test_multi_query_large_blocks():
+    gen = torch.Generator().manual_seed(12)
+    D, cu = packed([40, 1, 70], 32, torch.float16, gen)
+    Q = torch.randn(9, 32, 32, generator=gen).half()
+    ref = km.maxsim_reference(Q, D, cu, torch.float64)
+    for swap in (True, False):
+        cfg = km.KernelConfig(block_q=256, block_d=32, block_k=32, swap=swap, num_warps=8, num_stages=2)
+        check(km.maxsim_packed(Q, D, cu, config=cfg), ref, torch.float16)

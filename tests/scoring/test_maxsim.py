@@ -53,3 +53,13 @@ def test_rejects_inconsistent_groups():
     with pytest.raises(ValueError):
         scorer.score([group(rng, 2, [3], 9)])
     assert scorer.score([]) == []
+
+
+def test_cpu_chunks_hold_whole_documents(monkeypatch):
+    import scoring.maxsim as sm
+    monkeypatch.setattr(sm, "_CPU_CHUNK_ROWS", 64)  # many chunks; a document longer than a chunk is one of its own
+    rng = np.random.default_rng(3)
+    scorer = MaxSimScorer(dim=24, device="cpu")
+    for lengths in ([30, 30, 30, 30, 30], [1, 0, 200, 63, 64, 65, 2]):
+        g = group(rng, 11, lengths, 24)
+        np.testing.assert_allclose(scorer.score([g])[0], reference(g.query, g.docs, g.lengths), rtol=1e-5, atol=1e-4)
