@@ -7,6 +7,7 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.encoder import Encoder
+from deployments.generative import Generative
 from deployments.ingress import Ingress
 from deployments.scorer import Scorer
 from scoring.config import AppConfig, parse_app_config
@@ -14,6 +15,10 @@ from scoring.config import AppConfig, parse_app_config
 
 def encoder_deployment_name(model_name: str) -> str:
     return f"Encoder-{model_name}"
+
+
+def generative_deployment_name(model_name: str) -> str:
+    return f"Generative-{model_name}"
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
@@ -24,4 +29,8 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         for model in config.late_interaction_models
     }
     scorer = Scorer.bind(config, encoders)
-    return Ingress.bind(config, scorer)
+    generators = {
+        model.name: Generative.options(name=generative_deployment_name(model.name)).bind(model)
+        for model in config.generative_models
+    }
+    return Ingress.bind(config, scorer, generators)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 
 import numpy as np
 from ray import serve
 
+from deployments.engine import EngineReplica, start_engine
 from scoring.config import LateInteractionModelConfig
 from scoring.embeddings import PackedEmbeddings
 from scoring.tokens import LateInteractionTokenizer
@@ -23,27 +23,13 @@ logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
-class Encoder:
+class Encoder(EngineReplica):
     def __init__(self, model: LateInteractionModelConfig):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         started = time.perf_counter()
         self._model = model
-        engine_args = AsyncEngineArgs(
-            model=model.resolved_model(),
-            tokenizer=model.resolved_tokenizer(),
-            runner="pooling",
-            pooler_config={"task": "token_embed"},
-            dtype=model.dtype,
-            max_model_len=model.max_model_len,
-            gpu_memory_utilization=model.gpu_memory_utilization,
-            max_num_seqs=model.max_num_seqs,
-            **model.engine_kwargs,
-        )
-        self._engine = AsyncLLM.from_engine_args(engine_args)
+        self._engine = start_engine(model, runner="pooling", pooler_config={"task": "token_embed"})
+        from transformers import AutoTokenizer
+
         model_config = self._engine.model_config
         self._dim = int(model_config.get_hidden_size())
         self._tokens = LateInteractionTokenizer(
@@ -80,11 +66,3 @@ class Encoder:
 
     def embedding_dim(self) -> int:
         return self._dim
-
-    async def check_health(self) -> None:
-        await self._engine.check_health()
-
-    def __del__(self):
-        engine = getattr(self, "_engine", None)
-        if engine is not None:
-            engine.shutdown()

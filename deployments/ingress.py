@@ -39,6 +39,16 @@ from scoring.protocol import (
     Usage,
 )
 from scoring.requests import QueryGroup, place_scores, rerank_group, rerank_results, resolve_model, score_groups
+from scoring.errors import InvalidRequest
+from scoring.generative import (
+    GenerativeJob,
+    GenerativeModelInfo,
+    generative_job,
+    generative_scoring_response,
+    resolve_generative_model,
+)
+from scoring.protocol import GenerativeScoringRequest, GenerativeScoringResponse
+from scoring.ranking import cascade_order, rank
 
 logger = logging.getLogger("ray.serve")
 
@@ -92,7 +102,11 @@ def _parse(model: type[R], request: R | dict) -> R:
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: AppConfig, scorer: DeploymentHandle):
+    def __init__(
+        self, config: AppConfig, scorer: DeploymentHandle, generators: dict[str, DeploymentHandle] | None = None
+    ):
+        self._generators = generators or {}
+        self._generative_info: dict[str, GenerativeModelInfo] = {}
         self._config = config
         self._scorer = scorer
         self._created = int(time.time())
@@ -111,7 +125,9 @@ class Ingress:
         return RerankResponse(
             model=model.name,
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
-            results=rerank_results(outcome.scores, group.documents, request.top_n, request.return_documents),
+            results=rerank_results(
+                outcome.scores, group.documents, request.top_n, request.return_documents, outcome.order
+            ),
         )
 
     async def rerank_v2(self, request: RerankV2Request | dict) -> RerankV2Response:
@@ -121,7 +137,9 @@ class Ingress:
         group = rerank_group(request.query, request.documents, self._config)
         (outcome,) = await self._score(model, [group], None, request.max_tokens_per_doc)
         return RerankV2Response(
-            results=rerank_results(outcome.scores, group.documents, request.top_n, request.return_documents),
+            results=rerank_results(
+                outcome.scores, group.documents, request.top_n, request.return_documents, outcome.order
+            ),
             meta=RerankV2Meta(tokens=Tokens(input_tokens=outcome.query_tokens + outcome.document_tokens)),
         )
 
@@ -129,6 +147,8 @@ class Ingress:
         """Score query-document pairs (vLLM shape: 1:1, 1:N or N:N)."""
         request = _parse(ScoreRequest, request)
         model = resolve_model(self._config, request.model)
+        if model.kind == "cascade":
+            raise InvalidRequest(f"model {model.name!r} is a cascade, which ranks; use /v1/rerank or /v2/rerank")
         groups, count = score_groups(request, self._config)
         outcomes = await self._score(model, groups, request.max_tokens_per_query, request.max_tokens_per_doc)
         scores = place_scores(groups, [o.scores for o in outcomes], count)
@@ -138,6 +158,15 @@ class Ingress:
             data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(scores)],
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
+
+    async def generative_scoring(self, request: GenerativeScoringRequest | dict) -> GenerativeScoringResponse:
+        """Probability of `label_token_ids[0]` after query + item, per item (vLLM's /generative_scoring)."""
+        request = _parse(GenerativeScoringRequest, request)
+        model = resolve_generative_model(self._config, request.model)
+        info = await self._model_info(model.name)
+        job = generative_job(request, self._config, info.vocab_size)
+        outcome = await self._generators[model.name].score.remote(job)
+        return generative_scoring_response(model.name, outcome)
 
     def models(self) -> ModelList:
         """The models served, first one the default."""
@@ -176,6 +205,10 @@ class Ingress:
     async def _http_score(self, body: ScoreRequest) -> ScoreResponse:
         return await self.score(body)
 
+    @api.post("/generative_scoring", response_model=GenerativeScoringResponse, responses=ERROR_RESPONSES)
+    async def _http_generative_scoring(self, body: GenerativeScoringRequest) -> GenerativeScoringResponse:
+        return await self.generative_scoring(body)
+
     @api.get("/v1/models", response_model=ModelList)
     async def _http_models(self) -> ModelList:
         return self.models()
@@ -191,6 +224,12 @@ class Ingress:
         max_tokens_per_query: int | None,
         max_tokens_per_doc: int | None,
     ) -> list[ScoreOutcome]:
+        if model.kind == "generative":
+            calls = [self._generate(model.name, group, max_tokens_per_query, max_tokens_per_doc) for group in groups]
+            return list(await asyncio.gather(*calls))
+        if model.kind == "cascade":
+            calls = [self._cascade(model, group, max_tokens_per_query, max_tokens_per_doc) for group in groups]
+            return list(await asyncio.gather(*calls))
         calls = [
             self._scorer.score.remote(
                 QuerySpec(model=model.name, text=group.query, max_tokens=max_tokens_per_query),
@@ -199,3 +238,45 @@ class Ingress:
             for group in groups
         ]
         return list(await asyncio.gather(*calls))
+
+    async def _generate(
+        self, model: str, group: QueryGroup, max_tokens_per_query: int | None, max_tokens_per_doc: int | None
+    ) -> ScoreOutcome:
+        """Relevance from a generative model: the configured first label's probability, renormalised."""
+        job = GenerativeJob(
+            query=group.query,
+            items=list(group.documents),
+            max_query_tokens=max_tokens_per_query,
+            max_item_tokens=max_tokens_per_doc,
+        )
+        outcome = await self._generators[model].score.remote(job)
+        return ScoreOutcome(
+            scores=outcome.scores, query_tokens=0, document_tokens=outcome.prompt_tokens, query_cache_hit=False
+        )
+
+    async def _cascade(
+        self, model: ModelConfig, group: QueryGroup, max_tokens_per_query: int | None, max_tokens_per_doc: int | None
+    ) -> ScoreOutcome:
+        """MaxSim over every document, the generative model on the best `candidates`, the two orders merged."""
+        first_model = self._config.model_by_name(model.first)
+        (first,) = await self._score(first_model, [group], max_tokens_per_query, max_tokens_per_doc)
+        candidates = rank(first.scores, model.candidates)
+        shortlist = QueryGroup(
+            query=group.query, documents=[group.documents[i] for i in candidates], positions=candidates
+        )
+        second = await self._generate(model.then, shortlist, max_tokens_per_query, max_tokens_per_doc)
+        order, scores = cascade_order(first.scores, candidates, second.scores)
+        return ScoreOutcome(
+            scores=scores,
+            query_tokens=first.query_tokens,
+            document_tokens=first.document_tokens + second.document_tokens,
+            query_cache_hit=first.query_cache_hit,
+            document_cache_hits=first.document_cache_hits,
+            order=order,
+        )
+
+    async def _model_info(self, model: str) -> GenerativeModelInfo:
+        info = self._generative_info.get(model)
+        if info is None:
+            info = self._generative_info[model] = await self._generators[model].info.remote()
+        return info

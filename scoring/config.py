@@ -21,20 +21,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LateInteractionModelConfig(_Strict):
-    """A ColBERT-style encoder served by vLLM (`token_embed`), scored by MaxSim."""
+ModelName = Annotated[
+    str, Field(description="Name clients use in the `model` field.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
+WEIGHTS_DESCRIPTION = "Local path, hub id, or `package:<python package>` for weights shipped inside a package."
 
-    name: str = Field(description="Name clients use in the `model` field.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    kind: Literal["late_interaction"] = "late_interaction"
-    model: str = Field(
-        default=EMBEDDED_MODEL,
-        description="Local path, hub id, or `package:<python package>` for weights shipped inside a package.",
-    )
+
+class _EngineConfig(_Strict):
+    """What every model served by a vLLM engine has: weights, tokenizer, lengths, engine settings."""
+
     tokenizer: str | None = Field(default=None, description="Tokenizer path or id; defaults to `model`.")
     dtype: str = Field(default="float32", description="Weights dtype for vLLM (`float32`, `bfloat16`, `float16`).")
     max_model_len: int | None = Field(
-        default=None, ge=8, description="Longest sequence the encoder accepts, in tokens; the model's own when null."
+        default=None, ge=8, description="Longest sequence the engine accepts, in tokens; the model's own when null."
     )
+    gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1, description="vLLM's share of device memory.")
+    max_num_seqs: int = Field(default=256, ge=1, description="vLLM's largest batch of sequences.")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra `AsyncEngineArgs` fields.")
+
+    def resolved_model(self) -> str:
+        return resolve_model_path(self.model)
+
+    def resolved_tokenizer(self) -> str:
+        return resolve_model_path(self.tokenizer or self.model)
+
+
+class LateInteractionModelConfig(_EngineConfig):
+    """A ColBERT-style encoder served by vLLM (`token_embed`), scored by MaxSim."""
+
+    name: ModelName
+    kind: Literal["late_interaction"] = "late_interaction"
+    model: str = Field(default=EMBEDDED_MODEL, description=WEIGHTS_DESCRIPTION)
     query_prefix: str = Field(default="", description="Text put before every query (ColBERT: `[Q] `).")
     document_prefix: str = Field(default="", description="Text put before every document (ColBERT: `[D] `).")
     query_pad_length: int | None = Field(
@@ -50,9 +67,6 @@ class LateInteractionModelConfig(_Strict):
         default="float32",
         description="dtype of token embeddings handed from encoder to scorer (float16 halves the traffic).",
     )
-    gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1, description="vLLM's share of device memory.")
-    max_num_seqs: int = Field(default=256, ge=1, description="vLLM's largest batch of sequences.")
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra `AsyncEngineArgs` fields.")
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "LateInteractionModelConfig":
@@ -62,14 +76,54 @@ class LateInteractionModelConfig(_Strict):
                 raise ValueError(f"{field} ({value}) exceeds max_model_len ({self.max_model_len})")
         return self
 
-    def resolved_model(self) -> str:
-        return resolve_model_path(self.model)
 
-    def resolved_tokenizer(self) -> str:
-        return resolve_model_path(self.tokenizer or self.model)
+QWEN3_RERANKER_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
-ModelConfig = Annotated[Union[LateInteractionModelConfig], Field(discriminator="kind")]
+class GenerativeModelConfig(_EngineConfig):
+    """A CausalLM served by vLLM that scores an item by the probability of label tokens after a prompt."""
+
+    name: ModelName
+    kind: Literal["generative"]
+    model: str = Field(description=WEIGHTS_DESCRIPTION)
+    template: Literal["raw", "qwen3-reranker"] = Field(
+        default="raw",
+        description="`raw`: query and item token ids concatenated (vLLM's /generative_scoring); `qwen3-reranker`: "
+        "the chat prompt Qwen3-Reranker models are trained on.",
+    )
+    instruction: str = Field(
+        default=QWEN3_RERANKER_INSTRUCTION, description="The `<Instruct>` line of the qwen3-reranker template."
+    )
+    label_tokens: list[str] = Field(
+        default_factory=lambda: ["yes", "no"],
+        min_length=1,
+        max_length=128,
+        description="Label words (one token each) for rerank and score: relevance = P(first) renormalised over all.",
+    )
+    max_tokens_per_query: int | None = Field(
+        default=None, ge=1, description="Queries are truncated to this many tokens."
+    )
+    max_tokens_per_doc: int | None = Field(
+        default=None, ge=1, description="Documents are truncated to this many tokens."
+    )
+    enable_prefix_caching: bool = Field(
+        default=True, description="vLLM prefix caching: a query shared by many items is computed once."
+    )
+
+
+class CascadeModelConfig(_Strict):
+    """Two stages in one request: MaxSim over every document, then a generative model on the best `candidates`."""
+
+    name: ModelName
+    kind: Literal["cascade"]
+    first: str = Field(description="Name of the late_interaction model that ranks every document.")
+    then: str = Field(description="Name of the generative model that rescores the first stage's best documents.")
+    candidates: int = Field(default=50, ge=1, description="How many of the first stage's best go to the second.")
+
+
+ModelConfig = Annotated[
+    Union[LateInteractionModelConfig, GenerativeModelConfig, CascadeModelConfig], Field(discriminator="kind")
+]
 
 
 class Limits(_Strict):
@@ -139,12 +193,29 @@ class AppConfig(_Strict):
             raise ValueError(f"duplicate model names: {', '.join(duplicates)}")
         return models
 
+    @model_validator(mode="after")
+    def _cascades_name_their_stages(self) -> "AppConfig":
+        kinds = {m.name: m.kind for m in self.models}
+        for i, model in enumerate(self.models):
+            if model.kind != "cascade":
+                continue
+            for key, wanted in (("first", "late_interaction"), ("then", "generative")):
+                target = getattr(model, key)
+                if kinds.get(target) != wanted:
+                    found = f"a {kinds[target]} model" if target in kinds else "not a model of this config"
+                    raise ValueError(f"models.{i}.{key}: {target!r} must name a {wanted} model; it is {found}")
+        return self
+
     def model_by_name(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
 
     @property
     def late_interaction_models(self) -> list[LateInteractionModelConfig]:
         return [m for m in self.models if m.kind == "late_interaction"]
+
+    @property
+    def generative_models(self) -> list[GenerativeModelConfig]:
+        return [m for m in self.models if m.kind == "generative"]
 
 
 class ConfigError(ValueError):

@@ -47,3 +47,4 @@ class ScoreOutcome:
     document_tokens: int
     query_cache_hit: bool
     document_cache_hits: int = 0
+    order: list[int] | None = None  # a cascade's final order, best first; None: by score

@@ -176,3 +176,41 @@ class ModelList(_Response):
 class Health(_Response):
     status: Literal["ok"] = "ok"
     models: list[str]
+
+
+MAX_LABEL_TOKEN_IDS = 128  # vLLM's bound on `logprob_token_ids`
+
+
+class GenerativeScoringRequest(_Request):
+    """`POST /generative_scoring`: vLLM's shape. The score of an item is the probability of
+    `label_token_ids[0]` as the next token after the query and the item."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "qwen3-reranker", "query": "Is Paris in France?", "items": [" Yes", " No"],
+                 "label_token_ids": [9454, 2753]}
+            ]
+        }
+    )
+
+    model: StrictStr | None = Field(default=None, description="A generative model's name; the first one when omitted.")
+    query: StrictStr | list[NonNegativeInt] = Field(description="Query text or token ids.")
+    items: list[StrictStr] | list[list[NonNegativeInt]] = Field(description="Item texts or token id lists.")
+    label_token_ids: list[StrictInt] = Field(
+        min_length=1, max_length=MAX_LABEL_TOKEN_IDS, description="Token ids whose next-token probability is read."
+    )
+    apply_softmax: StrictBool = Field(
+        default=True, description="Renormalise over the label tokens (true) or the full vocabulary (false)."
+    )
+    item_first: StrictBool = Field(default=False, description="Put each item before the query.")
+    add_special_tokens: StrictBool = Field(default=True, description="Add special tokens when tokenizing the query.")
+
+
+class GenerativeUsage(Usage):
+    completion_tokens: int
+
+
+class GenerativeScoringResponse(ScoreResponse):
+    id: str = Field(default_factory=lambda: new_id("generative-scoring"))
+    usage: GenerativeUsage

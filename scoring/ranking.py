@@ -15,3 +15,19 @@ def rank(scores: Sequence[float] | np.ndarray, top_n: int | None = None) -> list
     if top_n:
         order = order[:top_n]
     return order.tolist()
+
+
+def cascade_order(
+    first_scores: Sequence[float] | np.ndarray, candidates: Sequence[int], second_scores: Sequence[float] | np.ndarray
+) -> tuple[list[int], np.ndarray]:
+    """Merge two stages: the `candidates` (indices into `first_scores`) ordered by their second-stage score,
+    then every other document by its first-stage score.
+
+    Returns the final order and each document's score from the stage that placed it.
+    """
+    scores = np.asarray(first_scores, dtype=np.float64).copy()
+    candidates = list(candidates)
+    scores[candidates] = np.asarray(second_scores, dtype=np.float64)
+    chosen = set(candidates)
+    rest = [i for i in rank(first_scores) if i not in chosen]
+    return [candidates[i] for i in rank(second_scores)] + rest, scores

@@ -104,13 +104,19 @@ def place_scores(groups: Sequence[QueryGroup], group_scores: Sequence[np.ndarray
 
 
 def rerank_results(
-    scores: np.ndarray, documents: Sequence[str], top_n: int | None, return_documents: bool
+    scores: np.ndarray,
+    documents: Sequence[str],
+    top_n: int | None,
+    return_documents: bool,
+    order: Sequence[int] | None = None,
 ) -> list[RerankResult]:
+    """Results best first: by score, or in `order` when a cascade decided it."""
+    order = rank(scores, top_n) if order is None else list(order)[: top_n or None]
     return [
         RerankResult(
             index=i,
             relevance_score=float(scores[i]),
             document=DocumentText(text=documents[i]) if return_documents else None,
         )
-        for i in rank(scores, top_n)
+        for i in order
     ]
