@@ -80,6 +80,11 @@ class Scorer:
             "device": self._device_name(),
         }
 
+    def record_routing_stats(self) -> dict:
+        """Serve polls this on every replica (routers see it as `replica.routing_stats`); it also lets a
+        driver read each replica's counters (benchmarks/e2e_bench.py sums them over the replicas)."""
+        return self.stats()
+
     async def _query_embedding(self, query: QuerySpec) -> tuple[np.ndarray, bool]:
         cached = self._queries.get(query.key)
         if cached is not None:
