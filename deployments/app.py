@@ -34,3 +34,8 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         for model in config.generative_models
     }
     return Ingress.bind(config, scorer, generators)
+
+
+# The default application as an object, for the Serve CLI forms that need one:
+# `serve run deployments.app:app`, `serve build deployments.app:app -o config.yaml`.
+app = build_app()

@@ -15,6 +15,7 @@ import numpy as np
 from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
+from deployments.metrics import service_metrics
 from scoring.config import LateInteractionModelConfig
 from scoring.embeddings import PackedEmbeddings
 from scoring.tokens import LateInteractionTokenizer
@@ -24,7 +25,8 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
 class Encoder(EngineReplica):
-    def __init__(self, model: LateInteractionModelConfig):
+    async def __init__(self, model: LateInteractionModelConfig):
+        """Start the engine (loading the weights), then encode one text: the replica is ready only once it can serve."""
         started = time.perf_counter()
         self._model = model
         self._engine = start_engine(model, runner="pooling", pooler_config={"task": "token_embed"})
@@ -36,21 +38,27 @@ class Encoder(EngineReplica):
             AutoTokenizer.from_pretrained(model.resolved_tokenizer()), model, int(model_config.max_model_len)
         )
         self._dtype = np.dtype(model.embedding_dtype)
+        warm_up = time.perf_counter()
+        await self.encode_queries(["warm-up"])
         logger.info(
-            "Encoder %s ready in %.1fs (max_model_len=%d)",
+            "Encoder %s ready in %.1fs (warm-up encode %.2fs, max_model_len=%d)",
             model.name,
             time.perf_counter() - started,
+            time.perf_counter() - warm_up,
             model_config.max_model_len,
         )
 
     async def encode_queries(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
+        """Token embeddings of each query (prefix, truncation to `max_tokens`, padding applied), packed."""
         return await self._encode(self._tokens.query_ids(texts, max_tokens))
 
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
+        """Token embeddings of each document (prefix, truncation to `max_tokens`), packed."""
         return await self._encode(self._tokens.document_ids(texts, max_tokens))
 
     async def _encode(self, token_ids: list[list[int]]) -> PackedEmbeddings:
-        outputs = await asyncio.gather(*(self._encode_one(ids) for ids in token_ids))
+        with service_metrics().stage("encode", self._model.name):
+            outputs = await asyncio.gather(*(self._encode_one(ids) for ids in token_ids))
         return PackedEmbeddings.pack(outputs, self._dim, self._dtype)
 
     async def _encode_one(self, ids: list[int]) -> np.ndarray:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from scoring.config import GenerativeModelConfig, LateInteractionModelConfig
+
+logger = logging.getLogger("ray.serve")
 
 
 def start_engine(model: LateInteractionModelConfig | GenerativeModelConfig, **task_args: Any):
@@ -25,13 +29,18 @@ def start_engine(model: LateInteractionModelConfig | GenerativeModelConfig, **ta
         **task_args,
         **model.engine_kwargs,
     }
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+    started = time.perf_counter()
+    logger.info("Model %s: starting the vLLM engine (loads %s)", model.name, args["model"])
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+    logger.info("Model %s: weights loaded and vLLM engine started in %.1fs", model.name, time.perf_counter() - started)
+    return engine
 
 
 class EngineReplica:
     """Health check and shutdown for a replica whose vLLM engine is `self._engine`."""
 
     async def check_health(self) -> None:
+        """Serve calls this periodically; it raises (and Serve replaces the replica) once the engine is dead."""
         await self._engine.check_health()
 
     def __del__(self):

@@ -19,6 +19,7 @@ import numpy as np
 from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
+from deployments.metrics import service_metrics
 from scoring.config import GenerativeModelConfig
 from scoring.generative import (
     GenerativeJob,
@@ -87,10 +88,12 @@ class Generative(EngineReplica):
         labels = job.label_token_ids or self._labels
         params = SamplingParams(max_tokens=1, logprobs=len(labels), logprob_token_ids=labels)
         logprobs = np.empty((len(prompts), len(labels)), dtype=np.float64)
-        rest = await self._prime_shared_prefix(prompts, params, labels, logprobs)
-        reads = await asyncio.gather(*(self._read(prompts[i], params, labels) for i in rest))
+        with service_metrics().stage("generative", self._model.name):
+            rest = await self._prime_shared_prefix(prompts, params, labels, logprobs)
+            reads = await asyncio.gather(*(self._read(prompts[i], params, labels) for i in rest))
         for i, row in zip(rest, reads):
             logprobs[i] = row
+        service_metrics().scored(self._model.name, len(prompts), sum(len(p) for p in prompts))
         return GenerativeOutcome(
             scores=first_label_probability(logprobs, job.apply_softmax),
             prompt_tokens=sum(len(p) for p in prompts),
