@@ -10,18 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Awaitable, Callable, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.guard import GuardSettings, RequestGuard
+from deployments.metrics import request_recorder
+
 from scoring.config import AppConfig, ModelConfig
-from scoring.errors import ServiceError, ValidationFailed, describe_validation_errors, error_body
+from scoring.auth import ApiKeys
+from scoring.errors import (
+    Overloaded,
+    ServiceError,
+    Unavailable,
+    UpstreamTimeout,
+    ValidationFailed,
+    describe_validation_errors,
+    error_body,
+)
 from scoring.messages import DocumentSpec, QuerySpec, ScoreOutcome
 from scoring.protocol import (
     Health,
@@ -53,6 +69,7 @@ from scoring.ranking import cascade_order, rank
 logger = logging.getLogger("ray.serve")
 
 R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
 
 api = FastAPI(
     title="Reranking service",
@@ -63,20 +80,18 @@ api = FastAPI(
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": description, "content": {"application/json": {"example": error_body(description, kind, code)}}}
     for code, kind, description in [
+        (400, "invalid_request_error", "The request asks for something that cannot be done."),
+        (401, "authentication_error", "Missing or invalid API key (when keys are configured)."),
         (404, "model_not_found", "The model is not served here."),
-        (413, "payload_too_large", "Too many documents or characters."),
+        (413, "payload_too_large", "Too many documents or characters, or too large a body."),
         (422, "validation_error", "A field is missing, of the wrong type, or out of range."),
+        (503, "overloaded", "At capacity, or a replica is being replaced; retry after `Retry-After` seconds."),
+        (504, "timeout", "No answer within the request timeout."),
     ]
 }
 
 
-@api.middleware("http")
-async def _json_bodies(request: Request, call_next):
-    """Read every POST body as JSON, so `curl -d '{...}'` without a Content-Type header works."""
-    if request.method == "POST":
-        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-        request.scope["headers"] = headers + [(b"content-type", b"application/json")]
-    return await call_next(request)
+api.add_middleware(RequestGuard)
 
 
 @api.exception_handler(ServiceError)
@@ -87,6 +102,36 @@ async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     return await _service_error(request, ValidationFailed(describe_validation_errors(exc.errors())))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method, unparsable body) in the same JSON shape."""
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
+    return JSONResponse(
+        error_body(str(exc.detail), kind, exc.status_code), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s", request.url.path)
+    return JSONResponse(error_body("internal error", "internal_error", 500), status_code=500)
+
+
+MAX_CALLS_PER_REQUEST = 16
+GROUPS_PER_CALL = 32
+
+
+async def _bounded(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """One request's backend calls, at most 16 at a time: an N:N /score request must not fill a queue alone."""
+    gate = asyncio.Semaphore(MAX_CALLS_PER_REQUEST)
+
+    async def run(call: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await call()
+
+    return list(await asyncio.gather(*(run(call) for call in calls)))
 
 
 def _parse(model: type[R], request: R | dict) -> R:
@@ -108,6 +153,12 @@ class Ingress:
         self._generators = generators or {}
         self._generative_info: dict[str, GenerativeModelInfo] = {}
         self._config = config
+        api.state.guard = GuardSettings(
+            api_keys=ApiKeys(config.auth.keys()),
+            max_body_bytes=config.limits.max_body_bytes,
+            max_concurrent_requests=config.limits.max_concurrent_requests,
+            on_response=request_recorder(frozenset(route.path for route in api.routes)),
+        )
         self._scorer = scorer
         self._created = int(time.time())
 
@@ -165,7 +216,7 @@ class Ingress:
         model = resolve_generative_model(self._config, request.model)
         info = await self._model_info(model.name)
         job = generative_job(request, self._config, info.vocab_size)
-        outcome = await self._generators[model.name].score.remote(job)
+        outcome = await self._backend(self._generators[model.name].score.remote(job))
         return generative_scoring_response(model.name, outcome)
 
     def models(self) -> ModelList:
@@ -177,6 +228,7 @@ class Ingress:
         )
 
     def health(self) -> Health:
+        """The models served; answering at all means the ingress is up (`GET /health`)."""
         return Health(models=[m.name for m in self._config.models])
 
     async def scorer_stats(self) -> dict:
@@ -225,19 +277,25 @@ class Ingress:
         max_tokens_per_doc: int | None,
     ) -> list[ScoreOutcome]:
         if model.kind == "generative":
-            calls = [self._generate(model.name, group, max_tokens_per_query, max_tokens_per_doc) for group in groups]
-            return list(await asyncio.gather(*calls))
-        if model.kind == "cascade":
-            calls = [self._cascade(model, group, max_tokens_per_query, max_tokens_per_doc) for group in groups]
-            return list(await asyncio.gather(*calls))
-        calls = [
-            self._scorer.score.remote(
-                QuerySpec(model=model.name, text=group.query, max_tokens=max_tokens_per_query),
-                DocumentSpec(texts=group.documents, max_tokens=max_tokens_per_doc),
+            return await _bounded(
+                [partial(self._generate, model.name, g, max_tokens_per_query, max_tokens_per_doc) for g in groups]
             )
-            for group in groups
-        ]
-        return list(await asyncio.gather(*calls))
+        if model.kind == "cascade":
+            return await _bounded(
+                [partial(self._cascade, model, g, max_tokens_per_query, max_tokens_per_doc) for g in groups]
+            )
+
+        async def score(chunk: list[QueryGroup]) -> list[ScoreOutcome]:
+            return await self._scorer.score.remote(
+                [QuerySpec(model=model.name, text=g.query, max_tokens=max_tokens_per_query) for g in chunk],
+                [DocumentSpec(texts=g.documents, max_tokens=max_tokens_per_doc) for g in chunk],
+            )
+
+        # A rerank is one query: one call, routed to its query's home scorer replica. Many queries (N:N
+        # /score) go in calls of GROUPS_PER_CALL, each routed by its first query.
+        chunks = [groups[i : i + GROUPS_PER_CALL] for i in range(0, len(groups), GROUPS_PER_CALL)]
+        outcomes = await self._backend(_bounded([partial(score, chunk) for chunk in chunks]))
+        return [outcome for chunk in outcomes for outcome in chunk]
 
     async def _generate(
         self, model: str, group: QueryGroup, max_tokens_per_query: int | None, max_tokens_per_doc: int | None
@@ -249,7 +307,7 @@ class Ingress:
             max_query_tokens=max_tokens_per_query,
             max_item_tokens=max_tokens_per_doc,
         )
-        outcome = await self._generators[model].score.remote(job)
+        outcome = await self._backend(self._generators[model].score.remote(job))
         return ScoreOutcome(
             scores=outcome.scores, query_tokens=0, document_tokens=outcome.prompt_tokens, query_cache_hit=False
         )
@@ -278,5 +336,22 @@ class Ingress:
     async def _model_info(self, model: str) -> GenerativeModelInfo:
         info = self._generative_info.get(model)
         if info is None:
-            info = self._generative_info[model] = await self._generators[model].info.remote()
+            info = self._generative_info[model] = await self._backend(self._generators[model].info.remote())
         return info
+
+    async def _backend(self, work: Awaitable[T]) -> T:
+        """Await calls to other deployments under the request timeout, mapping their failures to typed errors."""
+        try:
+            return await asyncio.wait_for(work, timeout=self._config.limits.request_timeout_s)
+        except ServiceError:
+            raise
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(
+                f"no answer within {self._config.limits.request_timeout_s:g}s; retry, or send fewer documents"
+            ) from None
+        except BackPressureError as exc:
+            logger.warning("backpressure: %s", exc.message)
+            raise Overloaded("at capacity: a backend queue is full; retry shortly") from None
+        except (RayActorError, DeploymentUnavailableError) as exc:
+            logger.warning("backend replica failed: %s", type(exc).__name__)
+            raise Unavailable("a replica failed and is being replaced; retry shortly") from None

@@ -1,7 +1,7 @@
 """Query-cache affinity: calls about the same query go to the same scorer replica.
 
-A Ray Serve request router for the Scorer deployment. The first argument of a scorer call carries the
-query key; replicas are ranked by rendezvous hashing of that key (`scoring.affinity`), the home
+A Ray Serve request router for the Scorer deployment. The first argument of a scorer call (a query, or
+a list of queries whose first one counts) carries the query key; replicas are ranked by rendezvous hashing of that key (`scoring.affinity`), the home
 replica first. Serve takes the first rank that has room, so a busy home spills to the next replica
 instead of queueing, and a call without a key is routed by load as usual.
 """
@@ -18,7 +18,10 @@ from scoring.affinity import rendezvous_order
 def routing_key(request: Optional[PendingRequest]) -> str | None:
     if request is None or not request.args:
         return None
-    key = getattr(request.args[0], "key", None)
+    first = request.args[0]
+    if isinstance(first, list) and first:  # Scorer.score(queries, documents): the first query routes
+        first = first[0]
+    key = getattr(first, "key", None)
     return key if isinstance(key, str) else None
 
 

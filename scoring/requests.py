@@ -40,6 +40,14 @@ def document_texts(documents: Sequence[Document]) -> list[str]:
     return [d.text if isinstance(d, DocumentObject) else d for d in documents]
 
 
+def check_text(text: str, field: str) -> None:
+    """Text must be encodable: JSON escapes can smuggle in lone surrogates, which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationFailed(f"{field} contains invalid unicode (a lone surrogate)") from None
+
+
 def check_query(query: str, config: AppConfig, field: str = "query") -> None:
     if not query.strip():
         raise ValidationFailed(f"{field} must not be empty")
@@ -47,6 +55,7 @@ def check_query(query: str, config: AppConfig, field: str = "query") -> None:
         raise PayloadTooLarge(
             f"{field} has {len(query)} characters; the limit is {config.limits.max_query_chars}"
         )
+    check_text(query, field)
 
 
 def check_documents(documents: Sequence[str], config: AppConfig) -> None:
@@ -62,6 +71,7 @@ def check_documents(documents: Sequence[str], config: AppConfig) -> None:
             raise PayloadTooLarge(
                 f"documents[{i}] has {len(doc)} characters; the limit is {limits.max_document_chars}"
             )
+        check_text(doc, f"documents[{i}]")
 
 
 def rerank_group(query: str, documents: Sequence[Document], config: AppConfig) -> QueryGroup:

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+METRICS_PORT_ENV = "RERANK_TEST_METRICS_PORT"
 
 
 def default_app_args() -> dict:
@@ -35,12 +36,25 @@ def serve_instance():
     from ray import serve
 
     # Logical CPUs above the 2 physical ones, so tests can add replicas; vLLM shares the real cores.
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # The metrics agent runs without the dashboard; tests scrape it on this port (metrics_url).
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=int(os.environ.setdefault(METRICS_PORT_ENV, str(_free_port()))),
+    )
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def metrics_url(serve_instance) -> str:
+    """Ray's Prometheus endpoint of this node (where Serve replicas' metrics are exported)."""
+    return f"http://127.0.0.1:{os.environ[METRICS_PORT_ENV]}/metrics"
 
 
 @pytest.fixture(scope="session")
