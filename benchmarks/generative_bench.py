@@ -157,7 +157,7 @@ class OurServer(GenerativeServer):
 
 def app_args(model: Path, max_model_len: int) -> dict:
     generative = {"name": MODEL_NAME, "kind": "generative", "model": str(model), "max_model_len": max_model_len}
-    return {"models": [generative], "limits": {"max_concurrent_requests": 256}}
+    return {"models": [generative]}
 
 
 def serve_ours(port: int, model: Path, max_model_len: int) -> None:
