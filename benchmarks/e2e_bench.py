@@ -112,6 +112,7 @@ class RunResult:
     documents_per_s: float
     p50_ms: float
     p99_ms: float
+    load_1m: float  # the machine's 1-minute load average at the end: other work on the same cores skews a run
     cache: dict | None = None
 
 
@@ -168,6 +169,7 @@ def measure(server: str, url: str, workload: Workload, concurrency: int) -> RunR
         documents_per_s=round(documents / seconds, 1),
         p50_ms=round(float(np.percentile(latencies, 50)) * 1000, 1),
         p99_ms=round(float(np.percentile(latencies, 99)) * 1000, 1),
+        load_1m=round(os.getloadavg()[0], 1),
     )
 
 
@@ -297,7 +299,8 @@ def serve_ours(port: int, scorer_replicas: int) -> None:
 
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # Logical CPUs above the 2 physical ones so 4 scorer replicas fit; every process shares the real cores.
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # address="local": a new cluster of its own, even when another Ray runs on this machine.
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     fixed = {"autoscaling_config": None}
     deploy(
@@ -350,9 +353,12 @@ def hit_rates(before: dict, after: dict) -> dict:
 # Report
 
 def print_table(runs: list[RunResult], replicas: list[dict]) -> None:
-    print(f"\n{'server':<12} {'workload':<8} {'req/s':>7} {'docs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"\n{'server':<12} {'workload':<8} {'req/s':>7} {'docs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'load':>5}")
     for r in runs:
-        print(f"{r.server:<12} {r.workload:<8} {r.requests_per_s:>7} {r.documents_per_s:>8} {r.p50_ms:>8} {r.p99_ms:>8} {r.errors:>6}")
+        print(
+            f"{r.server:<12} {r.workload:<8} {r.requests_per_s:>7} {r.documents_per_s:>8} {r.p50_ms:>8} {r.p99_ms:>8}"
+            f" {r.errors:>6} {r.load_1m:>5}"
+        )
     by = {(r.server, r.workload): r for r in runs}
     for workload in ("cold", "warm"):
         ours, theirs = by.get(("ours", workload)), by.get(("vllm-server", workload))
@@ -404,8 +410,8 @@ def plot(runs: list[RunResult], replicas: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=160, help="Measured requests per workload.")
-    parser.add_argument("--history", type=int, default=48, help="Untimed requests before the warm workload.")
+    parser.add_argument("--requests", type=int, default=320, help="Measured requests per workload.")
+    parser.add_argument("--history", type=int, default=64, help="Untimed requests before the warm workload.")
     parser.add_argument("--concurrency", type=int, default=16, help="Requests in flight.")
     parser.add_argument("--documents", type=int, default=10, help="Documents per request.")
     parser.add_argument("--query-words", type=int, default=8)
