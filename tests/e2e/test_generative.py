@@ -242,3 +242,24 @@ def test_cascade_on_score_is_a_4xx_and_app_stays_healthy(client):
     assert client.get("/health").status_code == 200
     ok = client.post("/generative_scoring", json={"query": QUERY, "items": DOCUMENTS[:1], "label_token_ids": [YES]})
     assert ok.status_code == 200, ok.text
+
+
+def test_cascade_through_the_cohere_sdk_and_its_metrics(generative_app, metrics_url):
+    """The Cohere SDK on /v2/rerank with the cascade model; the generative stage shows in the metrics."""
+    import cohere
+
+    from tests.conftest import wait_until
+    from tests.e2e.prometheus import scrape, total
+
+    co = cohere.ClientV2(api_key="unused", base_url=generative_app[0], timeout=300)
+    response = co.rerank(model="cascade", query=QUERY, documents=DOCUMENTS, top_n=2)
+    assert len(response.results) == 2 and response.meta.tokens.input_tokens > 0
+
+    def generative_recorded() -> bool:
+        samples = scrape(metrics_url)
+        return (
+            total(samples, "ray_rerank_stage_seconds_count", stage="generative", model="tiny-qwen3") >= 1
+            and total(samples, "ray_rerank_documents_scored_total", model="tiny-qwen3") >= CANDIDATES
+        )
+
+    wait_until(generative_recorded, timeout=120, interval=1.0)

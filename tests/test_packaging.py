@@ -1,0 +1,56 @@
+"""The project as Ray and pip users handle it: `serve build` on the default application, `pip wheel` of the
+project, and the handle API typed and documented."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def test_serve_build_writes_a_config_of_the_default_app(tmp_path):
+    out = tmp_path / "built.yaml"
+    run = subprocess.run(
+        [str(BIN / "serve"), "build", "deployments.app:app", "-o", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    (app,) = yaml.safe_load(out.read_text())["applications"]
+    assert app["import_path"] == "deployments.app:app"
+    deployments = {d["name"]: d for d in app["deployments"]}
+    assert set(deployments) == {"Ingress", "Scorer", "Encoder-minilm-colbert"}
+    router = deployments["Scorer"]["request_router_config"]["request_router_class"]
+    assert router == "deployments.routing.QueryAffinityRouter"
+
+
+def test_pip_wheel_holds_every_package(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", ".", "-w", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    (wheel,) = tmp_path.glob("rayrerank-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("deployments", "scoring", "kernels"):
+        sources = {str(p.relative_to(ROOT)) for p in (ROOT / package).glob("*.py")}
+        assert sources <= names, sources - names
+
+
+def test_handle_api_is_typed_and_documented():
+    from deployments.ingress import Ingress
+
+    cls = Ingress.func_or_class
+    for name in ("rerank", "rerank_v2", "score", "generative_scoring", "models", "health", "scorer_stats"):
+        method = getattr(cls, name)
+        assert inspect.getdoc(method), f"Ingress.{name} has no docstring"
+        signature = inspect.signature(method)
+        assert signature.return_annotation is not inspect.Signature.empty, f"Ingress.{name} has no return type"
+        assert all(p.annotation is not inspect.Parameter.empty for p in list(signature.parameters.values())[1:])
