@@ -267,20 +267,160 @@ def _maxsim_kernel(
         tl.store(out + (qo.to(tl.int64) * n_chunks + c) * n_docs + b, per_query, mask=(qo < n_queries) & last)
 
 
+def _count_less(cu, n, x, K: tl.constexpr):
+    """#{i < n: cu[i] < x} for nondecreasing cu: a K-ary search, one vector load of K samples a step."""
+    lo = n * 0
+    hi = n
+    ks = tl.arange(0, K)
+    while hi > lo:
+        step = tl.maximum((hi - lo + K - 1) // K, 1)
+        idx = lo + ks * step
+        inside = idx < hi
+        vals = tl.load(cu + idx, mask=inside, other=0)
+        c = tl.sum(((vals < x) & inside).to(tl.int32), axis=0)
+        new_hi = tl.where(c == 0, lo, tl.minimum(lo + c * step, hi))
+        lo = tl.where(c == 0, lo, lo + (c - 1) * step + 1)
+        hi = new_hi
+    return lo
+
+
+_search = None  # the jitted _count_less, set by _kernel(flat=True)
+
+
+def _maxsim_flat_kernel(
+    Q, D, cu_d, out, rowbuf, counter, n_docs, q_len, n_progs,
+    D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, SEARCH_K: tl.constexpr,
+):
+    """Persistent form for one short query (Lq <= BLOCK_Q <= 64): a fixed number of programs, program p streams
+    the tokens [p·chunk, (p+1)·chunk) of the packed documents (chunk = T / n_progs rounded up to BLOCK_D), in
+    BLOCK_D-row tiles that restart at every document start, across document boundaries in one loop.
+
+    A document inside one program is finished there. A document cut by a program boundary: each piece folds its
+    row maxima into rowbuf[b] (fp32 atomic max; rowbuf holds -inf between launches) and bumps counter[b]; the
+    piece that arrives last reads the combined maxima (and puts -inf back), writes the score
+    and resets the counter. Empty documents score 0; each costs one (load-free) iteration of the program whose
+    token range holds its position (the last active program takes those at the very end).
+    """
+    pid = tl.program_id(0)
+    total = tl.load(cu_d + n_docs)
+    chunk = ((total + n_progs - 1) // n_progs + BLOCK_D - 1) // BLOCK_D * BLOCK_D
+    chunk = tl.maximum(chunk, BLOCK_D)
+    t0 = pid * chunk
+    t1 = tl.minimum(t0 + chunk, total)
+    active = (t0 < total) | (pid == 0)
+    # documents of this program: those starting in [t0, t1), the one cut at t0, and the empty ones at `total`
+    lo = _search(cu_d, n_docs, t0, SEARCH_K)
+    b_end = _search(cu_d, n_docs, t1, SEARCH_K)
+    b_end = tl.where(t1 >= total, n_docs, b_end)
+    cut_first = (lo > 0) & (tl.load(cu_d + lo, mask=lo > 0, other=0) > t0)
+    b_first = tl.where(cut_first, lo - 1, lo)
+    b_end = tl.where(active, b_end, b_first)
+
+    # iterations: max(1, tiles of each document's part in [t0, t1))
+    n_iter = b_first * 0
+    blk = tl.arange(0, 128)
+    for b0 in range(b_first, b_end, 128):
+        bi = b0 + blk
+        m = bi < b_end
+        s = tl.maximum(tl.load(cu_d + bi, mask=m, other=0), t0)
+        e = tl.minimum(tl.load(cu_d + bi + 1, mask=m, other=0), t1)
+        n_iter += tl.sum(tl.where(m, tl.maximum((e - s + BLOCK_D - 1) // BLOCK_D, 1), 0), axis=0)
+
+    r = tl.arange(0, BLOCK_Q)
+    row_valid = r < q_len
+    offs_k = tl.arange(0, BLOCK_K)
+    NUM_K: tl.constexpr = (D_MODEL + BLOCK_K - 1) // BLOCK_K
+    EVEN_K: tl.constexpr = D_MODEL % BLOCK_K == 0
+    q_ptrs = Q + r[:, None] * D_MODEL + offs_k[None, :]
+    if NUM_K == 1:
+        if EVEN_K:
+            q0 = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
+        else:
+            q0 = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_k[None, :] < D_MODEL), other=0.0)
+    offs_d = tl.arange(0, BLOCK_D)
+    one = tl.arange(0, 1)
+
+    b = b_first
+    ds = tl.load(cu_d + b, mask=active, other=0)
+    de = tl.load(cu_d + b + 1, mask=active, other=0)
+    ts = tl.maximum(ds, t0)
+    te = tl.minimum(de, t1)
+    best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
+    for _ in range(0, n_iter):
+        rows = ts + offs_d
+        d_valid = rows < te
+        d_ptrs = D + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
+        acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+        for kk in tl.static_range(NUM_K):
+            k_valid = (offs_k[None, :] + kk * BLOCK_K) < D_MODEL
+            if EVEN_K:
+                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0)
+            else:
+                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0)
+            if NUM_K == 1:
+                qt = q0
+            elif EVEN_K:
+                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None], other=0.0)
+            else:
+                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
+            if UPCAST:
+                dt = dt.to(tl.float32)
+                qt = qt.to(tl.float32)
+            if IEEE:
+                acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(dt, tl.trans(qt), acc)
+        best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
+        ts += BLOCK_D
+        if ts >= te:  # this document's part ends here
+            best_row = tl.max(best, axis=0)
+            if (ds < t0) | (de > t1):  # cut by a program boundary: combine through rowbuf
+                slot = rowbuf + b.to(tl.int64) * BLOCK_Q + r
+                tl.atomic_max(slot, best_row, sem="relaxed")
+                p_first = ds // chunk
+                n_pieces = (de - 1) // chunk - p_first + 1
+                tl.debug_barrier()  # every thread's atomic max is issued before the counter's release
+                arrived = tl.atomic_add(counter + b + one, one + 1, sem="acq_rel")
+                last = (arrived == n_pieces - 1)  # [1]
+                lastv = (r * 0 + tl.sum(arrived, axis=0)) == n_pieces - 1
+                got = tl.load(slot, mask=lastv, other=0.0, volatile=True)  # every piece's maxima (L2)
+                tl.store(slot, tl.full([BLOCK_Q], float("-inf"), tl.float32), mask=lastv)
+                score = tl.sum(tl.where(row_valid, got, 0.0), axis=0)
+                tl.store(out + b + one, score + tl.zeros([1], tl.float32), mask=last)
+                tl.store(counter + b + one, tl.zeros([1], dtype=tl.int32), mask=last)
+            else:
+                score = tl.sum(tl.where(row_valid & (de > ds), best_row, 0.0), axis=0)
+                tl.store(out + b, score)
+            b += 1
+            ds = tl.load(cu_d + b, mask=b < n_docs, other=0)
+            de = tl.load(cu_d + b + 1, mask=b < n_docs, other=0)
+            ts = ds
+            te = tl.minimum(de, t1)
+            best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
+
+
 _DTYPE_OF = attrgetter("dtype")
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _JITTED: dict = {}
 
 
-def _kernel():
-    """The Triton kernel, jitted on first use under the current TRITON_INTERPRET setting (tests flip it)."""
+def _kernel(flat: bool = False):
+    """The Triton kernel (or the persistent flat one), jitted on first use under the current TRITON_INTERPRET
+    setting (tests flip it)."""
     interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if interpret not in _JITTED:
-        _JITTED[interpret] = triton.jit(
-            _maxsim_kernel,
-            do_not_specialize=["n_docs", "n_queries", "q_len", "n_chunks", "n_jobs"],
-        )
-    return _JITTED[interpret]
+    key = (interpret, flat)
+    if key not in _JITTED:
+        if flat:
+            # the kernel calls the search through the module global `_search`, jitted for this mode
+            globals()["_search"] = _JITTED.setdefault(("search", interpret), triton.jit(_count_less))
+            _JITTED[key] = triton.jit(_maxsim_flat_kernel, do_not_specialize=["n_docs", "q_len", "n_progs"])
+        else:
+            _JITTED[key] = triton.jit(
+                _maxsim_kernel,
+                do_not_specialize=["n_docs", "n_queries", "q_len", "n_chunks", "n_jobs"],
+            )
+    return _JITTED[key]
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -305,6 +445,7 @@ class KernelConfig:
     num_warps: int
     num_stages: int
     nsplit: int = 0  # programs per document (power of two); 0: chosen from the batch size
+    flat: int = 0  # > 0: the persistent form (one short query), this many programs per multiprocessor
 
 
 def _pow2_at_least(n: int, lo: int) -> int:
@@ -334,6 +475,13 @@ def _nsplit(cfg: KernelConfig) -> int:
     return cfg.nsplit or 1
 
 
+# The persistent form is opt-in (KernelConfig.flat > 0): it measured slower than one program per document on
+# every H100 row (docs/kernel_notes.md, v4), so no default selects it (FLAT_MIN_TOKENS None) and warmup skips it.
+FLAT_MIN_TOKENS: int | None = None
+FLAT_DEFAULT = dict(flat=4, num_stages=3)
+_SM_COUNT: dict = {}
+_ROWBUFS: dict = {}  # (device, stream, block_q) -> fp32 -inf, restored by the kernel after every use
+
 _POISON_OUTPUTS = False  # tests set this: outputs start as NaN, so an element the kernel skips cannot pass
 _COUNTERS: dict = {}  # (device, stream) -> int32 zeros, reset by the kernel itself after every use
 
@@ -351,6 +499,38 @@ def _counter(n: int, device: torch.device) -> torch.Tensor:
         buf = torch.zeros(max(n, 2 * (0 if buf is None else buf.numel()), 1024), dtype=torch.int32, device=device)
         _COUNTERS[key] = buf
     return buf
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the CPU interpreter: a few programs, so tests cross program boundaries
+    key = device.index if device.index is not None else torch.cuda.current_device()
+    if key not in _SM_COUNT:
+        _SM_COUNT[key] = torch.cuda.get_device_properties(key).multi_processor_count
+    return _SM_COUNT[key]
+
+
+def _rowbuf(n: int, block_q: int, device: torch.device) -> torch.Tensor:
+    key = (str(device), torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0, block_q)
+    buf = _ROWBUFS.get(key)
+    if buf is None or buf.numel() < n * block_q:
+        rows = max(n, 2 * (0 if buf is None else buf.numel() // block_q), 1024)
+        buf = torch.full((rows * block_q,), float("-inf"), dtype=torch.float32, device=device)
+        _ROWBUFS[key] = buf
+    return buf
+
+
+def _launch_flat(Q, D, cu, out, n_docs, q_len, cfg: KernelConfig):
+    if n_docs == 0:
+        return
+    n_progs = cfg.flat * _sm_count(D.device)
+    cpu_bf16 = not D.is_cuda and D.dtype == torch.bfloat16
+    _kernel(flat=True)[(n_progs,)](
+        Q, D, cu, out, _rowbuf(n_docs, cfg.block_q, D.device), _counter(n_docs, D.device), n_docs, q_len, n_progs,
+        D_MODEL=D.shape[1], BLOCK_Q=cfg.block_q, BLOCK_D=cfg.block_d, BLOCK_K=cfg.block_k,
+        IEEE=D.dtype == torch.float32 or cpu_bf16, UPCAST=cpu_bf16, SEARCH_K=128,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
 
 
 def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks, n_jobs, qpb, lqp, grouped,
@@ -434,6 +614,13 @@ def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor,
     cu = _same(cu_seqlens, torch.int32)
     mean_ld = D.shape[0] / max(1, n_docs)
     cfg, qpb, lqp, n_chunks, n_jobs = _plan(nq, lq, mean_ld, d, D.element_size(), config)
+    if nq == 1 and n_chunks == 1 and cfg.swap and lq <= cfg.block_q:
+        if config is None and FLAT_MIN_TOKENS is not None and D.shape[0] >= FLAT_MIN_TOKENS:
+            cfg = KernelConfig(**{**cfg.__dict__, **FLAT_DEFAULT})
+        if cfg.flat > 0:
+            out = _new_output(n_docs, device=D.device)
+            _launch_flat(Qf.reshape(lq, d), D, cu, out, n_docs, lq, cfg)
+            return out if Q.dim() == 2 else out[None]
     nsplit = _nsplit(cfg) if n_chunks == 1 and qpb == 1 else 1
     out_shape = (nq, n_chunks, n_docs) if n_chunks > 1 else ((n_docs,) if Q.dim() == 2 else (nq, n_docs))
     out = _new_output(*out_shape, device=D.device)
@@ -549,5 +736,7 @@ def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.devic
             group = torch.zeros(2, dtype=torch.int32, device=device)
             maxsim_grouped(Q, cq, D, cu, group, max_lq=lq, config=cfg)
             maxsim_packed(Q, D, cu, config=cfg)
+            if FLAT_MIN_TOKENS is not None and cfg.swap and lq <= cfg.block_q:  # persistent form, if selectable
+                maxsim_packed(Q, D, cu, config=KernelConfig(**{**cfg.__dict__, **FLAT_DEFAULT}))
             if multi:
                 maxsim_packed(Q[None].expand(4, lq, d), D, cu)

@@ -164,3 +164,26 @@ def test_multi_query_large_blocks():
     for swap in (True, False):
         cfg = km.KernelConfig(block_q=256, block_d=32, block_k=32, swap=swap, num_warps=8, num_stages=2)
         check(km.maxsim_packed(Q, D, cu, config=cfg), ref, torch.float16)
+
+
+@pytest.mark.parametrize("lq,lengths,d,dtype,per_sm", [
+    (32, [300, 5, 1, 77, 0, 200, 64, 63, 65], 128, torch.float16, 1),  # 4 programs: documents cut at boundaries
+    (17, [0, 0, 130, 0, 1, 2, 3, 129, 0, 0], 96, torch.float16, 2),  # empty documents at start, middle, end
+    (5, [700], 64, torch.bfloat16, 1),  # one document over every program
+    (9, [3, 0, 9, 40], 31, torch.float32, 4),  # more programs than tiles: idle programs
+    (1, [0, 0], 32, torch.float16, 1),  # no tokens at all
+    (64, [90] * 13 + [1] * 40, 64, torch.float16, 1),  # many tiny documents in one program
+])
+def test_flat_persistent(lq, lengths, d, dtype, per_sm):
+    gen = torch.Generator().manual_seed(lq * 31 + d)
+    D, cu = packed(lengths, d, dtype, gen)
+    Q = torch.randn(lq, d, generator=gen).to(dtype)
+    base = km._config(lq, 100, d, D.element_size())
+    ref = km.maxsim_reference(Q, D, cu, torch.float64)
+    for block_d in (16, 64):
+        cfg = dataclasses.replace(base, flat=per_sm, block_d=block_d)
+        for _ in range(2):  # counters and row buffers must be restored for the next launch
+            check(km.maxsim_packed(Q, D, cu, config=cfg), ref, dtype)
+    check(km.maxsim_packed(Q[None], D, cu, config=cfg), ref[None], dtype)
+    assert bool((km._ROWBUFS[("cpu", 0, base.block_q)] == float("-inf")).all())
+    assert int(km._COUNTERS[("cpu", 0)].abs().sum()) == 0
