@@ -75,6 +75,7 @@ class Scorer:
             self._query_embedding(query), self._document_embeddings(query.model, documents)
         )
         scores = await self._score_batch(ScoreGroup(query=embedding, docs=packed.data, lengths=packed.lengths))
+        service_metrics().scored(query.model, len(packed.lengths), int(embedding.shape[0]) + packed.total_tokens)
         return ScoreOutcome(
             scores=scores,
             query_tokens=int(embedding.shape[0]),
