@@ -120,7 +120,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 MAX_CALLS_PER_REQUEST = 16
-GROUPS_PER_CALL = 32
 
 
 async def _bounded(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
@@ -285,17 +284,15 @@ class Ingress:
                 [partial(self._cascade, model, g, max_tokens_per_query, max_tokens_per_doc) for g in groups]
             )
 
-        async def score(chunk: list[QueryGroup]) -> list[ScoreOutcome]:
-            return await self._scorer.score.remote(
-                [QuerySpec(model=model.name, text=g.query, max_tokens=max_tokens_per_query) for g in chunk],
-                [DocumentSpec(texts=g.documents, max_tokens=max_tokens_per_doc) for g in chunk],
+        # One scorer call per request, routed to the home replica of its (first) query. Not one call per
+        # query: Serve's custom-router path matches routed calls by the parent request's id, so concurrent
+        # calls from one request to the Scorer would wait on each other.
+        return await self._backend(
+            self._scorer.score.remote(
+                [QuerySpec(model=model.name, text=g.query, max_tokens=max_tokens_per_query) for g in groups],
+                [DocumentSpec(texts=g.documents, max_tokens=max_tokens_per_doc) for g in groups],
             )
-
-        # A rerank is one query: one call, routed to its query's home scorer replica. Many queries (N:N
-        # /score) go in calls of GROUPS_PER_CALL, each routed by its first query.
-        chunks = [groups[i : i + GROUPS_PER_CALL] for i in range(0, len(groups), GROUPS_PER_CALL)]
-        outcomes = await self._backend(_bounded([partial(score, chunk) for chunk in chunks]))
-        return [outcome for chunk in outcomes for outcome in chunk]
+        )
 
     async def _generate(
         self, model: str, group: QueryGroup, max_tokens_per_query: int | None, max_tokens_per_doc: int | None

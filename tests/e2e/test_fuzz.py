@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.e2e
 
-ROUTES = ["/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score"]
+SCORING_ROUTES = ["/v1/rerank", "/rerank", "/v2/rerank", "/v1/score", "/score"]
+ROUTES = SCORING_ROUTES + ["/generative_scoring"]
 SEEN: dict[str, int] = {"requests": 0}
 
 text = st.text(st.characters(codec="utf-8"), max_size=40)  # unicode, control characters, surrogates excluded
@@ -36,6 +37,10 @@ request_bodies = st.fixed_dictionaries(
         "return_documents": st.one_of(st.booleans(), json_values),
         "max_tokens_per_doc": st.one_of(st.integers(-3, 600), odd_numbers),
         "max_tokens_per_query": st.one_of(st.integers(-3, 600), odd_numbers),
+        "items": st.one_of(st.lists(text, max_size=4), st.lists(st.lists(st.integers(-5, 40000))), json_values),
+        "label_token_ids": st.one_of(st.lists(st.integers(-5, 40000), max_size=130), json_values),
+        "apply_softmax": st.one_of(st.booleans(), json_values),
+        "item_first": st.one_of(st.booleans(), json_values),
     },
 )
 
@@ -55,30 +60,31 @@ def check(response: httpx.Response) -> None:
         assert "Traceback" not in response.text
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def fuzz(examples: int):
+    return settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
-@FUZZ
+@fuzz(400)
 @given(route=st.sampled_from(ROUTES), body=request_bodies)
 def test_generated_requests(client, route, body):
     check(client.post(route, content=json.dumps(body, allow_nan=True)))
 
 
-@FUZZ
+@fuzz(300)
 @given(route=st.sampled_from(ROUTES), body=json_values)
 def test_arbitrary_json(client, route, body):
     check(client.post(route, content=json.dumps(body, allow_nan=True)))
 
 
-@FUZZ
+@fuzz(300)
 @given(route=st.sampled_from(ROUTES + ["/health", "/v1/models", "/nope"]), raw=st.binary(max_size=200))
 def test_raw_bytes_including_invalid_utf8(client, route, raw):
     check(client.post(route, content=raw))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@fuzz(150)
 @given(
-    route=st.sampled_from(ROUTES),
+    route=st.sampled_from(SCORING_ROUTES),
     query=st.text(max_size=30).filter(lambda s: s.strip()),
     docs=st.lists(st.text(st.characters(codec="utf-8"), max_size=60), min_size=1, max_size=3),
     top_n=st.integers(0, 4),
