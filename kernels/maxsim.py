@@ -128,6 +128,46 @@ def maxsim_grouped_reference(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: tor
 # Triton kernel
 # --------------------------------------------------------------------------------------------------------------
 
+def _tile_dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
+               UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr):
+    """Similarities of one block of document rows with the query rows over all of d, fp32 accumulation:
+    `[BLOCK_D, BLOCK_Q]` when SWAP, else `[BLOCK_Q, BLOCK_D]`. `q0` is the query tile when d fits one K block."""
+    if SWAP:
+        acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
+    for kk in tl.static_range(NUM_K):
+        k_valid = (offs_k[None, :] + kk * BLOCK_K) < D_MODEL
+        if EVEN_K:
+            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0)
+        else:
+            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0)
+        if NUM_K == 1:
+            qt = q0
+        elif EVEN_K:
+            qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None], other=0.0)
+        else:
+            qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
+        if UPCAST:
+            dt = dt.to(tl.float32)
+            qt = qt.to(tl.float32)
+        if SWAP:
+            if IEEE:
+                acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(dt, tl.trans(qt), acc)
+        else:
+            if IEEE:
+                acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(qt, tl.trans(dt), acc)
+    return acc
+
+
+_dots = None  # the jitted _tile_dots, set by _kernel() before either kernel is jitted
+
+
 def _maxsim_kernel(
     Q, D, cu_d, cu_q, doc_group, out, partial, counter, doc_off,
     n_docs, n_queries, q_len, n_chunks, n_jobs,
@@ -198,6 +238,8 @@ def _maxsim_kernel(
             q0 = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
         else:
             q0 = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_k[None, :] < D_MODEL), other=0.0)
+    else:
+        q0 = 0.0  # unused: _dots loads the query per K block
 
     offs_d = tl.arange(0, BLOCK_D)
     if SWAP:
@@ -208,35 +250,8 @@ def _maxsim_kernel(
         rows = start + offs_d
         d_valid = rows < loop_end
         d_ptrs = D + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
-        if SWAP:
-            acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
-        else:
-            acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
-        for kk in tl.static_range(NUM_K):
-            k_valid = (offs_k[None, :] + kk * BLOCK_K) < D_MODEL
-            if EVEN_K:
-                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0)
-            else:
-                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0)
-            if NUM_K == 1:
-                qt = q0
-            elif EVEN_K:
-                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None], other=0.0)
-            else:
-                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
-            if UPCAST:
-                dt = dt.to(tl.float32)
-                qt = qt.to(tl.float32)
-            if SWAP:
-                if IEEE:
-                    acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(dt, tl.trans(qt), acc)
-            else:
-                if IEEE:
-                    acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(qt, tl.trans(dt), acc)
+        acc = _dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
+                    NUM_K, EVEN_K, UPCAST, IEEE, SWAP)
         if SWAP:
             best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
         else:
@@ -338,6 +353,8 @@ def _maxsim_flat_kernel(
             q0 = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
         else:
             q0 = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_k[None, :] < D_MODEL), other=0.0)
+    else:
+        q0 = 0.0  # unused: _dots loads the query per K block
     offs_d = tl.arange(0, BLOCK_D)
     one = tl.arange(0, 1)
 
@@ -351,26 +368,8 @@ def _maxsim_flat_kernel(
         rows = ts + offs_d
         d_valid = rows < te
         d_ptrs = D + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
-        acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
-        for kk in tl.static_range(NUM_K):
-            k_valid = (offs_k[None, :] + kk * BLOCK_K) < D_MODEL
-            if EVEN_K:
-                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0)
-            else:
-                dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0)
-            if NUM_K == 1:
-                qt = q0
-            elif EVEN_K:
-                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None], other=0.0)
-            else:
-                qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
-            if UPCAST:
-                dt = dt.to(tl.float32)
-                qt = qt.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(dt, tl.trans(qt), acc)
+        acc = _dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
+                    NUM_K, EVEN_K, UPCAST, IEEE, True)
         best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
         ts += BLOCK_D
         if ts >= te:  # this document's part ends here
@@ -411,6 +410,8 @@ def _kernel(flat: bool = False):
     interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     key = (interpret, flat)
     if key not in _JITTED:
+        # both kernels call the shared tile loop through the module global `_dots`, jitted for this mode
+        globals()["_dots"] = _JITTED.setdefault(("dots", interpret), triton.jit(_tile_dots))
         if flat:
             # the kernel calls the search through the module global `_search`, jitted for this mode
             globals()["_search"] = _JITTED.setdefault(("search", interpret), triton.jit(_count_less))
