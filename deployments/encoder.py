@@ -71,6 +71,3 @@ class Encoder(EngineReplica):
         ):
             final = output
         return final.outputs.data.numpy()
-
-    def embedding_dim(self) -> int:
-        return self._dim

@@ -52,10 +52,6 @@ class PackedEmbeddings:
         np.cumsum(self.lengths, out=out[1:])
         return out
 
-    def item(self, i: int) -> np.ndarray:
-        offsets = self.offsets
-        return self.data[offsets[i] : offsets[i + 1]]
-
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes + self.lengths.nbytes)
