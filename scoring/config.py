@@ -39,6 +39,12 @@ class _EngineConfig(_Strict):
     )
     gpu_memory_utilization: float = Field(default=0.2, gt=0, le=1, description="vLLM's share of device memory.")
     max_num_seqs: int = Field(default=256, ge=1, description="vLLM's largest batch of sequences.")
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU only: threads of the engine's forward pass; null: every core this replica may run on. "
+        "The model runs inside the engine process (no separate worker process spinning on a core of its own).",
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra `AsyncEngineArgs` fields.")
 
     def resolved_model(self) -> str:

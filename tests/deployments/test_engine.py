@@ -1,0 +1,22 @@
+"""How a vLLM engine is set up on a CPU machine (the engine itself starts in the e2e tests)."""
+
+import os
+
+from deployments.engine import _cpu_engine_args
+
+
+def test_cpu_engine_runs_the_model_in_the_engine_process_with_the_configured_threads(monkeypatch):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray gives an actor of num_cpus 1
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert _cpu_engine_args(3) == {"distributed_executor_backend": "uni"}
+    # vLLM keeps the single-process executor on CPU only with this set to 0; the engine process inherits both.
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # threads sleep between parallel regions: the cores are shared
+
+
+def test_cpu_engine_threads_default_to_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _cpu_engine_args(None)
+    assert os.environ["OMP_NUM_THREADS"] == str(len(os.sched_getaffinity(0)))
