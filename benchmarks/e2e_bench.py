@@ -4,7 +4,8 @@ Both servers are started here, one after the other, on the embedded MiniLM serve
 model, and driven over HTTP (`POST /v1/rerank {model, query, documents}`) by one async client at a fixed
 concurrency. Workloads:
   cold  every query and document unique;
-  warm  80% of queries and 50% of documents seen before (sent in an untimed history phase first).
+  warm  80% of queries and 50% of documents seen before (sent in an untimed history phase first);
+  repeat (this service only) the cold requests again: everything cached, what the service costs without encoding.
 Then the warm workload again against this service with 4 scorer replicas, for the cache hit rates with 1 and 4.
 
     .venv/bin/python -m benchmarks.e2e_bench                 # prints a table, writes e2e.json and e2e.png
@@ -196,12 +197,12 @@ class Server:
 
     name = ""
 
-    def __init__(self, command: list[str], port: int, log: Path, stdin=None):
+    def __init__(self, command: list[str], port: int, log: Path, stdin=None, env: dict[str, str] | None = None):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self._log = log.open("w")
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdin=stdin, stdout=subprocess.PIPE if stdin else self._log,
-            stderr=self._log, text=True, start_new_session=True,
+            stderr=self._log, text=True, start_new_session=True, env={**os.environ, **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 900) -> None:
@@ -230,12 +231,18 @@ class Server:
         self._log.close()
 
 
+# vLLM's CPU settings that come closest to what our encoder does: its worker's OpenMP threads on both cores
+# (by default one core is left to the engine-core process, which polls the worker), sleeping when idle.
+VLLM_TUNED_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 class VLLMServer(Server):
     name = "vllm-server"
 
-    def __init__(self, port: int, log: Path):
+    def __init__(self, port: int, log: Path, env: dict[str, str] | None = None, name: str = "vllm-server"):
         """The engine settings of serve_config.yaml's model (on CPU, `--gpu-memory-utilization` is the share
-        of host memory vLLM reserves)."""
+        of host memory vLLM reserves); `env`: vLLM's CPU settings (none: its defaults, what the targets use)."""
+        self.name = name
         from scoring.config import parse_app_config
         from tests.conftest import default_app_args
 
@@ -255,6 +262,7 @@ class VLLMServer(Server):
             ],
             port,
             log,
+            env=env,
         )
 
 
@@ -360,10 +368,11 @@ def print_table(runs: list[RunResult], replicas: list[dict]) -> None:
             f" {r.errors:>6} {r.load_1m:>5}"
         )
     by = {(r.server, r.workload): r for r in runs}
-    for workload in ("cold", "warm"):
-        ours, theirs = by.get(("ours", workload)), by.get(("vllm-server", workload))
-        if ours and theirs:
-            print(f"{workload}: ours / vLLM server = {ours.requests_per_s / theirs.requests_per_s:.2f}x requests/s")
+    for peer in ("vllm-server", "vllm-tuned"):
+        for workload in ("cold", "warm"):
+            ours, theirs = by.get(("ours", workload)), by.get((peer, workload))
+            if ours and theirs:
+                print(f"{workload}: ours / {peer} = {ours.requests_per_s / theirs.requests_per_s:.2f}x requests/s")
     for row in replicas:
         rates = ", ".join(f"{cache} {v['hit_rate']}" for cache, v in row["cache"].items())
         print(f"warm, {row['scorer_replicas']} scorer replica(s): {row['requests_per_s']} req/s; hit rate: {rates}")
@@ -422,6 +431,9 @@ def main() -> None:
     parser.add_argument("--compare-scorer-replicas", type=int, default=4, help="Warm run again with this many.")
     parser.add_argument("--skip-vllm", action="store_true", help="Only this service.")
     parser.add_argument("--skip-replicas", action="store_true", help="No second scorer-replica run.")
+    parser.add_argument(
+        "--vllm-tuned", action="store_true", help=f"Also vLLM's server with {VLLM_TUNED_ENV} (not what targets use)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "e2e.json")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -460,29 +472,36 @@ def main() -> None:
         finally:
             server.stop()
 
-    run_ours(args.scorer_replicas, [cold, warm])
-    if not args.skip_vllm:
-        server = VLLMServer(_free_port(), Path(f"{logs}-vllm-server.log"))
+    def run_vllm(name: str, env: dict[str, str] | None) -> None:
+        server = VLLMServer(_free_port(), Path(f"{logs}-{name}.log"), env, name)
         try:
             started = time.perf_counter()
             server.wait_ready()
-            print(f"vLLM server ready in {time.perf_counter() - started:.0f}s", flush=True)
-            probes["vllm-server"] = warm_up(server.url, args.seed + 100, args.concurrency)
+            print(f"{name} ready in {time.perf_counter() - started:.0f}s", flush=True)
+            probes[name] = warm_up(server.url, args.seed + 100, args.concurrency)
             for workload in (cold, warm):
-                result = measure("vllm-server", server.url, workload, args.concurrency)
+                result = measure(name, server.url, workload, args.concurrency)
                 print(result, flush=True)
                 runs.append(result)
         finally:
             server.stop()
+
+    # `repeat`: the cold requests again, every query and document cached: the service's own cost without the encoder.
+    run_ours(args.scorer_replicas, [cold, warm, Workload("repeat", cold.requests)])
+    if not args.skip_vllm:
+        run_vllm("vllm-server", None)
+    if args.vllm_tuned:
+        run_vllm("vllm-tuned", VLLM_TUNED_ENV)
     if not args.skip_replicas:
         run_ours(args.compare_scorer_replicas, [warm])
 
     print_table(runs, replicas)
     agreement = None
-    if len(probes) == 2:
-        ours, theirs = (np.array(probes[k]) for k in ("ours", "vllm-server"))
-        agreement = float(np.max(np.abs(ours - theirs) / np.abs(theirs)))
-        print(f"same scores: largest relative difference ours vs vLLM server {agreement:.1e}")
+    peers = [name for name in probes if name != "ours"]
+    if "ours" in probes and peers:
+        ours = np.array(probes["ours"])
+        agreement = max(float(np.max(np.abs(ours - probes[p]) / np.abs(probes[p]))) for p in peers)
+        print(f"same scores: largest relative difference ours vs {', '.join(peers)} {agreement:.1e}")
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": sys.platform},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "serve"},

@@ -36,7 +36,8 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
 class Generative(EngineReplica):
-    def __init__(self, model: GenerativeModelConfig):
+    async def __init__(self, model: GenerativeModelConfig):
+        """Start the engine (loading the weights), then score one item: the replica is ready only once it can serve."""
         from transformers import AutoTokenizer
 
         started = time.perf_counter()
@@ -60,10 +61,13 @@ class Generative(EngineReplica):
         self._raw = build_template("raw", tokenizer, self._info.max_model_len)
         self._block_size = int(self._engine.vllm_config.cache_config.block_size or 16)
         self._prefixes_in_flight: dict[tuple[int, ...], asyncio.Future] = {}
+        warm_up = time.perf_counter()
+        await self.score(GenerativeJob(query="warm-up", items=["warm-up"]))
         logger.info(
-            "Generative %s ready in %.1fs (max_model_len=%d, labels=%s, prefix cache block=%d)",
+            "Generative %s ready in %.1fs (warm-up %.2fs, max_model_len=%d, labels=%s, prefix cache block=%d)",
             model.name,
             time.perf_counter() - started,
+            time.perf_counter() - warm_up,
             self._info.max_model_len,
             self._labels,
             self._block_size,
