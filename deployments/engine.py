@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from scoring.config import GenerativeModelConfig, LateInteractionModelConfig
@@ -16,9 +18,10 @@ def start_engine(model: LateInteractionModelConfig | GenerativeModelConfig, **ta
     """An `AsyncLLM` for `model`: its weights, lengths and engine settings, `task_args` for the runner, then the
     model's own `engine_kwargs` (which win)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.platforms import current_platform
-    from vllm.v1.engine.async_llm import AsyncLLM
+    with _serve_log_file_kept():
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
 
     if current_platform.is_cpu():
         task_args = {**_cpu_engine_args(model.cpu_threads), **task_args}
@@ -35,9 +38,28 @@ def start_engine(model: LateInteractionModelConfig | GenerativeModelConfig, **ta
     }
     started = time.perf_counter()
     logger.info("Model %s: starting the vLLM engine (loads %s)", model.name, args["model"])
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+    with _serve_log_file_kept():
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
     logger.info("Model %s: weights loaded and vLLM engine started in %.1fs", model.name, time.perf_counter() - started)
     return engine
+
+
+@contextmanager
+def _serve_log_file_kept():
+    """vLLM configures logging with `dictConfig`, which closes every handler in the process, among them the
+    buffering handler through which Serve writes this replica's log file (closing it drops its target): the
+    replica's later lines would reach stderr but never its file. Reconnect what was closed."""
+    buffers = [
+        (handler, handler.target)
+        for handler in logging.getLogger("ray.serve").handlers
+        if isinstance(handler, logging.handlers.MemoryHandler) and handler.target is not None
+    ]
+    try:
+        yield
+    finally:
+        for handler, target in buffers:
+            if handler.target is None:
+                handler.setTarget(target)  # a closed file handler reopens its file on the next record
 
 
 def _cpu_engine_args(threads: int | None) -> dict[str, Any]:

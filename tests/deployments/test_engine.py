@@ -20,3 +20,27 @@ def test_cpu_engine_threads_default_to_the_cores_this_process_may_use(monkeypatc
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     _cpu_engine_args(None)
     assert os.environ["OMP_NUM_THREADS"] == str(len(os.sched_getaffinity(0)))
+
+
+def test_serve_log_file_is_reconnected_after_logging_is_reconfigured(tmp_path):
+    import logging
+    import logging.config
+    import logging.handlers
+
+    from deployments.engine import _serve_log_file_kept
+
+    logger = logging.getLogger("ray.serve")
+    file_handler = logging.FileHandler(tmp_path / "replica.log")
+    buffer = logging.handlers.MemoryHandler(capacity=1, target=file_handler)
+    logger.addHandler(buffer)
+    try:
+        with _serve_log_file_kept():
+            # what vLLM does on import and at engine start: closes every handler in the process
+            logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        assert buffer.target is file_handler
+        logger.warning("after the engine started")
+        buffer.flush()
+        assert "after the engine started" in (tmp_path / "replica.log").read_text()
+    finally:
+        logger.removeHandler(buffer)
+        file_handler.close()

@@ -31,6 +31,18 @@ def test_encoder_logs_each_startup_step_with_its_duration(default_app):
     assert "Encoder minilm-colbert ready in" in text and "warm-up encode" in text
 
 
+def test_encoder_lines_after_the_engine_starts_reach_the_replica_log_file(default_app):
+    """vLLM reconfigures logging when its engine starts; the replica's own file must keep receiving lines."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    files = list(logs.glob("replica_reranker_Encoder-minilm-colbert_*.log"))
+    assert files
+    text = "".join(path.read_text(errors="replace") for path in files)
+    assert "weights loaded and vLLM engine started in" in text
+    assert "Encoder minilm-colbert ready in" in text
+
+
 def failed_status(app: str) -> dict[str, str]:
     """What `serve status` says once `app` has failed to deploy (waits for it): the application's message (key
     "application") and each deployment's."""
