@@ -29,6 +29,7 @@ import torch
 try:  # Triton is optional: CPU-only installs use the reference.
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 except ImportError:  # pragma: no cover - exercised only where Triton is absent
     triton = None
     tl = None
@@ -165,7 +166,21 @@ def _tile_dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.const
     return acc
 
 
+def _query_tile(q_ptrs, row_valid, offs_k, D_MODEL: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """The query block over all of d when d fits one K block (kept for every document tile); else a placeholder:
+    `_tile_dots` then loads the query per K block."""
+    if NUM_K == 1:
+        if EVEN_K:
+            q0 = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
+        else:
+            q0 = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_k[None, :] < D_MODEL), other=0.0)
+    else:
+        q0 = 0.0
+    return q0
+
+
 _dots = None  # the jitted _tile_dots, set by _kernel() before either kernel is jitted
+_qtile = None  # the jitted _query_tile, likewise
 
 
 def _maxsim_kernel(
@@ -174,8 +189,9 @@ def _maxsim_kernel(
     D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, NSPLIT: tl.constexpr, PTRS: tl.constexpr, ALIGN: tl.constexpr,
+    DPP: tl.constexpr,
 ):
-    """One program: one document against one block of BLOCK_Q query rows.
+    """One program: DPP consecutive documents, one after the other, against one block of BLOCK_Q query rows.
 
     Rows of a block: QPB queries of LQP rows each (QPB > 1 packs several short queries of the multi-query form),
     or chunk `c` of one long query (n_chunks > 1, QPB == 1). Programs of one document are adjacent, so a document
@@ -193,93 +209,93 @@ def _maxsim_kernel(
     widened to fp32 first (exact: every bf16 is an fp32, and products accumulate in fp32 either way).
     """
     pid = tl.program_id(0)
-    b = pid // n_jobs
+    b_first = (pid // n_jobs) * DPP
     job = pid % n_jobs
     split = job % NSPLIT
     c = (job // NSPLIT) % n_chunks
     qblock = job // (NSPLIT * n_chunks)
-
-    d_start = tl.load(cu_d + b)
-    d_end = tl.load(cu_d + b + 1)
-    if PTRS:  # rows d_start.. of this document live at D + doc_off[b]: shift the base so row indices stay as-is
-        shift = tl.multiple_of(tl.load(doc_off + b), ALIGN) - d_start.to(tl.int64) * D_MODEL
-        D = D + shift
-    if NSPLIT > 1:
-        tiles_per_split = ((d_end - d_start + BLOCK_D - 1) // BLOCK_D + NSPLIT - 1) // NSPLIT
-        s_start = d_start + split * tiles_per_split * BLOCK_D
-        s_end = tl.minimum(s_start + tiles_per_split * BLOCK_D, d_end)
-    else:
-        s_start = d_start
-        s_end = d_end
-
     r = tl.arange(0, BLOCK_Q)
-    if GROUPED:
-        g = tl.load(doc_group + b)
-        q_start = tl.load(cu_q + g)
-        lq = tl.load(cu_q + g + 1) - q_start
-        tok = c * BLOCK_Q + r
-        row_valid = tok < lq
-        q_rows = q_start.to(tl.int64) + tok
-        # a chunk past the end of a shorter query in the same launch reads no document
-        loop_end = tl.where(c * BLOCK_Q < lq, s_end, s_start)
-    else:
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    NUM_K: tl.constexpr = (D_MODEL + BLOCK_K - 1) // BLOCK_K
+    EVEN_K: tl.constexpr = D_MODEL % BLOCK_K == 0
+    if not GROUPED:  # the query block is the same for every document of this program: load it once
         qi = qblock * QPB + r // LQP
         tok = c * LQP + r % LQP
         row_valid = (qi < n_queries) & (tok < q_len)
         q_rows = qi.to(tl.int64) * q_len + tok
-        loop_end = s_end
+        q_ptrs = Q + q_rows[:, None] * D_MODEL + offs_k[None, :]
+        q0 = _qtile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
 
-    offs_k = tl.arange(0, BLOCK_K)
-    NUM_K: tl.constexpr = (D_MODEL + BLOCK_K - 1) // BLOCK_K
-    EVEN_K: tl.constexpr = D_MODEL % BLOCK_K == 0
-    q_ptrs = Q + q_rows[:, None] * D_MODEL + offs_k[None, :]
-    if NUM_K == 1:
-        if EVEN_K:
-            q0 = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
+    # DPP documents a program, one after the other, with the same query block
+    for i in range(0, tl.minimum(DPP, n_docs - b_first)):
+        b = b_first + i
+        d_start = tl.load(cu_d + b)
+        d_end = tl.load(cu_d + b + 1)
+        if PTRS:  # rows d_start.. of this document live at D + doc_off[b]: shift the base, row indices stay as-is
+            shift = tl.multiple_of(tl.load(doc_off + b), ALIGN) - d_start.to(tl.int64) * D_MODEL
+            Db = D + shift
         else:
-            q0 = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_k[None, :] < D_MODEL), other=0.0)
-    else:
-        q0 = 0.0  # unused: _dots loads the query per K block
+            Db = D
+        if NSPLIT > 1:
+            tiles_per_split = ((d_end - d_start + BLOCK_D - 1) // BLOCK_D + NSPLIT - 1) // NSPLIT
+            s_start = d_start + split * tiles_per_split * BLOCK_D
+            s_end = tl.minimum(s_start + tiles_per_split * BLOCK_D, d_end)
+        else:
+            s_start = d_start
+            s_end = d_end
 
-    offs_d = tl.arange(0, BLOCK_D)
-    if SWAP:
-        best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
-    else:
-        best_row = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
-    for start in range(s_start, loop_end, BLOCK_D):
-        rows = start + offs_d
-        d_valid = rows < loop_end
-        d_ptrs = D + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
-        acc = _dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
-                    NUM_K, EVEN_K, UPCAST, IEEE, SWAP)
+        if GROUPED:
+            g = tl.load(doc_group + b)
+            q_start = tl.load(cu_q + g)
+            lq = tl.load(cu_q + g + 1) - q_start
+            tok = c * BLOCK_Q + r
+            row_valid = tok < lq
+            q_rows = q_start.to(tl.int64) + tok
+            # a chunk past the end of a shorter query in the same launch reads no document
+            loop_end = tl.where(c * BLOCK_Q < lq, s_end, s_start)
+            q_ptrs = Q + q_rows[:, None] * D_MODEL + offs_k[None, :]
+            q0 = _qtile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
+        else:
+            loop_end = s_end
+
         if SWAP:
-            best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
+            best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
         else:
-            best_row = tl.maximum(best_row, tl.max(tl.where(d_valid[None, :], acc, float("-inf")), axis=1))
-    if SWAP:
-        best_row = tl.max(best, axis=0)
+            best_row = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+        for start in range(s_start, loop_end, BLOCK_D):
+            rows = start + offs_d
+            d_valid = rows < loop_end
+            d_ptrs = Db + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
+            acc = _dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
+                        NUM_K, EVEN_K, UPCAST, IEEE, SWAP)
+            if SWAP:
+                best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
+            else:
+                best_row = tl.maximum(best_row, tl.max(tl.where(d_valid[None, :], acc, float("-inf")), axis=1))
+        if SWAP:
+            best_row = tl.max(best, axis=0)
 
-    if NSPLIT > 1:
-        slot = partial + b.to(tl.int64) * (NSPLIT * BLOCK_Q)
-        tl.store(slot + split * BLOCK_Q + r, best_row)
-        arrived = tl.atomic_add(counter + b, 1, sem="acq_rel")  # release: the row maxima above are visible
-        last = arrived == NSPLIT - 1
-        part_idx = tl.arange(0, NSPLIT)[:, None] * BLOCK_Q + r[None, :]
-        parts = tl.load(slot + part_idx, mask=(part_idx * 0 + arrived) == NSPLIT - 1, other=0.0, volatile=True)
-        best_row = tl.max(parts, axis=0)
-        tl.store(counter + b + tl.arange(0, 1), tl.zeros([1], dtype=tl.int32),
-                 mask=(tl.arange(0, 1) + arrived) == NSPLIT - 1)
-    best_row = tl.where(row_valid & (d_end > d_start), best_row, 0.0)
-    if NSPLIT > 1:  # as a vector: the CPU interpreter wants tensor masks
-        last = (tl.arange(0, QPB) * 0 + arrived) == NSPLIT - 1
-    else:
-        last = tl.arange(0, QPB) >= 0
-    per_query = tl.sum(tl.reshape(best_row, [QPB, LQP]), axis=1)  # [QPB]
-    if GROUPED:
-        tl.store(out + c * n_docs + b + tl.arange(0, QPB), per_query, mask=last)
-    else:
-        qo = qblock * QPB + tl.arange(0, QPB)
-        tl.store(out + (qo.to(tl.int64) * n_chunks + c) * n_docs + b, per_query, mask=(qo < n_queries) & last)
+        if NSPLIT > 1:
+            slot = partial + b.to(tl.int64) * (NSPLIT * BLOCK_Q)
+            tl.store(slot + split * BLOCK_Q + r, best_row)
+            arrived = tl.atomic_add(counter + b, 1, sem="acq_rel")  # release: the row maxima above are visible
+            part_idx = tl.arange(0, NSPLIT)[:, None] * BLOCK_Q + r[None, :]
+            parts = tl.load(slot + part_idx, mask=(part_idx * 0 + arrived) == NSPLIT - 1, other=0.0, volatile=True)
+            best_row = tl.max(parts, axis=0)
+            tl.store(counter + b + tl.arange(0, 1), tl.zeros([1], dtype=tl.int32),
+                     mask=(tl.arange(0, 1) + arrived) == NSPLIT - 1)
+            # as a vector: the CPU interpreter wants tensor masks
+            last = (tl.arange(0, QPB) * 0 + arrived) == NSPLIT - 1
+        else:
+            last = tl.arange(0, QPB) >= 0
+        best_row = tl.where(row_valid & (d_end > d_start), best_row, 0.0)
+        per_query = tl.sum(tl.reshape(best_row, [QPB, LQP]), axis=1)  # [QPB]
+        if GROUPED:
+            tl.store(out + c * n_docs + b + tl.arange(0, QPB), per_query, mask=last)
+        else:
+            qo = qblock * QPB + tl.arange(0, QPB)
+            tl.store(out + (qo.to(tl.int64) * n_chunks + c) * n_docs + b, per_query, mask=(qo < n_queries) & last)
 
 
 def _count_less(cu, n, x, K: tl.constexpr):
@@ -348,13 +364,7 @@ def _maxsim_flat_kernel(
     NUM_K: tl.constexpr = (D_MODEL + BLOCK_K - 1) // BLOCK_K
     EVEN_K: tl.constexpr = D_MODEL % BLOCK_K == 0
     q_ptrs = Q + r[:, None] * D_MODEL + offs_k[None, :]
-    if NUM_K == 1:
-        if EVEN_K:
-            q0 = tl.load(q_ptrs, mask=row_valid[:, None], other=0.0)
-        else:
-            q0 = tl.load(q_ptrs, mask=row_valid[:, None] & (offs_k[None, :] < D_MODEL), other=0.0)
-    else:
-        q0 = 0.0  # unused: _dots loads the query per K block
+    q0 = _qtile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
     offs_d = tl.arange(0, BLOCK_D)
     one = tl.arange(0, 1)
 
@@ -412,6 +422,7 @@ def _kernel(flat: bool = False):
     if key not in _JITTED:
         # both kernels call the shared tile loop through the module global `_dots`, jitted for this mode
         globals()["_dots"] = _JITTED.setdefault(("dots", interpret), triton.jit(_tile_dots))
+        globals()["_qtile"] = _JITTED.setdefault(("qtile", interpret), triton.jit(_query_tile))
         if flat:
             # the kernel calls the search through the module global `_search`, jitted for this mode
             globals()["_search"] = _JITTED.setdefault(("search", interpret), triton.jit(_count_less))
@@ -446,6 +457,7 @@ class KernelConfig:
     num_warps: int
     num_stages: int
     nsplit: int = 0  # programs per document (power of two); 0: chosen from the batch size
+    dpp: int = 1  # documents per program (> 1: a query block is loaded once for several documents; not with nsplit)
     flat: int = 0  # > 0: the persistent form (one short query), this many programs per multiprocessor
 
 
@@ -526,12 +538,13 @@ def _launch_flat(Q, D, cu, out, n_docs, q_len, cfg: KernelConfig):
         return
     n_progs = cfg.flat * _sm_count(D.device)
     cpu_bf16 = not D.is_cuda and D.dtype == torch.bfloat16
-    _kernel(flat=True)[(n_progs,)](
-        Q, D, cu, out, _rowbuf(n_docs, cfg.block_q, D.device), _counter(n_docs, D.device), n_docs, q_len, n_progs,
+    rowbuf, counter = _rowbuf(n_docs, cfg.block_q, D.device), _counter(n_docs, D.device)
+    _with_fitting_stages(("flat", D.shape[1], D.dtype, cfg), cfg.num_stages, lambda stages: _kernel(flat=True)[(n_progs,)](
+        Q, D, cu, out, rowbuf, counter, n_docs, q_len, n_progs,
         D_MODEL=D.shape[1], BLOCK_Q=cfg.block_q, BLOCK_D=cfg.block_d, BLOCK_K=cfg.block_k,
         IEEE=D.dtype == torch.float32 or cpu_bf16, UPCAST=cpu_bf16, SEARCH_K=128,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+        num_warps=cfg.num_warps, num_stages=stages,
+    ))
 
 
 def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks, n_jobs, qpb, lqp, grouped,
@@ -546,15 +559,38 @@ def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks
     if doc_off is None:
         doc_off = out
     cpu_bf16 = not D.is_cuda and D.dtype == torch.bfloat16
-    _kernel()[(n_docs * n_jobs * nsplit,)](
+    dpp = 1 if nsplit > 1 else max(1, cfg.dpp)
+    grid = (math.ceil(n_docs / dpp) * n_jobs * nsplit,)
+    _with_fitting_stages(("grid", D.shape[1], D.dtype, cfg), cfg.num_stages, lambda stages: _kernel()[grid](
         Q, D, cu_d, cu_q, doc_group, out, partial, counter, doc_off,
         n_docs, n_queries, q_len, n_chunks, n_jobs * nsplit,
         D_MODEL=D.shape[1], BLOCK_Q=cfg.block_q, BLOCK_D=cfg.block_d, BLOCK_K=cfg.block_k,
         QPB=qpb, LQP=lqp, GROUPED=grouped, SWAP=cfg.swap,
         IEEE=D.dtype == torch.float32 or cpu_bf16, UPCAST=cpu_bf16, NSPLIT=nsplit,
-        PTRS=doc_off is not out, ALIGN=max(1, 16 // D.element_size()),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+        PTRS=doc_off is not out, ALIGN=max(1, 16 // D.element_size()), DPP=dpp,
+        num_warps=cfg.num_warps, num_stages=stages,
+    ))
+
+
+_FITTING_STAGES: dict = {}  # (kernel, d, dtype, config) -> the most pipeline stages that fit this GPU's shared memory
+
+
+def _with_fitting_stages(key, stages: int, launch) -> None:
+    """`launch(stages)`, with fewer pipeline stages while the kernel needs more shared memory than the GPU has
+    (d 384 with long or many queries, fp32 with d ≥ 256 on an H100; smaller GPUs sooner). Compilation fails before
+    anything runs, so a retry is safe; the stage count that fits is remembered, so only the first launch of a
+    configuration (the replica's warmup) pays for it."""
+    stages = min(stages, _FITTING_STAGES.get(key, stages))
+    while True:
+        try:
+            launch(stages)
+        except OutOfResources:
+            if stages <= 1:
+                raise
+            stages -= 1
+            continue
+        _FITTING_STAGES[key] = stages
+        return
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -583,10 +619,12 @@ def _plan(nq: int, lq: int, mean_ld: float, d: int, esize: int, config: KernelCo
         # for up to 128 rows, and a config with larger blocks packs more queries
         lqp = _pow2_at_least(lq, 1)
         qpb = min(128 // lqp, _pow2_at_least(nq, 1))
-        if config is None and esize == 2 and lqp * _pow2_at_least(nq, 1) >= 256:
-            # many short queries: 256 query rows a program, 8 warps (multi-128x128 106 -> 93 µs, v3 sweep)
+        if config is None and esize == 2 and lqp * _pow2_at_least(nq, 1) >= 256 and d <= 128:
+            # many short queries: 256 query rows a program, 8 warps (multi-128x128 106 -> 93 µs, v3 sweep), 4
+            # documents a program so each query block is loaded once for 4 of them (93 -> 88 µs, v5). Only while
+            # d fits one K block: above, the pipelined 256-row query tiles need more shared memory than an H100 has
             config = KernelConfig(block_q=256, block_d=64, block_k=min(128, _pow2_at_least(d, 16)), swap=False,
-                                  num_warps=8, num_stages=3)
+                                  num_warps=8, num_stages=3, dpp=4)
         cfg = config or _config(max(16, qpb * lqp), mean_ld, d, esize)
         qpb = max(1, min(_pow2_at_least(nq, 1), cfg.block_q // lqp))
         lqp = cfg.block_q // qpb

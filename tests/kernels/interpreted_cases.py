@@ -187,3 +187,26 @@ def test_flat_persistent(lq, lengths, d, dtype, per_sm):
     check(km.maxsim_packed(Q[None], D, cu, config=cfg), ref[None], dtype)
     assert bool((km._ROWBUFS[("cpu", 0, base.block_q)] == float("-inf")).all())
     assert int(km._COUNTERS[("cpu", 0)].abs().sum()) == 0
+
+
+@pytest.mark.parametrize("dpp", [2, 3, 8])
+def test_several_documents_per_program(dpp):
+    """A program scores `dpp` consecutive documents (the last program fewer); every form and length mix."""
+    gen = torch.Generator().manual_seed(40 + dpp)
+    lengths = [300, 5, 1, 0, 77, 64, 65]  # 7 documents: not a multiple of dpp, an empty one inside
+    D, cu = packed(lengths, 64, torch.float16, gen)
+    Q = torch.randn(20, 64, generator=gen).half()
+    for swap in (True, False):
+        cfg = km.KernelConfig(block_q=32, block_d=32, block_k=32, swap=swap, num_warps=4, num_stages=2, dpp=dpp)
+        check(km.maxsim_packed(Q, D, cu, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), torch.float16)
+        Qm = torch.randn(5, 9, 64, generator=gen).half()  # several queries in one block
+        check(km.maxsim_packed(Qm, D, cu, config=cfg), km.maxsim_reference(Qm, D, cu, torch.float64), torch.float16)
+        Ql = torch.randn(70, 64, generator=gen).half()  # a query over three blocks, summed
+        check(km.maxsim_packed(Ql, D, cu, config=cfg), km.maxsim_reference(Ql, D, cu, torch.float64), torch.float16)
+    cq = torch.tensor([0, 20, 29], dtype=torch.int32)
+    Qg = torch.randn(29, 64, generator=gen).half()
+    group = torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.int32)
+    check(km.maxsim_grouped(Qg, cq, D, cu, group, config=cfg),
+          km.maxsim_grouped_reference(Qg, cq, D, cu, group, torch.float64), torch.float16)
+    docs = [D[cu[b]:cu[b + 1]].clone() for b in range(len(lengths))]  # the pointer form
+    check(km.maxsim_list(Q, docs, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), torch.float16)
