@@ -205,15 +205,18 @@ class Server:
             stderr=self._log, text=True, start_new_session=True, env={**os.environ, **(env or {})},
         )
 
+    # the request that must succeed before measuring: every deployment and the engine answer
+    probe: tuple[str, dict] = ("/v1/rerank", {"model": MODEL_NAME, "query": "ready?", "documents": ["yes"]})
+
     def wait_ready(self, timeout: float = 900) -> None:
-        """Ready when a rerank request succeeds (every deployment and the engine answer)."""
-        probe = {"model": MODEL_NAME, "query": "ready?", "documents": ["yes"]}
+        """Ready when the `probe` request succeeds."""
+        route, body = self.probe
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self._log.name}")
             try:
-                if httpx.post(f"{self.url}/v1/rerank", json=probe, timeout=30).status_code == 200:
+                if httpx.post(f"{self.url}{route}", json=body, timeout=30).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -106,19 +106,7 @@ def measure(server: str, url: str, workload: str, requests: list[dict], concurre
 
 
 class GenerativeServer(Server):
-    def wait_ready(self, timeout: float = 900) -> None:
-        probe = {"model": MODEL_NAME, "query": "ready?", "items": ["yes"], "label_token_ids": LABELS}
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self._log.name}")
-            try:
-                if httpx.post(f"{self.url}/generative_scoring", json=probe, timeout=30).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        raise TimeoutError(f"{self.name} not ready in {timeout}s; see {self._log.name}")
+    probe = ("/generative_scoring", {"model": MODEL_NAME, "query": "ready?", "items": ["yes"], "label_token_ids": LABELS})
 
 
 class VLLMServer(GenerativeServer):
