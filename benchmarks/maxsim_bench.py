@@ -13,6 +13,7 @@ Writes maxsim_bench.json and maxsim_bench.png to --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -66,6 +67,13 @@ SWEEP = {  # (block_q, block_d, swap, num_warps, num_stages, nsplit[, block_k]);
 FLAT_SWEEP = [  # persistent form (v4): (programs per SM, block_d, num_warps, num_stages)
     (3, 64, 4, 4), (2, 64, 4, 4), (4, 64, 4, 3), (6, 64, 4, 2), (8, 64, 4, 2), (2, 128, 4, 3), (2, 128, 8, 3),
     (1, 128, 8, 4), (4, 32, 4, 4)]
+VARIANT_EXTRA = {  # --variants: block shapes tried on top of the default config
+    "multi-128x128": [dict(num_stages=4), dict(dpp=2)],
+    "colpali-1k": [dict(num_stages=4)],
+    "rr-1k": [dict(block_d=128, num_stages=3)],
+    "rr-1k-var": [dict(block_d=128, num_stages=3)],
+    "rr-1k-d96": [dict(block_k=32)],
+}
 SWEEP["rr-1k-d64"] = [(None, 64, True, 4, 4, 1), (None, 128, True, 4, 3, 1), (None, 128, True, 4, 4, 1),
                       (None, 128, True, 8, 4, 1)]
 
@@ -101,6 +109,60 @@ def rel_err(out, ref):
 
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1000
+
+
+_FLUSH = {}
+
+
+def _sleep_cycles_per_ms() -> float:
+    if "cycles_per_ms" not in _FLUSH:
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        torch.cuda._sleep(10_000_000)
+        e.record()
+        torch.cuda.synchronize()
+        _FLUSH["cycles_per_ms"] = 10_000_000 / s.elapsed_time(e)
+    return _FLUSH["cycles_per_ms"]
+
+
+def bench_queued(fn, n=60):
+    """GPU time alone, in do_bench's cache state: the same 256 MB zeroing before each call, but every call is
+    queued behind a GPU sleep longer than the host needs to launch them all, so the GPU never waits for the host
+    (do_bench's median includes those waits whenever one flush + call launches slower than the GPU runs them)."""
+    if "z" not in _FLUSH:
+        _FLUSH["z"] = torch.empty(int(256e6 // 4), dtype=torch.int32, device=DEV)
+    z = _FLUSH["z"]
+    fn()
+    torch.cuda.synchronize()
+    sleep_ms = 20.0
+    while True:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        torch.cuda._sleep(int(sleep_ms * _sleep_cycles_per_ms()))
+        t0 = time.perf_counter()
+        for i in range(n):
+            z.zero_()
+            starts[i].record()
+            fn()
+            ends[i].record()
+        host_ms = (time.perf_counter() - t0) * 1000
+        torch.cuda.synchronize()
+        if host_ms < 0.8 * sleep_ms:
+            return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1000
+        sleep_ms *= 2  # the host fell behind the sleep: longer sleep, again
+
+
+def host_us(fn, n=100):
+    """Host time to launch one call (µs), measured while the GPU is busy, so launches never wait for it."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(40 * _sleep_cycles_per_ms()))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    t = (time.perf_counter() - t0) / n * 1e6
+    torch.cuda.synchronize()
+    return t
 
 
 def peers():
@@ -141,9 +203,11 @@ def candidates(name, nq, lq, varlen, Q, D, cu, maxld, Dpad, mask, lens, found):
         else:
             c["late-interaction-kernels"] = lambda: lik.maxsim(Q, Dpad, None, mask)
     c["ours"] = (lambda: km.maxsim_packed(Q[0], D, cu)) if nq == 1 else (lambda: km.maxsim_packed(Q, D, cu))
-    if nq == 1 and lq <= 64:  # v3's one-program-per-document grid, side by side with the persistent form
-        v3 = km._config(lq, D.shape[0] / max(1, cu.numel() - 1), D.shape[1], D.element_size())
-        c["ours v3 grid"] = lambda: km.maxsim_packed(Q[0], D, cu, config=v3)
+    # v5's tile loop (masked last tiles), side by side with the current defaults
+    plan = km._plan(nq, lq, D.shape[0] / max(1, cu.numel() - 1), D.shape[1], D.element_size(), None)[0]
+    v5 = dataclasses.replace(plan, clamp=False)
+    c["ours v5"] = (lambda: km.maxsim_packed(Q[0], D, cu, config=v5)) if nq == 1 else \
+        (lambda: km.maxsim_packed(Q, D, cu, config=v5))
     return c
 
 
@@ -192,6 +256,31 @@ def sweep_shape(row, nq, lq, Q, D, cu, ref, d):
             print(f"  {row['shape']} {r}", flush=True)
 
 
+def variant_sweep(row, nq, lq, Q, D, cu, ref):
+    """The default config of this shape, the same with masked last tiles (no clamp), and VARIANT_EXTRA's changes."""
+
+    base = km._plan(nq, lq, D.shape[0] / max(1, cu.numel() - 1), D.shape[1], D.element_size(), None)[0]
+    variants = {"default": base, "masked": dataclasses.replace(base, clamp=False)}
+    for extra in VARIANT_EXTRA.get(row["shape"], []):
+        variants[",".join(f"{k}={v}" for k, v in extra.items())] = dataclasses.replace(base, **extra)
+    res = {}
+    for tag, cfg in variants.items():
+        f = (lambda: km.maxsim_packed(Q[0], D, cu, config=cfg)) if nq == 1 else \
+            (lambda: km.maxsim_packed(Q, D, cu, config=cfg))
+        try:
+            km._POISON_OUTPUTS = True
+            err = rel_err(f(), ref)
+            km._POISON_OUTPUTS = False
+            res[tag] = {"us": round(bench(f), 1), "gpu_us": round(bench_queued(f), 1), "err": float(f"{err:.1e}")}
+        except Exception as e:  # a variant that does not compile is a finding, keep going
+            km._POISON_OUTPUTS = False
+            res[tag] = {"error": f"{type(e).__name__}: {str(e)[:100]}"}
+        torch.cuda.empty_cache()
+    row["variants"] = res
+    print(f"  variants {row['shape']} (do_bench / gpu µs): "
+          + ", ".join(f"{t} {r.get('us', 'ERR')}/{r.get('gpu_us', '')}" for t, r in res.items()), flush=True)
+
+
 def kernel_table(args, dtype, found):
     rows = []
     gen = torch.Generator(device=DEV).manual_seed(0)
@@ -212,13 +301,16 @@ def kernel_table(args, dtype, found):
                 torch.cuda.synchronize()
                 err = rel_err(out, ref)
                 t = bench(f)
-                row[k] = {"us": round(t, 1), "err": float(f"{err:.1e}"), "floor_frac": round(fl / t, 3)}
+                row[k] = {"us": round(t, 1), "err": float(f"{err:.1e}"), "floor_frac": round(fl / t, 3),
+                          "gpu_us": round(bench_queued(f), 1), "host_us": round(host_us(f), 1)}
             except Exception as e:  # a peer that fails a shape is a finding
                 row[k] = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
             km._POISON_OUTPUTS = False
             torch.cuda.empty_cache()
         if args.sweep:
             sweep_shape(row, nq, lq, Q, D, cu, ref, d)
+        if args.variants:
+            variant_sweep(row, nq, lq, Q, D, cu, ref)
         if args.probe:  # what reading the documents once costs under the same timing (torch's own reduction)
             row["probe: D.amax() us"] = round(bench(lambda: D.amax()), 1)
         rows.append(row)
@@ -448,6 +540,7 @@ def main():
     ap.add_argument("--shapes", default="")
     ap.add_argument("--dtype", default="fp16", choices=["fp16", "bf16"])
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--variants", action="store_true", help="time the tile-loop flags of the default configs")
     ap.add_argument("--skip-scorer", action="store_true")
     ap.add_argument("--probe", action="store_true")
     ap.add_argument("--flush-probe", action="store_true", help="only the cache-state probe (flush_probe)")
@@ -485,12 +578,13 @@ def main():
         chart(rows, os.path.join(args.out, "maxsim_bench.png"))
     except Exception as e:  # the table matters more than the picture
         print(f"chart failed: {e}")
-    keys = ["torch eager", "flash-maxsim", "late-interaction-kernels", "ours v3 grid", "ours"]
+    keys = ["torch eager", "flash-maxsim", "late-interaction-kernels", "ours v5", "ours"]
+    print("\nµs: do_bench (fraction of the floor) / GPU alone, queued behind a sleep (`bench_queued`) / host launch")
     print("\n| shape | floor µs | " + " | ".join(keys) + " | ours err | target |")
     print("|---|---|" + "---|" * len(keys) + "---|---|")
     for r in rows:
-        cells = [f"{r[k]['us']:.1f} ({r[k]['floor_frac']:.2f})" if "us" in r.get(k, {}) else
-                 ("-" if k not in r else "ERR") for k in keys]
+        cells = [f"{r[k]['us']:.1f} ({r[k]['floor_frac']:.2f}) / {r[k]['gpu_us']:.1f} / {r[k]['host_us']:.0f}"
+                 if "us" in r.get(k, {}) else ("-" if k not in r else "ERR") for k in keys]
         err = r.get("ours", {}).get("err", "-")
         print(f"| {r['shape']} | {r['floor_us']:.1f} | " + " | ".join(cells) + f" | {err} | {verdict(r)} |")
 

@@ -16,6 +16,7 @@ never compiles while serving.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -131,17 +132,23 @@ def maxsim_grouped_reference(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: tor
 
 def _tile_dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
-               UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr):
+               UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr, CLAMP: tl.constexpr):
     """Similarities of one block of document rows with the query rows over all of d, fp32 accumulation:
-    `[BLOCK_D, BLOCK_Q]` when SWAP, else `[BLOCK_Q, BLOCK_D]`. `q0` is the query tile when d fits one K block."""
+    `[BLOCK_D, BLOCK_Q]` when SWAP, else `[BLOCK_Q, BLOCK_D]`. `q0` is the query tile when d fits one K block.
+    CLAMP: every document row of the tile is valid (the caller repeats the last row), so the loads are unmasked
+    in that dimension."""
     if SWAP:
         acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
     for kk in tl.static_range(NUM_K):
         k_valid = (offs_k[None, :] + kk * BLOCK_K) < D_MODEL
-        if EVEN_K:
+        if EVEN_K and CLAMP:
+            dt = tl.load(d_ptrs + kk * BLOCK_K)
+        elif EVEN_K:
             dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0)
+        elif CLAMP:
+            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=k_valid, other=0.0)
         else:
             dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0)
         if NUM_K == 1:
@@ -189,7 +196,7 @@ def _maxsim_kernel(
     D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, NSPLIT: tl.constexpr, PTRS: tl.constexpr, ALIGN: tl.constexpr,
-    DPP: tl.constexpr,
+    DPP: tl.constexpr, CLAMP: tl.constexpr,
 ):
     """One program: DPP consecutive documents, one after the other, against one block of BLOCK_Q query rows.
 
@@ -200,6 +207,9 @@ def _maxsim_kernel(
     Otherwise queries are [n_queries, q_len] rows of Q; out is [n_queries, n_chunks, B].
     SWAP computes the tile as D @ Q^T ([BLOCK_D, BLOCK_Q], doc tokens on the MMA's M side), keeps an elementwise
     running max and reduces over doc tokens once at the end: better for short queries.
+    CLAMP: the last tile of a document repeats the document's last row instead of masking rows past its end (a
+    repeated row cannot change a max), so no tile needs a row mask or a select: the select over every
+    similarity tile cost compute-bound shapes 7-13% on the H100 (docs/kernel_notes.md, v6).
     NSPLIT > 1 (one query block, short queries, few documents): the document is split over NSPLIT adjacent
     programs; each writes its row maxima to `partial` [B, NSPLIT, BLOCK_Q] and bumps counter[b]; the last one to
     arrive combines them, writes the score and resets the counter to 0 for the next launch.
@@ -264,12 +274,20 @@ def _maxsim_kernel(
         else:
             best_row = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
         for start in range(s_start, loop_end, BLOCK_D):
-            rows = start + offs_d
+            if CLAMP:
+                rows = tl.minimum(start + offs_d, loop_end - 1)
+            else:
+                rows = start + offs_d
             d_valid = rows < loop_end
             d_ptrs = Db + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
             acc = _dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
-                        NUM_K, EVEN_K, UPCAST, IEEE, SWAP)
-            if SWAP:
+                        NUM_K, EVEN_K, UPCAST, IEEE, SWAP, CLAMP)
+            if CLAMP:
+                if SWAP:
+                    best = tl.maximum(best, acc)
+                else:
+                    best_row = tl.maximum(best_row, tl.max(acc, axis=1))
+            elif SWAP:
                 best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
             else:
                 best_row = tl.maximum(best_row, tl.max(tl.where(d_valid[None, :], acc, float("-inf")), axis=1))
@@ -379,7 +397,7 @@ def _maxsim_flat_kernel(
         d_valid = rows < te
         d_ptrs = D + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
         acc = _dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
-                    NUM_K, EVEN_K, UPCAST, IEEE, True)
+                    NUM_K, EVEN_K, UPCAST, IEEE, True, False)
         best = tl.maximum(best, tl.where(d_valid[:, None], acc, float("-inf")))
         ts += BLOCK_D
         if ts >= te:  # this document's part ends here
@@ -459,6 +477,7 @@ class KernelConfig:
     nsplit: int = 0  # programs per document (power of two); 0: chosen from the batch size
     dpp: int = 1  # documents per program (> 1: a query block is loaded once for several documents; not with nsplit)
     flat: int = 0  # > 0: the persistent form (one short query), this many programs per multiprocessor
+    clamp: bool = True  # a document's last tile repeats its last row: no row masks or selects in the tile loop
 
 
 def _pow2_at_least(n: int, lo: int) -> int:
@@ -475,10 +494,10 @@ def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfi
         # memory-bound: stream the document, doc tokens on the MMA's M side
         return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=64, block_k=block_k, swap=True,
                             num_warps=4, num_stages=4 if elem_bytes == 2 else 3)
-    if mean_ld > 512 and q_rows > 128 and elem_bytes == 2:
+    if mean_ld > _LONG_DOCS and q_rows > 128 and elem_bytes == 2:
         # long queries against long documents: compute-bound, 256 query rows a program
         return KernelConfig(block_q=256, block_d=64, block_k=block_k, swap=False, num_warps=8, num_stages=3)
-    return KernelConfig(block_q=128, block_d=64, block_k=block_k, swap=False, num_warps=8 if mean_ld > 512 else 4,
+    return KernelConfig(block_q=128, block_d=64, block_k=block_k, swap=False, num_warps=8 if mean_ld > _LONG_DOCS else 4,
                         num_stages=3)
 
 
@@ -568,6 +587,7 @@ def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks
         QPB=qpb, LQP=lqp, GROUPED=grouped, SWAP=cfg.swap,
         IEEE=D.dtype == torch.float32 or cpu_bf16, UPCAST=cpu_bf16, NSPLIT=nsplit,
         PTRS=doc_off is not out, ALIGN=max(1, 16 // D.element_size()), DPP=dpp,
+        CLAMP=cfg.clamp,
         num_warps=cfg.num_warps, num_stages=stages,
     ))
 
@@ -612,8 +632,18 @@ def _same(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+_LONG_DOCS = 512  # mean document tokens above which `_config` picks the long-document blocks
+
+
 def _plan(nq: int, lq: int, mean_ld: float, d: int, esize: int, config: KernelConfig | None):
     """(config, queries per block, rows per query in a block, query chunks, programs per document)."""
+    # memoised on the length bucket: the plan is host work on every launch (a few µs of Python each time)
+    return _plan_bucketed(nq, lq, mean_ld > _LONG_DOCS, d, esize, config)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_bucketed(nq: int, lq: int, long_docs: bool, d: int, esize: int, config: KernelConfig | None):
+    mean_ld = 2 * _LONG_DOCS if long_docs else 1  # any mean length of the bucket gives the same config
     if nq > 1 and lq <= 64:
         # several short queries share one program (the compute-bound many-queries case); the config is chosen
         # for up to 128 rows, and a config with larger blocks packs more queries

@@ -210,3 +210,31 @@ def test_several_documents_per_program(dpp):
           km.maxsim_grouped_reference(Qg, cq, D, cu, group, torch.float64), torch.float16)
     docs = [D[cu[b]:cu[b + 1]].clone() for b in range(len(lengths))]  # the pointer form
     check(km.maxsim_list(Q, docs, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), torch.float16)
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_tile_loop_clamped_or_masked(clamp):
+    """Last tiles clamped to the document's last row (the default) or masked, in both orientations and every form:
+    documents shorter than a tile, one row past a tile, empty, and split documents (clamped within their piece)."""
+    gen = torch.Generator().manual_seed(50 + clamp)
+    lengths = [300, 5, 1, 0, 33, 64, 65]
+    for d, dtype in ((64, torch.float16), (48, torch.bfloat16)):  # d 48: the row-unmasked load keeps its K mask
+        D, cu = packed(lengths, d, dtype, gen)
+        for swap, dpp, nsplit in ((True, 1, 1), (False, 1, 1), (False, 3, 1), (True, 1, 4)):
+            cfg = km.KernelConfig(block_q=32, block_d=32, block_k=32, swap=swap, num_warps=4, num_stages=2,
+                                  dpp=dpp, nsplit=nsplit, clamp=clamp)
+            Q = torch.randn(20, d, generator=gen).to(dtype)
+            check(km.maxsim_packed(Q, D, cu, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), dtype)
+            if nsplit > 1:
+                continue
+            Qm = torch.randn(5, 9, d, generator=gen).to(dtype)
+            check(km.maxsim_packed(Qm, D, cu, config=cfg), km.maxsim_reference(Qm, D, cu, torch.float64), dtype)
+            Ql = torch.randn(70, d, generator=gen).to(dtype)
+            check(km.maxsim_packed(Ql, D, cu, config=cfg), km.maxsim_reference(Ql, D, cu, torch.float64), dtype)
+            cq = torch.tensor([0, 20, 29], dtype=torch.int32)
+            Qg = torch.randn(29, d, generator=gen).to(dtype)
+            group = torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.int32)
+            check(km.maxsim_grouped(Qg, cq, D, cu, group, config=cfg),
+                  km.maxsim_grouped_reference(Qg, cq, D, cu, group, torch.float64), dtype)
+            docs = [D[cu[b]:cu[b + 1]].clone() for b in range(len(lengths))]
+            check(km.maxsim_list(Q, docs, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), dtype)
