@@ -50,16 +50,18 @@ class Generative(EngineReplica):
             runner="generate",
             enable_prefix_caching=model.enable_prefix_caching,
             max_logprobs=MAX_LABEL_TOKEN_IDS,
+            **({"block_size": model.kv_block_size} if model.kv_block_size else {}),
         )
         model_config = self._engine.model_config
+        self._block_size = int(self._engine.vllm_config.cache_config.block_size or 16)
         self._info = GenerativeModelInfo(
             vocab_size=int(model_config.get_vocab_size()),
             max_model_len=int(model_config.max_model_len),
             label_token_ids=self._labels,
+            kv_block_size=self._block_size,
         )
         self._template = build_template(model.template, tokenizer, self._info.max_model_len, model.instruction)
         self._raw = build_template("raw", tokenizer, self._info.max_model_len)
-        self._block_size = int(self._engine.vllm_config.cache_config.block_size or 16)
         self._prefixes_in_flight: dict[tuple[int, ...], asyncio.Future] = {}
         warm_up = time.perf_counter()
         await self.score(GenerativeJob(query="warm-up", items=["warm-up"]))

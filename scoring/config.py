@@ -117,6 +117,14 @@ class GenerativeModelConfig(_EngineConfig):
     enable_prefix_caching: bool = Field(
         default=True, description="vLLM prefix caching: a query shared by many items is computed once."
     )
+    kv_block_size: int | None = Field(
+        default=32,
+        ge=16,
+        multiple_of=16,
+        description="Tokens per KV-cache block: the prefix cache reuses whole blocks, so every item recomputes the "
+        "shared query's last partial block. vLLM's CPU default of 128 makes each item redo up to 127 query tokens; "
+        "32 keeps that under 32 (the CPU backend wants multiples of 32). None: the platform's default.",
+    )
 
 
 class CascadeModelConfig(_Strict):

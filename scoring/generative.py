@@ -46,6 +46,7 @@ class GenerativeModelInfo:
     vocab_size: int
     max_model_len: int
     label_token_ids: list[int]
+    kv_block_size: int  # the engine's KV-cache block: the granularity of prefix reuse
 
 
 def first_label_probability(label_logprobs: np.ndarray, apply_softmax: bool) -> np.ndarray:

@@ -189,6 +189,26 @@ def test_hundred_items_and_concurrent_requests(client, reference):
         assert scores == pytest.approx(qwen3_scores(reference, query, DOCUMENTS), abs=1e-4)
 
 
+def test_long_shared_query_reuses_its_prefix_in_small_blocks(client, reference):
+    """A query of ~150 tokens before 12 short items: the replica's KV blocks are 32 tokens (vLLM's CPU default is
+    128), the first item computes the query's blocks and the rest reuse them; every score still equals the
+    reference forward pass of its whole prompt, twice (the second time every query block comes from the cache)."""
+    from ray import serve
+
+    from deployments.app import generative_deployment_name
+
+    info = serve.get_deployment_handle(generative_deployment_name("tiny-qwen3"), "generative").info.remote().result()
+    assert info.kv_block_size == 32
+    query = " ".join(f"clue {i} points to {['Paris', 'Berlin', 'Rome'][i % 3]}" for i in range(30))
+    items = [f"answer {i}: {['Paris', 'Berlin', 'Rome', 'Madrid'][i % 4]}" for i in range(12)]
+    assert len(reference.tokenizer.encode(query)) > 4 * info.kv_block_size
+    expected = [expected_score(reference(raw_ids(reference.tokenizer, query, i)), [YES, NO]) for i in items]
+    for _ in range(2):
+        r = client.post("/generative_scoring", json={"query": query, "items": items, "label_token_ids": [YES, NO]})
+        assert r.status_code == 200, r.text
+        assert [d["score"] for d in r.json()["data"]] == pytest.approx(expected, abs=1e-4)
+
+
 def test_cascade_stage_by_stage(client, reference):
     first = client.post("/v1/rerank", json={"model": "minilm-colbert", "query": QUERY, "documents": DOCUMENTS})
     first_scores = {x["index"]: x["relevance_score"] for x in first.json()["results"]}
