@@ -484,6 +484,9 @@ def _pow2_at_least(n: int, lo: int) -> int:
     return max(lo, 1 << max(0, math.ceil(math.log2(max(1, n)))))
 
 
+_LONG_DOCS = 512  # mean document tokens above which `_config` picks the long-document blocks
+
+
 def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfig:
     """Block shape for programs of `q_rows` query rows (bucketed to a power of two) — measured on the H100,
     docs/kernel_notes.md."""
@@ -497,8 +500,8 @@ def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfi
     if mean_ld > _LONG_DOCS and q_rows > 128 and elem_bytes == 2:
         # long queries against long documents: compute-bound, 256 query rows a program
         return KernelConfig(block_q=256, block_d=64, block_k=block_k, swap=False, num_warps=8, num_stages=3)
-    return KernelConfig(block_q=128, block_d=64, block_k=block_k, swap=False, num_warps=8 if mean_ld > _LONG_DOCS else 4,
-                        num_stages=3)
+    return KernelConfig(block_q=128, block_d=64, block_k=block_k, swap=False,
+                        num_warps=8 if mean_ld > _LONG_DOCS else 4, num_stages=3)
 
 
 def _nsplit(cfg: KernelConfig) -> int:
@@ -630,9 +633,6 @@ def _same(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if t.dtype != dtype:
         t = t.to(dtype)
     return t if t.is_contiguous() else t.contiguous()
-
-
-_LONG_DOCS = 512  # mean document tokens above which `_config` picks the long-document blocks
 
 
 def _plan(nq: int, lq: int, mean_ld: float, d: int, esize: int, config: KernelConfig | None):
