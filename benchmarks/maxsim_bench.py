@@ -434,20 +434,26 @@ def scorer_path(dtype):
             res["cudaHostRegister + copy + unregister"] = wall_us(register_copy, n=10)
         except Exception as e:  # an alternative that fails here is a finding, not a stop
             res["cudaHostRegister + copy + unregister"] = f"{type(e).__name__}: {e}"[:120]
+        res["torch threads"] = torch.get_num_threads()
         scorer = sm.MaxSimScorer(d, device="cuda")
         res["scorer warmup s"] = round(scorer.warmup(), 2)
         group = sm.ScoreGroup(query=query.numpy(), docs=arr, lengths=lens.numpy().astype(np.int32))
         out = scorer.score([group])[0]
         res["err scorer"] = float(f"{rel_err(torch.from_numpy(out).to(DEV), ref):.1e}")
-        res["torch threads"] = torch.get_num_threads()
-        for chunk_mb in (4, 8, 16):
-            sm._STAGE_CHUNK_BYTES = chunk_mb << 20
-            res[f"host packed -> scorer.score (chunk {chunk_mb} MB)"] = wall_us(lambda: scorer.score([group]), n=20)
-        sm._STAGE_CHUNK_BYTES = 8 << 20
-        res["err scorer (default staging)"] = float(f"{rel_err(torch.from_numpy(scorer.score([group])[0]).to(DEV), ref):.1e}")
+        default_chunks = sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES
+        for first_mb, chunk_mb in ((8, 8), (2, 8), (2, 16), (1, 8)):  # (8, 8) was v6's
+            sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES = first_mb << 20, chunk_mb << 20
+            res[f"host packed -> scorer.score (first chunk {first_mb} MB, then {chunk_mb} MB)"] = wall_us(
+                lambda: scorer.score([group]), n=30)
+        sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES = default_chunks
+        one = sm.MaxSimScorer(d, device="cuda", staging_threads=1)  # what a Ray actor of num_cpus 1 had (v6)
+        res["host packed -> scorer.score, 1 staging thread (v6 in a Ray actor)"] = wall_us(
+            lambda: one.score([group]), n=10)
+        torch.set_num_threads(1)  # as in a Ray actor of num_cpus 1: the scorer sets its staging threads itself
         res["host packed -> scorer.score (default)"] = wall_us(lambda: scorer.score([group]), n=30)
         groups = [sm.ScoreGroup(query=query.numpy(), docs=arr[int(cu[i * 125]):int(cu[(i + 1) * 125])],
                                 lengths=lens[i * 125:(i + 1) * 125].numpy()) for i in range(8)]
+        res["err scorer, 8 groups"] = float(f"{rel_err(torch.from_numpy(np.concatenate(scorer.score(groups))).to(DEV), ref):.1e}")
         res["host packed, 8 requests of 125 docs, one score() call"] = wall_us(lambda: scorer.score(groups), n=20)
         del arr
     finally:
