@@ -1,0 +1,23 @@
+"""PackedEmbeddings: texts' token embeddings in one buffer, in order, in the requested dtype."""
+import numpy as np
+import pytest
+
+from scoring.batching import split_rows
+from scoring.embeddings import PackedEmbeddings
+
+
+def test_pack_keeps_order_lengths_and_rounds_to_dtype():
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((n, 5)) for n in (3, 0, 7, 1)]
+    packed = PackedEmbeddings.pack(arrays, 5, np.float16)
+    assert packed.data.dtype == np.float16 and packed.lengths.tolist() == [3, 0, 7, 1]
+    assert packed.offsets.tolist() == [0, 3, 3, 10, 11] and packed.total_tokens == 11
+    for original, rows in zip(arrays, split_rows(packed)):
+        np.testing.assert_array_equal(rows, original.astype(np.float16))
+
+
+def test_pack_of_nothing_and_of_a_wrong_width():
+    empty = PackedEmbeddings.pack([], 5)
+    assert empty.data.shape == (0, 5) and empty.count == 0
+    with pytest.raises(ValueError):
+        PackedEmbeddings.pack([np.zeros((2, 4))], 5)
