@@ -51,3 +51,9 @@ def test_content_key_is_stable_and_distinguishes_parts():
     assert content_key("m", "q", None) == content_key("m", "q", None)
     assert content_key("m", "q", None) != content_key("m", "q", 8)
     assert content_key("m", "ab", "c") != content_key("m", "a", "bc")
+    # every kind of part is told apart from the others, whatever its text looks like
+    keys = [content_key("m", "q", part) for part in (None, "None", "null", 8, "8", 8.0, True, 1, [8], {"n": 8})]
+    assert len(set(keys)) == len(keys)
+    assert content_key("m", {"b": 1, "a": [1, 2]}) == content_key("m", {"a": [1, 2], "b": 1})
+    assert content_key("m", "\ud800") != content_key("m", "\ud801")  # lone surrogates from JSON input hash too
+    assert len(content_key("x" * 10_000)) == 64
