@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL_NAME = "minilm-colbert"
 SCORER = "Scorer"
+ENCODER = "Encoder-minilm-colbert"
 
 
 # Workload
@@ -285,7 +286,7 @@ class OurServer(Server):
         )
 
     def cache_stats(self) -> dict:
-        """Cache counters summed over every scorer replica."""
+        """Cache counters summed over every scorer replica, and the encoder's."""
         self.process.stdin.write("stats\n")
         self.process.stdin.flush()
         return json.loads(self.process.stdout.readline())
@@ -319,7 +320,7 @@ def serve_ours(port: int, scorer_replicas: int) -> None:
             "reranker",
             "/",
             {
-                "Encoder-minilm-colbert": {**fixed, "num_replicas": 1},
+                ENCODER: {**fixed, "num_replicas": 1},
                 SCORER: {**fixed, "num_replicas": scorer_replicas},
             },
         )
@@ -327,14 +328,16 @@ def serve_ours(port: int, scorer_replicas: int) -> None:
     wait_until(lambda: app_running("reranker"), timeout=900, interval=1)
     for line in sys.stdin:
         if line.strip() == "stats":
-            print(json.dumps(scorer_cache_stats("reranker")), flush=True)
+            print(json.dumps(cache_stats("reranker")), flush=True)
     serve.shutdown()
     ray.shutdown()
 
 
-def scorer_cache_stats(app: str) -> dict:
-    """`{cache name: {hits, misses, ...}}` summed over the scorer replicas of `app`."""
+def cache_stats(app: str) -> dict:
+    """`{cache name: {hits, misses, ...}}` summed over the scorer replicas of `app`, plus its (one) encoder's
+    document cache."""
     import ray
+    from ray import serve
 
     totals: dict[str, dict[str, float]] = {}
     for actor in ray.util.list_named_actors(all_namespaces=True):
@@ -348,6 +351,7 @@ def scorer_cache_stats(app: str) -> dict:
                 bucket = totals.setdefault(cache, {})
                 for counter, value in counters.items():
                     bucket[counter] = bucket.get(counter, 0) + value
+    totals.update(serve.get_deployment_handle(ENCODER, app).stats.remote().result())
     return totals
 
 
@@ -358,6 +362,11 @@ def hit_rates(before: dict, after: dict) -> dict:
         hits = counters.get("hits", 0) - before.get(cache, {}).get("hits", 0)
         misses = counters.get("misses", 0) - before.get(cache, {}).get("misses", 0)
         rates[cache] = {"hits": hits, "misses": misses, "hit_rate": round(hits / (hits + misses), 3) if hits + misses else None}
+    if "document_cache" in rates and "encoder_document_cache" in rates:  # documents that skipped the model
+        looked_up = rates["document_cache"]["hits"] + rates["document_cache"]["misses"]
+        kept = rates["document_cache"]["hits"] + rates["encoder_document_cache"]["hits"]
+        rates["document (scorer or encoder)"] = {"hits": kept, "misses": looked_up - kept,
+                                                 "hit_rate": round(kept / looked_up, 3) if looked_up else None}
     return rates
 
 

@@ -25,7 +25,9 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     """`import_path: deployments.app:build_app`; `args` is an `AppConfig` (see the README's reference)."""
     config = parse_app_config(args)
     encoders = {
-        model.name: Encoder.options(name=encoder_deployment_name(model.name)).bind(model)
+        model.name: Encoder.options(name=encoder_deployment_name(model.name)).bind(
+            model, config.cache.encoder_document_cache_bytes
+        )
         for model in config.late_interaction_models
     }
     scorer = Scorer.bind(config, encoders)

@@ -2,6 +2,9 @@
 
 Every call goes through vLLM's async engine, so concurrent calls to one replica are batched by vLLM.
 Texts are tokenized here (prefixes, truncation, query padding) and sent to vLLM as token ids.
+Documents this replica encoded before come from its byte-bounded cache: the scorer replicas each cache the
+documents of the queries routed to them, and this cache, shared by all of them, catches a document that another
+scorer replica saw.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import asdict
 
 import numpy as np
 from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
+from scoring.batching import split_rows
+from scoring.cache import ByteBoundedLRU, content_key
 from scoring.config import LateInteractionModelConfig
 from scoring.embeddings import PackedEmbeddings
 from scoring.tokens import LateInteractionTokenizer
@@ -25,10 +31,11 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
 class Encoder(EngineReplica):
-    async def __init__(self, model: LateInteractionModelConfig):
+    async def __init__(self, model: LateInteractionModelConfig, document_cache_bytes: int = 0):
         """Start the engine (loading the weights), then encode one text: the replica is ready only once it can serve."""
         started = time.perf_counter()
         self._model = model
+        self._documents: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(document_cache_bytes, sizeof=lambda a: a.nbytes)
         self._engine = start_engine(model, runner="pooling", pooler_config={"task": "token_embed"})
         from transformers import AutoTokenizer
 
@@ -53,8 +60,25 @@ class Encoder(EngineReplica):
         return await self._encode(self._tokens.query_ids(texts, max_tokens))
 
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
-        """Token embeddings of each document (prefix, truncation to `max_tokens`), packed."""
-        return await self._encode(self._tokens.document_ids(texts, max_tokens))
+        """Token embeddings of each document (prefix, truncation to `max_tokens`), packed; cached ones from the
+        document cache, the rest from the model."""
+        if not self._documents.capacity_bytes:
+            return await self._encode(self._tokens.document_ids(texts, max_tokens))
+        keys = [content_key(self._model.name, text, max_tokens) for text in texts]
+        rows: list[np.ndarray | None] = [self._documents.get(key) for key in keys]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        service_metrics().cache_lookups("encoder_document", hits=len(rows) - len(missing), misses=len(missing))
+        if not missing:
+            return PackedEmbeddings.pack(rows, self._dim, self._dtype)
+        fresh = await self._encode(self._tokens.document_ids([texts[i] for i in missing], max_tokens))
+        for i, embedding in zip(missing, split_rows(fresh)):
+            rows[i] = embedding
+            self._documents.put(keys[i], embedding.copy())  # a view would keep the whole call's buffer alive
+        return fresh if len(missing) == len(texts) else PackedEmbeddings.pack(rows, self._dim, self._dtype)
+
+    def stats(self) -> dict:
+        """Document cache counters of this replica."""
+        return {"encoder_document_cache": asdict(self._documents.stats())}
 
     async def _encode(self, token_ids: list[list[int]]) -> PackedEmbeddings:
         with service_metrics().stage("encode", self._model.name):

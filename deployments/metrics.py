@@ -69,7 +69,7 @@ def service_metrics() -> ServiceMetrics:
         ),
         cache=Counter(
             "rerank_cache_lookups",
-            description="Embedding cache lookups, by cache (query, document) and result (hit, miss).",
+            description="Embedding cache lookups, by cache (query, document, encoder_document) and result (hit, miss).",
             tag_keys=("cache", "result"),
         ),
         batch_size=Histogram(

@@ -72,6 +72,10 @@ class ByteBoundedLRU(Generic[V]):
             self._bytes += size
             return True
 
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

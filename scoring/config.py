@@ -174,7 +174,8 @@ class AuthConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """Embedding caches, per scorer replica. Requests with the same query go to the same replica."""
+    """Embedding caches: per scorer replica (requests with the same query go to the same replica), and documents
+    per encoder replica as well."""
 
     query_cache_bytes: int = Field(
         default=256 * 2**20, ge=0, description="Bytes of query token embeddings kept per scorer replica."
@@ -183,6 +184,13 @@ class CacheConfig(_Strict):
         default=1024 * 2**20,
         ge=0,
         description="Bytes of document token embeddings kept per scorer replica (0 turns the cache off).",
+    )
+    encoder_document_cache_bytes: int = Field(
+        default=256 * 2**20,
+        ge=0,
+        description="Bytes of document token embeddings kept per encoder replica (0 turns it off). A document that "
+        "a scorer replica has not cached but this encoder encoded before skips the model; every scorer replica "
+        "calling the encoder shares it, so documents stay cached as scorer replicas are added.",
     )
     document_dtype: Literal["float16", "float32"] = Field(
         default="float16",

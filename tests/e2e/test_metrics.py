@@ -37,6 +37,7 @@ def test_metrics_after_traffic(default_app, metrics_url):
         ("ray_rerank_cache_lookups_total", (("cache", "query"), ("result", "miss"))): 1,
         ("ray_rerank_cache_lookups_total", (("cache", "document"), ("result", "hit"))): len(DOCUMENTS),
         ("ray_rerank_cache_lookups_total", (("cache", "document"), ("result", "miss"))): len(DOCUMENTS),
+        ("ray_rerank_cache_lookups_total", (("cache", "encoder_document"), ("result", "miss"))): len(DOCUMENTS),
         ("ray_rerank_batch_size_count", (("batch", "encode_queries"),)): 1,
         ("ray_rerank_batch_size_count", (("batch", "encode_documents"),)): 1,
         ("ray_rerank_batch_size_count", (("batch", "maxsim"),)): 2,
