@@ -65,8 +65,7 @@ class Encoder(EngineReplica):
         if not self._documents.capacity_bytes:
             return await self._encode(self._tokens.document_ids(texts, max_tokens))
         keys = [content_key(self._model.name, text, max_tokens) for text in texts]
-        rows: list[np.ndarray | None] = [self._documents.get(key) for key in keys]
-        missing = [i for i, row in enumerate(rows) if row is None]
+        rows, missing = self._documents.get_many(keys)
         service_metrics().cache_lookups("encoder_document", hits=len(rows) - len(missing), misses=len(missing))
         if not missing:
             return PackedEmbeddings.pack(rows, self._dim, self._dtype)

@@ -141,8 +141,7 @@ class Scorer:
 
     async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[PackedEmbeddings, int]:
         keys = [content_key(model, text, documents.max_tokens) for text in documents.texts]
-        rows: list[np.ndarray | None] = [self._documents.get(key) for key in keys]
-        missing = [i for i, r in enumerate(rows) if r is None]
+        rows, missing = self._documents.get_many(keys)
         service_metrics().cache_lookups("document", hits=len(rows) - len(missing), misses=len(missing))
         if missing:
             texts = [documents.texts[i] for i in missing]

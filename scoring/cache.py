@@ -7,7 +7,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Hashable, TypeVar
+from typing import Any, Callable, Generic, Hashable, Sequence, TypeVar
 
 V = TypeVar("V")
 
@@ -54,6 +54,11 @@ class ByteBoundedLRU(Generic[V]):
             self._items.move_to_end(key)
             self._hits += 1
             return item[0]
+
+    def get_many(self, keys: Sequence[Hashable]) -> tuple[list[V | None], list[int]]:
+        """The value of each key (None where absent) and the positions of the absent ones, counted as `get` does."""
+        values = [self.get(key) for key in keys]
+        return values, [i for i, value in enumerate(values) if value is None]
 
     def put(self, key: Hashable, value: V) -> bool:
         """Store `value`; returns False when it is larger than the whole cache."""

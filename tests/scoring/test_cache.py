@@ -21,6 +21,17 @@ def test_lru_evicts_least_recently_used_within_byte_limit():
     assert (stats.hits, stats.evictions, stats.entries) == (1, 1, 3)
 
 
+def test_get_many_returns_values_in_order_and_the_missing_positions():
+    cache = make(1 << 20)
+    a, c = np.zeros(4), np.ones(4)
+    cache.put("a", a)
+    cache.put("c", c)
+    values, missing = cache.get_many(["a", "b", "c", "d"])
+    assert values[0] is a and values[2] is c and values[1] is None and values[3] is None and missing == [1, 3]
+    assert (cache.stats().hits, cache.stats().misses) == (2, 2)
+    assert cache.get_many([]) == ([], [])
+
+
 def test_value_larger_than_capacity_is_not_stored():
     cache = make(100)
     assert not cache.put("big", np.zeros(1000, dtype=np.float32))
