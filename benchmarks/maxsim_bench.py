@@ -74,6 +74,10 @@ VARIANT_EXTRA = {  # --variants: block shapes tried on top of the default config
     "rr-1k-var": [dict(block_d=128, num_stages=3)],
     "rr-1k-d96": [dict(block_k=32)],
 }
+# --variants, every shape: an L2 evict-first priority on the document loads (v8). Triton 3.6 drops the hint from
+# pipelined loads (cp.async) and keeps it on plain ones (num_stages 1)
+VARIANT_ALL = [dict(evict="evict_first"), dict(num_stages=1), dict(num_stages=1, evict="evict_first"),
+               dict(num_stages=1, num_warps=8, evict="evict_first")]
 SWEEP["rr-1k-d64"] = [(None, 64, True, 4, 4, 1), (None, 128, True, 4, 3, 1), (None, 128, True, 4, 4, 1),
                       (None, 128, True, 8, 4, 1)]
 
@@ -261,7 +265,7 @@ def variant_sweep(row, nq, lq, Q, D, cu, ref):
 
     base = km._plan(nq, lq, D.shape[0] / max(1, cu.numel() - 1), D.shape[1], D.element_size(), None)[0]
     variants = {"default": base, "masked": dataclasses.replace(base, clamp=False)}
-    for extra in VARIANT_EXTRA.get(row["shape"], []):
+    for extra in VARIANT_EXTRA.get(row["shape"], []) + VARIANT_ALL:
         variants[",".join(f"{k}={v}" for k, v in extra.items())] = dataclasses.replace(base, **extra)
     res = {}
     for tag, cfg in variants.items():
@@ -440,12 +444,39 @@ def scorer_path(dtype):
         group = sm.ScoreGroup(query=query.numpy(), docs=arr, lengths=lens.numpy().astype(np.int32))
         out = scorer.score([group])[0]
         res["err scorer"] = float(f"{rel_err(torch.from_numpy(out).to(DEV), ref):.1e}")
-        default_chunks = sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES
-        for first_mb, chunk_mb in ((8, 8), (2, 8), (2, 16), (1, 8)):  # (8, 8) was v6's
-            sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES = first_mb << 20, chunk_mb << 20
-            res[f"host packed -> scorer.score (first chunk {first_mb} MB, then {chunk_mb} MB)"] = wall_us(
-                lambda: scorer.score([group]), n=30)
-        sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES = default_chunks
+        default_chunks = sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES, sm._RING_SLOTS
+        for first_mb, chunk_mb, slots in ((2, 8, 4), (2, 8, 3), (1, 8, 4), (2, 4, 6), (2, 16, 3)):
+            sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES, sm._RING_SLOTS = first_mb << 20, chunk_mb << 20, slots
+            res[f"host packed -> scorer.score (first chunk {first_mb} MB, then {chunk_mb} MB, {slots} slots)"] = \
+                wall_us(lambda: scorer.score([group]), n=30)
+        sm._FIRST_CHUNK_BYTES, sm._STAGE_CHUNK_BYTES, sm._RING_SLOTS = default_chunks
+        # the staging alone (no kernel), ring beside v7's one pinned buffer of the request's size, interleaved
+        stream = torch.cuda.Stream()
+        src_t = torch.from_numpy(arr).view(-1).view(torch.uint8)
+        slots = [torch.empty(8 << 20, dtype=torch.uint8, pin_memory=True) for _ in range(4)]
+
+        def stage(ring: bool):
+            done = [None] * len(slots)
+            with torch.cuda.stream(stream):
+                a, size, i = 0, 2 << 20, 0
+                while a < src_t.numel():
+                    z = min(src_t.numel(), a + size)
+                    if ring:
+                        k = i % len(slots)
+                        if done[k] is not None:
+                            done[k].synchronize()
+                        slots[k][:z - a].copy_(src_t[a:z])
+                        dst.narrow(0, a, z - a).copy_(slots[k][:z - a], non_blocking=True)
+                        done[k] = torch.cuda.Event()
+                        done[k].record(stream)
+                    else:
+                        pinned[a:z].copy_(src_t[a:z])
+                        dst[a:z].copy_(pinned[a:z], non_blocking=True)
+                    a, size, i = z, 8 << 20, i + 1
+            stream.synchronize()
+        for rep in range(3):
+            res[f"staging alone, one pinned buffer of the request's size (v7) #{rep}"] = wall_us(lambda: stage(False), n=30)
+            res[f"staging alone, ring of 4 x 8 MB #{rep}"] = wall_us(lambda: stage(True), n=30)
         one = sm.MaxSimScorer(d, device="cuda", staging_threads=1)  # what a Ray actor of num_cpus 1 had (v6)
         res["host packed -> scorer.score, 1 staging thread (v6 in a Ray actor)"] = wall_us(
             lambda: one.score([group]), n=10)

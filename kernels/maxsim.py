@@ -132,7 +132,8 @@ def maxsim_grouped_reference(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: tor
 
 def _tile_dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
-               UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr, CLAMP: tl.constexpr):
+               UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr, CLAMP: tl.constexpr,
+               EVICT: tl.constexpr = ""):
     """Similarities of one block of document rows with the query rows over all of d, fp32 accumulation:
     `[BLOCK_D, BLOCK_Q]` when SWAP, else `[BLOCK_Q, BLOCK_D]`. `q0` is the query tile when d fits one K block.
     CLAMP: every document row of the tile is valid (the caller repeats the last row), so the loads are unmasked
@@ -144,13 +145,13 @@ def _tile_dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.const
     for kk in tl.static_range(NUM_K):
         k_valid = (offs_k[None, :] + kk * BLOCK_K) < D_MODEL
         if EVEN_K and CLAMP:
-            dt = tl.load(d_ptrs + kk * BLOCK_K)
+            dt = tl.load(d_ptrs + kk * BLOCK_K, eviction_policy=EVICT)
         elif EVEN_K:
-            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0)
+            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None], other=0.0, eviction_policy=EVICT)
         elif CLAMP:
-            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=k_valid, other=0.0)
+            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=k_valid, other=0.0, eviction_policy=EVICT)
         else:
-            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0)
+            dt = tl.load(d_ptrs + kk * BLOCK_K, mask=d_valid[:, None] & k_valid, other=0.0, eviction_policy=EVICT)
         if NUM_K == 1:
             qt = q0
         elif EVEN_K:
@@ -196,7 +197,7 @@ def _maxsim_kernel(
     D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, NSPLIT: tl.constexpr, PTRS: tl.constexpr, ALIGN: tl.constexpr,
-    DPP: tl.constexpr, CLAMP: tl.constexpr,
+    DPP: tl.constexpr, CLAMP: tl.constexpr, EVICT: tl.constexpr = "",
 ):
     """One program: DPP consecutive documents, one after the other, against one block of BLOCK_Q query rows.
 
@@ -281,7 +282,7 @@ def _maxsim_kernel(
             d_valid = rows < loop_end
             d_ptrs = Db + rows.to(tl.int64)[:, None] * D_MODEL + offs_k[None, :]
             acc = _dots(d_ptrs, d_valid, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
-                        NUM_K, EVEN_K, UPCAST, IEEE, SWAP, CLAMP)
+                        NUM_K, EVEN_K, UPCAST, IEEE, SWAP, CLAMP, EVICT)
             if CLAMP:
                 if SWAP:
                     best = tl.maximum(best, acc)
@@ -478,6 +479,9 @@ class KernelConfig:
     dpp: int = 1  # documents per program (> 1: a query block is loaded once for several documents; not with nsplit)
     flat: int = 0  # > 0: the persistent form (one short query), this many programs per multiprocessor
     clamp: bool = True  # a document's last tile repeats its last row: no row masks or selects in the tile loop
+    # L2 eviction priority of the document loads ("", "evict_first", "evict_last"); opt-in: Triton 3.6 keeps it only
+    # on unpipelined loads (num_stages 1), which measured faster only under do_bench's dirty L2 (docs/kernel_notes.md v8)
+    evict: str = ""
 
 
 def _pow2_at_least(n: int, lo: int) -> int:
@@ -590,7 +594,7 @@ def _launch(Q, D, cu_d, cu_q, doc_group, out, n_docs, n_queries, q_len, n_chunks
         QPB=qpb, LQP=lqp, GROUPED=grouped, SWAP=cfg.swap,
         IEEE=D.dtype == torch.float32 or cpu_bf16, UPCAST=cpu_bf16, NSPLIT=nsplit,
         PTRS=doc_off is not out, ALIGN=max(1, 16 // D.element_size()), DPP=dpp,
-        CLAMP=cfg.clamp,
+        CLAMP=cfg.clamp, EVICT=cfg.evict,
         num_warps=cfg.num_warps, num_stages=stages,
     ))
 

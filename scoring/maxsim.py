@@ -1,9 +1,12 @@
 """MaxSim dispatch for the scorer: one grouped Triton launch on CUDA, the exact torch reference on CPU.
 
 The encoder hands each request's documents over packed (one contiguous buffer + per-document lengths). On CUDA
-every call stages all groups through one reused pinned host buffer (grown geometrically), moves it to the GPU in
-a few large copies that overlap the host-side staging, and scores every group in one kernel launch; nothing loops
-over documents in Python. The staging copy is memory-bound and runs on torch's intra-op threads, so the scorer sets
+every call stages the documents of all groups through a small ring of reused pinned slots, each slot's
+host-to-device copy overlapping the host-side staging of the next, and scores every group in one kernel launch;
+nothing loops over documents in Python. The ring stays in the CPU's cache, so the staging writes and the DMA's
+reads mostly do not reach DRAM (on the H100's host, 76 MB staged 10-20% faster than through one pinned buffer of
+the request's size, docs/benchmarks.md v8), and the pinned memory is fixed (`_RING_SLOTS` x `_STAGE_CHUNK_BYTES`)
+instead of growing with the largest request. The staging copy is memory-bound and runs on torch's intra-op threads, so the scorer sets
 their number itself (`staging_threads`) rather than inherit a Ray actor's `OMP_NUM_THREADS` (its `num_cpus`, often 1:
 one thread stages 76 MB in ~16 ms on the H100's host, sixteen in ~2.6). No Ray or vLLM import here.
 """
@@ -23,6 +26,7 @@ from kernels import maxsim as kmaxsim
 _ALIGN = 256  # bytes: every staged section starts aligned, so the kernel sees aligned pointers
 _FIRST_CHUNK_BYTES = 2 << 20  # host staging and the host-to-device copies proceed in chunks: a small first one,
 _STAGE_CHUNK_BYTES = 8 << 20  # then chunks of this size
+_RING_SLOTS = 4  # pinned staging slots of _STAGE_CHUNK_BYTES, reused round-robin (v8: 3-4 slots of 8 MB best)
 _MAX_STAGING_THREADS = 16  # more adds no bandwidth on the H100's host (76 MB: 1 thread 10.2 ms, 4 1.9, 16 0.9)
 _CPU_CHUNK_ROWS = 4096  # document rows widened to fp32 at a time on the CPU path (6 MB at d 384; v3: 2048-8192 best)
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -74,8 +78,9 @@ class MaxSimScorer:
         self._device = torch.device(device)
         self._dtype = _DTYPES[dtype]
         self._lock = threading.Lock()  # the staging buffers are reused: one call at a time
-        self._host: torch.Tensor | None = None  # pinned uint8 staging buffer
-        self._dev: torch.Tensor | None = None  # device uint8 buffer of the same size
+        self._host: torch.Tensor | None = None  # pinned uint8 buffer: queries, metadata, scores
+        self._dev: torch.Tensor | None = None  # device uint8 buffer: queries, documents, metadata, scores
+        self._ring: list[torch.Tensor] = []  # pinned uint8 slots the documents are staged through
         self._stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
         self._staging_threads = staging_threads or min(_MAX_STAGING_THREADS, len(os.sched_getaffinity(0)))
 
@@ -146,12 +151,20 @@ class MaxSimScorer:
         return out
 
     # -- CUDA: stage through pinned memory, one grouped launch --------------------------------------------------
-    def _buffers(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._host is None or self._host.numel() < nbytes:
-            size = max(nbytes, 2 * (0 if self._host is None else self._host.numel()), 1 << 20)
+    def _buffers(self, host_bytes: int, dev_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pinned and the device buffer, grown geometrically."""
+        if self._host is None or self._host.numel() < host_bytes:
+            size = max(host_bytes, 2 * (0 if self._host is None else self._host.numel()), 1 << 16)
             self._host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        if self._dev is None or self._dev.numel() < dev_bytes:
+            size = max(dev_bytes, 2 * (0 if self._dev is None else self._dev.numel()), 1 << 20)
             self._dev = torch.empty(size, dtype=torch.uint8, device=self._device)
         return self._host, self._dev
+
+    def _slots(self, slot_bytes: int) -> list[torch.Tensor]:
+        if len(self._ring) != _RING_SLOTS or self._ring[0].numel() < slot_bytes:
+            self._ring = [torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(_RING_SLOTS)]
+        return self._ring
 
     def _score_cuda(self, groups: Sequence[ScoreGroup]) -> list[np.ndarray]:
         dim, esize = self.dim, torch.tensor([], dtype=self._dtype).element_size()
@@ -162,19 +175,23 @@ class MaxSimScorer:
         if b == 0:
             return [np.zeros(0, dtype=np.float32) for _ in groups]
 
-        # layout: [queries | documents | cu_q (G+1) | cu_d (B+1) | doc_group (B) | scores (B, fp32)]
+        # device layout: [queries | documents | cu_q (G+1) | cu_d (B+1) | doc_group (B) | scores (B, fp32)];
+        # pinned: the same without the documents, which go through the ring
         off_d = _align(tq * dim * esize)
         off_meta = off_d + _align(t * dim * esize)
         n_meta = (len(groups) + 1) + (b + 1) + b
         off_out = off_meta + _align(4 * n_meta)
-        total = off_out + _align(4 * b)
-        host, dev = self._buffers(total)
+        h_out = off_d + _align(4 * n_meta)
+        host, dev = self._buffers(h_out + _align(4 * b), off_out + _align(4 * b))
+        row_bytes = dim * esize
+        slot_rows = max(1, _STAGE_CHUNK_BYTES // row_bytes)
+        slots = self._slots(slot_rows * row_bytes)
+        done: list[torch.cuda.Event | None] = [None] * len(slots)
 
         meta = np.concatenate([_cu_seqlens(q_lens), _cu_seqlens(doc_lengths),
                                np.repeat(np.arange(len(groups)), n_docs)]).astype(np.int32)
-        host[off_meta:off_meta + 4 * n_meta].view(torch.int32).copy_(torch.from_numpy(meta))
+        host[off_d:off_d + 4 * n_meta].view(torch.int32).copy_(torch.from_numpy(meta))
         q_host = host[:tq * dim * esize].view(self._dtype).view(tq, dim)
-        d_host = host[off_d:off_d + t * dim * esize].view(self._dtype).view(t, dim)
         row = 0
         for g, lq in zip(groups, q_lens):
             q_host[row:row + lq].copy_(torch.from_numpy(np.ascontiguousarray(g.query)))
@@ -183,25 +200,32 @@ class MaxSimScorer:
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self._device))
         with torch.cuda.stream(stream):
-            # queries and metadata first, then the documents in chunks: the DMA of one chunk overlaps the
-            # host-side copy (and dtype conversion) of the next
-            dev[off_meta:off_out].copy_(host[off_meta:off_out], non_blocking=True)
+            # queries and metadata first, then the documents a chunk at a time through the ring: the DMA of one
+            # slot overlaps the host-side copy (and dtype conversion) into the next
+            dev[off_meta:off_out].copy_(host[off_d:h_out], non_blocking=True)
             dev[:off_d].copy_(host[:off_d], non_blocking=True)
             # the first chunk is small: the link idles only while it is staged
-            rows_per_chunk = max(1, _FIRST_CHUNK_BYTES // (dim * esize))
+            rows_per_chunk = min(slot_rows, max(1, _FIRST_CHUNK_BYTES // row_bytes))
             row = 0
+            i = 0
             for g in groups:
                 src = torch.from_numpy(np.ascontiguousarray(g.docs))
                 r0 = 0
                 while r0 < src.shape[0]:
                     part = src[r0:r0 + rows_per_chunk]
-                    d_host[row:row + part.shape[0]].copy_(part)
-                    a = off_d + row * dim * esize
-                    z = a + part.shape[0] * dim * esize
-                    dev[a:z].copy_(host[a:z], non_blocking=True)
-                    row += part.shape[0]
-                    r0 += part.shape[0]
-                    rows_per_chunk = max(1, _STAGE_CHUNK_BYTES // (dim * esize))
+                    n = part.shape[0]
+                    k = i % len(slots)
+                    if done[k] is not None:
+                        done[k].synchronize()  # the slot's previous copy to the GPU has finished
+                    slots[k][:n * row_bytes].view(self._dtype).view(n, dim).copy_(part)
+                    a = off_d + row * row_bytes
+                    dev[a:a + n * row_bytes].copy_(slots[k][:n * row_bytes], non_blocking=True)
+                    done[k] = torch.cuda.Event()
+                    done[k].record(stream)
+                    row += n
+                    r0 += n
+                    i += 1
+                    rows_per_chunk = slot_rows
 
             meta_dev = dev[off_meta:off_meta + 4 * n_meta].view(torch.int32)
             cu_q = meta_dev[:len(groups) + 1]
@@ -212,7 +236,7 @@ class MaxSimScorer:
                 dev[off_d:off_d + t * dim * esize].view(self._dtype).view(t, dim), cu_d, doc_group,
                 max_lq=int(q_lens.max()),
             )
-            out_host = host[off_out:off_out + 4 * b].view(torch.float32)
+            out_host = host[h_out:h_out + 4 * b].view(torch.float32)
             out_host.copy_(scores, non_blocking=True)
         stream.synchronize()
         result = out_host.numpy().copy()

@@ -14,20 +14,24 @@ def rounded_reference(g: sm.ScoreGroup) -> np.ndarray:
     return reference(g.query.astype(np.float16), g.docs.astype(np.float16), g.lengths)
 
 
-# the default chunks; small chunks that cut through documents and groups
-@pytest.mark.parametrize("first, chunk", [(2 << 20, 8 << 20), (4096, 12288)])
-def test_cuda_scores_match_float64_reference(monkeypatch, first, chunk):
+# the default chunks and ring; small chunks that cut through documents and groups, through rings of 2 slots and
+# of 1 (every chunk waits for the previous one's copy to the GPU before it overwrites the slot)
+@pytest.mark.parametrize("first, chunk, slots", [(2 << 20, 8 << 20, 4), (4096, 12288, 2), (8192, 65536, 1)])
+def test_cuda_scores_match_float64_reference(monkeypatch, first, chunk, slots):
     monkeypatch.setattr(sm, "_FIRST_CHUNK_BYTES", first)
     monkeypatch.setattr(sm, "_STAGE_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(sm, "_RING_SLOTS", slots)
     rng = np.random.default_rng(4)
     for d in (128, 96, 384):
         scorer = sm.MaxSimScorer(dim=d, device="cuda")
         groups = [group(rng, 32, rng.integers(1, 400, 300), d), group(rng, 1, [5], d, np.float32),
                   group(rng, 9, [], d), group(rng, 70, [0, 4, 1], d)]
-        results = scorer.score(groups)
-        for g, got in zip(groups, results):
-            assert got.dtype == np.float32 and got.shape == (len(g.lengths),)
-            np.testing.assert_allclose(got, rounded_reference(g), rtol=1e-4, atol=1e-3)
+        for call in range(2):  # the second call reuses the slots and buffers the first one left
+            results = scorer.score(groups if call == 0 else groups[::-1])
+            for g, got in zip(groups if call == 0 else groups[::-1], results):
+                assert got.dtype == np.float32 and got.shape == (len(g.lengths),)
+                np.testing.assert_allclose(got, rounded_reference(g), rtol=1e-4, atol=1e-3)
+        assert len(scorer._ring) == slots and all(s.is_pinned() for s in scorer._ring)
 
 
 def test_staging_threads_replace_the_actors_one_thread():
