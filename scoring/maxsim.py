@@ -3,12 +3,12 @@
 The encoder hands each request's documents over packed (one contiguous buffer + per-document lengths). On CUDA
 every call stages the documents of all groups through a small ring of reused pinned slots, each slot's
 host-to-device copy overlapping the host-side staging of the next, and scores every group in one kernel launch;
-nothing loops over documents in Python. The ring stays in the CPU's cache, so the staging writes and the DMA's
-reads mostly do not reach DRAM (on the H100's host, 76 MB staged 10-20% faster than through one pinned buffer of
-the request's size, docs/benchmarks.md v8), and the pinned memory is fixed (`_RING_SLOTS` x `_STAGE_CHUNK_BYTES`)
-instead of growing with the largest request. The staging copy is memory-bound and runs on torch's intra-op threads, so the scorer sets
-their number itself (`staging_threads`) rather than inherit a Ray actor's `OMP_NUM_THREADS` (its `num_cpus`, often 1:
-one thread stages 76 MB in ~16 ms on the H100's host, sixteen in ~2.6). No Ray or vLLM import here.
+nothing loops over documents in Python. The pinned memory is fixed (`_RING_SLOTS` x `_STAGE_CHUNK_BYTES`) instead
+of growing with the largest request; on the H100's host the ring stages 76 MB as fast as one pinned buffer of the
+request's size did, within that host's noise (docs/benchmarks.md v8). The staging copy is memory-bound and runs on
+torch's intra-op threads, so the scorer sets their number itself (`staging_threads`) rather than inherit a Ray
+actor's `OMP_NUM_THREADS` (its `num_cpus`, often 1: one thread stages 76 MB in ~16 ms on the H100's host, sixteen in
+~2.6). No Ray or vLLM import here.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from kernels import maxsim as kmaxsim
 _ALIGN = 256  # bytes: every staged section starts aligned, so the kernel sees aligned pointers
 _FIRST_CHUNK_BYTES = 2 << 20  # host staging and the host-to-device copies proceed in chunks: a small first one,
 _STAGE_CHUNK_BYTES = 8 << 20  # then chunks of this size
-_RING_SLOTS = 4  # pinned staging slots of _STAGE_CHUNK_BYTES, reused round-robin (v8: 3-4 slots of 8 MB best)
+_RING_SLOTS = 4  # pinned staging slots of _STAGE_CHUNK_BYTES, reused round-robin (v8: 3-6 slots within noise)
 _MAX_STAGING_THREADS = 16  # more adds no bandwidth on the H100's host (76 MB: 1 thread 10.2 ms, 4 1.9, 16 0.9)
 _CPU_CHUNK_ROWS = 4096  # document rows widened to fp32 at a time on the CPU path (6 MB at d 384; v3: 2048-8192 best)
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
