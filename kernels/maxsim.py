@@ -662,8 +662,8 @@ def _stream_documents(D: torch.Tensor) -> None:
     a matter of speed, never of results."""
     if not D.is_cuda:
         return
-    index = D.device.index if D.device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(D.device).cuda_stream
+    index = D.get_device()
+    stream = torch._C._cuda_getCurrentRawStream(index)  # what Triton's launcher reads; 6 µs less than a Stream
     key = (index, stream)
     size = D.numel() * D.element_size()
     if not L2_STREAMING or size < _L2_MIN_BYTES:
