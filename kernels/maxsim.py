@@ -13,6 +13,9 @@ documents are computed in the documents' dtype (the query is cast to it); fp32 i
 Compilation: the kernels are specialised only on the model dimension, the dtype and a block configuration chosen
 from length buckets (`_config`), never on exact lengths or counts, so a replica that ran `warmup` for its `d`
 never compiles while serving.
+
+L2: on CUDA a launch marks the documents' bytes as streaming (evicted first) through the stream's L2 access-policy
+window, since every document byte is read once (`_stream_documents`, `L2_STREAMING`; docs/kernel_notes.md v9).
 """
 from __future__ import annotations
 
