@@ -659,10 +659,10 @@ def _set_window(index: int, stream: int, address: int, size: int) -> bool:
 
 
 def _stream_documents(D: torch.Tensor) -> None:
-    """Cover D's bytes (the first 128 MB of them) with the current stream's L2 streaming window. Set only when it
-    changes, so repeated launches over the same documents (a replica's reused staging buffer) pay nothing; it stays
-    on the stream after the launch, so later kernels of this stream reading those bytes see them evicted first:
-    a matter of speed, never of results."""
+    """Cover D's bytes (the first 128 MB of them) with the current stream's L2 streaming window. Set only when the
+    window set last does not cover them, so repeated launches over the same documents or a prefix of them (a
+    replica's reused staging buffer) pay nothing; it stays on the stream after the launch, so later kernels of this
+    stream reading those bytes see them evicted first: a matter of speed, never of results."""
     if not D.is_cuda:
         return
     index = D.get_device()
@@ -675,8 +675,9 @@ def _stream_documents(D: torch.Tensor) -> None:
             _set_window(index, stream, 0, 0)
         return
     want = (D.data_ptr(), min(size, _max_window(index)))
-    if want[1] == 0 or _L2_WINDOWS.get(key) == want:
-        return
+    have = _L2_WINDOWS.get(key)
+    if want[1] == 0 or (have is not None and have[0] <= want[0] and want[0] + want[1] <= have[0] + have[1]):
+        return  # no window to be had, or the one set already covers these bytes
     if _set_window(index, stream, *want):
         _L2_WINDOWS[key] = want
     else:

@@ -77,6 +77,7 @@ class MaxSimScorer:
         self.dim = dim
         self._device = torch.device(device)
         self._dtype = _DTYPES[dtype]
+        self._esize = torch.empty(0, dtype=self._dtype).element_size()
         self._lock = threading.Lock()  # the staging buffers are reused: one call at a time
         self._host: torch.Tensor | None = None  # pinned uint8 buffer: queries, metadata, scores
         self._dev: torch.Tensor | None = None  # device uint8 buffer: queries, documents, metadata, scores
@@ -151,15 +152,18 @@ class MaxSimScorer:
         return out
 
     # -- CUDA: stage through pinned memory, one grouped launch --------------------------------------------------
-    def _buffers(self, host_bytes: int, dev_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pinned and the device buffer, grown geometrically."""
+    def _buffers(self, host_bytes: int, dev_bytes: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The pinned and the device buffer, grown geometrically; True when the device buffer is new (allocated on
+        the caller's stream, so the scorer's stream must wait for that stream's pending work once)."""
         if self._host is None or self._host.numel() < host_bytes:
             size = max(host_bytes, 2 * (0 if self._host is None else self._host.numel()), 1 << 16)
             self._host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
-        if self._dev is None or self._dev.numel() < dev_bytes:
+        grown = self._dev is None or self._dev.numel() < dev_bytes
+        if grown:
             size = max(dev_bytes, 2 * (0 if self._dev is None else self._dev.numel()), 1 << 20)
+            self._dev = None  # the old block goes back to the allocator before the larger one is taken
             self._dev = torch.empty(size, dtype=torch.uint8, device=self._device)
-        return self._host, self._dev
+        return self._host, self._dev, grown
 
     def _slots(self, slot_bytes: int) -> list[torch.Tensor]:
         if len(self._ring) != _RING_SLOTS or self._ring[0].numel() < slot_bytes:
@@ -167,7 +171,7 @@ class MaxSimScorer:
         return self._ring
 
     def _score_cuda(self, groups: Sequence[ScoreGroup]) -> list[np.ndarray]:
-        dim, esize = self.dim, torch.tensor([], dtype=self._dtype).element_size()
+        dim, esize = self.dim, self._esize
         q_lens = np.array([g.query.shape[0] for g in groups], dtype=np.int64)
         n_docs = np.array([len(g.lengths) for g in groups], dtype=np.int64)
         doc_lengths = np.concatenate([np.asarray(g.lengths, dtype=np.int64) for g in groups])
@@ -175,36 +179,38 @@ class MaxSimScorer:
         if b == 0:
             return [np.zeros(0, dtype=np.float32) for _ in groups]
 
-        # device layout: [queries | documents | cu_q (G+1) | cu_d (B+1) | doc_group (B) | scores (B, fp32)];
-        # pinned: the same without the documents, which go through the ring
-        off_d = _align(tq * dim * esize)
-        off_meta = off_d + _align(t * dim * esize)
+        # device layout: [documents | queries | cu_q (G+1) | cu_d (B+1) | doc_group (B) | scores (B, fp32)];
+        # pinned: the same without the documents, which go through the ring. Documents first: their address is the
+        # buffer's, so the L2 streaming window the kernel sets over them stays valid from one call to the next
+        off_q = _align(t * dim * esize)
         n_meta = (len(groups) + 1) + (b + 1) + b
-        off_out = off_meta + _align(4 * n_meta)
-        h_out = off_d + _align(4 * n_meta)
-        host, dev = self._buffers(h_out + _align(4 * b), off_out + _align(4 * b))
+        h_meta = _align(tq * dim * esize)
+        h_out = h_meta + _align(4 * n_meta)
+        host, dev, grown = self._buffers(h_out + _align(4 * b), off_q + h_out)
         row_bytes = dim * esize
         slot_rows = max(1, _STAGE_CHUNK_BYTES // row_bytes)
         slots = self._slots(slot_rows * row_bytes)
         done: list[torch.cuda.Event | None] = [None] * len(slots)
 
-        meta = np.concatenate([_cu_seqlens(q_lens), _cu_seqlens(doc_lengths),
-                               np.repeat(np.arange(len(groups)), n_docs)]).astype(np.int32)
-        host[off_d:off_d + 4 * n_meta].view(torch.int32).copy_(torch.from_numpy(meta))
-        q_host = host[:tq * dim * esize].view(self._dtype).view(tq, dim)
-        row = 0
-        for g, lq in zip(groups, q_lens):
-            q_host[row:row + lq].copy_(torch.from_numpy(np.ascontiguousarray(g.query)))
-            row += int(lq)
-
         stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(self._device))
+        if grown:  # a new device buffer may reuse memory that work still queued on the caller's stream reads
+            stream.wait_stream(torch.cuda.current_stream(self._device))
+
+        def send_queries_and_metadata() -> None:
+            meta = np.concatenate([_cu_seqlens(q_lens), _cu_seqlens(doc_lengths),
+                                   np.repeat(np.arange(len(groups)), n_docs)]).astype(np.int32)
+            host[h_meta:h_meta + 4 * n_meta].view(torch.int32).copy_(torch.from_numpy(meta))
+            q_host = host[:tq * dim * esize].view(self._dtype).view(tq, dim)
+            r = 0
+            for g, lq in zip(groups, q_lens):
+                q_host[r:r + lq].copy_(torch.from_numpy(np.ascontiguousarray(g.query)))
+                r += int(lq)
+            dev[off_q:off_q + h_out].copy_(host[:h_out], non_blocking=True)
+
         with torch.cuda.stream(stream):
-            # queries and metadata first, then the documents a chunk at a time through the ring: the DMA of one
-            # slot overlaps the host-side copy (and dtype conversion) into the next
-            dev[off_meta:off_out].copy_(host[off_d:h_out], non_blocking=True)
-            dev[:off_d].copy_(host[:off_d], non_blocking=True)
-            # the first chunk is small: the link idles only while it is staged
+            # the documents a chunk at a time through the ring, the DMA of one slot overlapping the host-side copy
+            # (and dtype conversion) into the next; the first chunk is small and goes first, so the link idles only
+            # while it is staged, and the queries and metadata (one small copy) follow it
             rows_per_chunk = min(slot_rows, max(1, _FIRST_CHUNK_BYTES // row_bytes))
             row = 0
             i = 0
@@ -218,22 +224,26 @@ class MaxSimScorer:
                     if done[k] is not None:
                         done[k].synchronize()  # the slot's previous copy to the GPU has finished
                     slots[k][:n * row_bytes].view(self._dtype).view(n, dim).copy_(part)
-                    a = off_d + row * row_bytes
+                    a = row * row_bytes
                     dev[a:a + n * row_bytes].copy_(slots[k][:n * row_bytes], non_blocking=True)
                     done[k] = torch.cuda.Event()
                     done[k].record(stream)
+                    if i == 0:
+                        send_queries_and_metadata()
                     row += n
                     r0 += n
                     i += 1
                     rows_per_chunk = slot_rows
+            if i == 0:  # no document rows at all
+                send_queries_and_metadata()
 
-            meta_dev = dev[off_meta:off_meta + 4 * n_meta].view(torch.int32)
+            meta_dev = dev[off_q + h_meta:off_q + h_meta + 4 * n_meta].view(torch.int32)
             cu_q = meta_dev[:len(groups) + 1]
             cu_d = meta_dev[len(groups) + 1:len(groups) + 2 + b]
             doc_group = meta_dev[len(groups) + 2 + b:]
             scores = kmaxsim.maxsim_grouped(
-                dev[:tq * dim * esize].view(self._dtype).view(tq, dim), cu_q,
-                dev[off_d:off_d + t * dim * esize].view(self._dtype).view(t, dim), cu_d, doc_group,
+                dev[off_q:off_q + tq * dim * esize].view(self._dtype).view(tq, dim), cu_q,
+                dev[:t * dim * esize].view(self._dtype).view(t, dim), cu_d, doc_group,
                 max_lq=int(q_lens.max()),
             )
             out_host = host[h_out:h_out + 4 * b].view(torch.float32)

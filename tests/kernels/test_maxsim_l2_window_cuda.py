@@ -43,6 +43,8 @@ def test_window_follows_the_documents_and_scores_do_not_change(monkeypatch):
         w = window(stream)
         assert (w.base_ptr, w.num_bytes) == (D.data_ptr(), min(D.numel() * 2, limit))
         assert (w.hitProp, w.missProp, w.hitRatio) == (km._CU_ACCESS_PROPERTY_STREAMING,) * 2 + (1.0,)
+        prefix = km.maxsim_packed(Q, D[:75_000], cu[:301])  # a prefix of the same bytes: the window stays whole
+        assert (window(stream).base_ptr, window(stream).num_bytes) == (w.base_ptr, w.num_bytes)
         grouped = km.maxsim_grouped(Q, torch.tensor([0, 32], dtype=torch.int32, device="cuda"), D2, cu2,
                                     torch.zeros(300, dtype=torch.int32, device="cuda"), max_lq=32)
         assert window(stream).base_ptr == D2.data_ptr()
@@ -53,6 +55,7 @@ def test_window_follows_the_documents_and_scores_do_not_change(monkeypatch):
         assert window(stream).num_bytes == 0
     torch.cuda.synchronize()
     assert torch.equal(plain, streamed)
+    assert torch.equal(prefix, km.maxsim_packed(Q, D[:75_000], cu[:301]))
     ref = km.maxsim_reference(Q, D, cu, dtype=torch.float64)
     torch.testing.assert_close(streamed.double(), ref, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(grouped.double(), km.maxsim_reference(Q, D2, cu2, dtype=torch.float64),
