@@ -74,10 +74,11 @@ VARIANT_EXTRA = {  # --variants: block shapes tried on top of the default config
     "rr-1k-var": [dict(block_d=128, num_stages=3)],
     "rr-1k-d96": [dict(block_k=32)],
 }
-# --variants, every shape: an L2 evict-first priority on the document loads (v8). Triton 3.6 drops the hint from
-# pipelined loads (cp.async) and keeps it on plain ones (num_stages 1)
-VARIANT_ALL = [dict(evict="evict_first"), dict(num_stages=1), dict(num_stages=1, evict="evict_first"),
-               dict(num_stages=1, num_warps=8, evict="evict_first")]
+# --variants, every shape (v9): less document data in flight. Under the L2 streaming window each of our lines in
+# flight in an L2 set displaces one of the flush's dirty lines (written back), and 4 stages x 16 KB tiles x the
+# programs of 132 SMs hold ~20 MB in flight, ~10x what HBM latency needs. (v8's evict_first / num_stages=1 rows:
+# docs/kernel_notes.md v8.)
+VARIANT_ALL = [dict(num_stages=3), dict(num_stages=2), dict(block_d=32), dict(block_d=32, num_stages=3)]
 SWEEP["rr-1k-d64"] = [(None, 64, True, 4, 4, 1), (None, 128, True, 4, 3, 1), (None, 128, True, 4, 4, 1),
                       (None, 128, True, 8, 4, 1)]
 
@@ -489,6 +490,19 @@ def scorer_path(dtype):
             lambda: one.score([group]), n=10)
         torch.set_num_threads(1)  # as in a Ray actor of num_cpus 1: the scorer sets its staging threads itself
         res["host packed -> scorer.score (default)"] = wall_us(lambda: scorer.score([group]), n=30)
+        # the scorer deployment's real input: one array per document (its cache's rows), scored in place (v9)
+        # against packing them into one buffer first (what the deployment did up to v8)
+        from scoring.embeddings import PackedEmbeddings
+        starts = np.concatenate([[0], np.cumsum(lens.numpy())])
+        rows = [np.array(arr[starts[i]:starts[i + 1]]) for i in range(len(starts) - 1)]
+        rows_group = sm.ScoreGroup(query=query.numpy(), docs=rows, lengths=lens.numpy())
+        res["err scorer, per-document arrays"] = float(
+            f"{rel_err(torch.from_numpy(scorer.score([rows_group])[0]).to(DEV), ref):.1e}")
+        for rep in range(2):
+            res[f"host per-document arrays -> scorer.score #{rep}"] = wall_us(lambda: scorer.score([rows_group]), n=10)
+            res[f"host per-document arrays -> pack + scorer.score (v8 deployment) #{rep}"] = wall_us(
+                lambda: scorer.score([sm.ScoreGroup(query=query.numpy(), lengths=lens.numpy(),
+                                                    docs=PackedEmbeddings.pack(rows, d, np.float16).data)]), n=10)
         groups = [sm.ScoreGroup(query=query.numpy(), docs=arr[int(cu[i * 125]):int(cu[(i + 1) * 125])],
                                 lengths=lens[i * 125:(i + 1) * 125].numpy()) for i in range(8)]
         res["err scorer, 8 groups"] = float(f"{rel_err(torch.from_numpy(np.concatenate(scorer.score(groups))).to(DEV), ref):.1e}")

@@ -27,7 +27,6 @@ from deployments.routing import QueryAffinityRouter
 from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results, split_rows
 from scoring.cache import ByteBoundedLRU, content_key
 from scoring.config import AppConfig
-from scoring.embeddings import PackedEmbeddings
 from scoring.maxsim import MaxSimScorer, ScoreGroup
 from scoring.messages import DocumentSpec, EncodeJob, QuerySpec, ScoreOutcome
 
@@ -71,15 +70,19 @@ class Scorer:
         return list(await asyncio.gather(*(self._score_one(q, d) for q, d in zip(queries, documents))))
 
     async def _score_one(self, query: QuerySpec, documents: DocumentSpec) -> ScoreOutcome:
-        (embedding, hit), (packed, document_hits) = await asyncio.gather(
+        (embedding, hit), (rows, document_hits) = await asyncio.gather(
             self._query_embedding(query), self._document_embeddings(query.model, documents)
         )
-        scores = await self._score_batch(ScoreGroup(query=embedding, docs=packed.data, lengths=packed.lengths))
-        service_metrics().scored(query.model, len(packed.lengths), int(embedding.shape[0]) + packed.total_tokens)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        document_tokens = int(lengths.sum())
+        # the rows go to the kernel as they are (cached arrays and views of the encoder's output): the scorer
+        # reads them in place a chunk at a time, so they are never packed into one buffer first
+        scores = await self._score_batch(ScoreGroup(query=embedding, docs=rows, lengths=lengths))
+        service_metrics().scored(query.model, len(rows), int(embedding.shape[0]) + document_tokens)
         return ScoreOutcome(
             scores=scores,
             query_tokens=int(embedding.shape[0]),
-            document_tokens=packed.total_tokens,
+            document_tokens=document_tokens,
             query_cache_hit=hit,
             document_cache_hits=document_hits,
         )
@@ -139,7 +142,9 @@ class Scorer:
                 results[i] = np.ascontiguousarray(rows)
         return results
 
-    async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[PackedEmbeddings, int]:
+    async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[list[np.ndarray], int]:
+        """Each document's token embeddings ([L_i, d], `document_dtype`), in order, and how many came from the
+        cache."""
         keys = [content_key(model, text, documents.max_tokens) for text in documents.texts]
         rows, missing = self._documents.get_many(keys)
         service_metrics().cache_lookups("document", hits=len(rows) - len(missing), misses=len(missing))
@@ -153,8 +158,7 @@ class Scorer:
             for i, embedding in zip(missing, fresh):
                 rows[i] = embedding = embedding.astype(self._document_dtype, copy=False)
                 self._documents.put(keys[i], embedding)
-        packed = PackedEmbeddings.pack(rows, rows[0].shape[1], self._document_dtype)
-        return packed, len(rows) - len(missing)
+        return rows, len(rows) - len(missing)
 
     @serve.batch(max_batch_size=65536, batch_wait_timeout_s=0.004, max_concurrent_batches=4, batch_size_fn=_job_tokens)
     async def _encode_batch(self, jobs: list[EncodeJob]) -> list[list[np.ndarray]]:

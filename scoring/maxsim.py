@@ -1,6 +1,9 @@
 """MaxSim dispatch for the scorer: one grouped Triton launch on CUDA, the exact torch reference on CPU.
 
-The encoder hands each request's documents over packed (one contiguous buffer + per-document lengths). On CUDA
+A group's documents come packed (one contiguous buffer + per-document lengths) or as one array per document (the
+scorer deployment's cached rows and views of the encoder's packed output): the latter are read in place, a chunk
+of rows at a time (one C-level concatenation per chunk, into the CPU path's cache-sized buffer or straight into a
+pinned slot), so a request is never packed into one buffer of its size first. On CUDA
 every call stages the documents of all groups through a small ring of reused pinned slots, each slot's
 host-to-device copy overlapping the host-side staging of the next, and scores every group in one kernel launch;
 nothing loops over documents in Python. The pinned memory is fixed (`_RING_SLOTS` x `_STAGE_CHUNK_BYTES`) instead
@@ -16,6 +19,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +34,7 @@ _RING_SLOTS = 4  # pinned staging slots of _STAGE_CHUNK_BYTES, reused round-robi
 _MAX_STAGING_THREADS = 16  # more adds no bandwidth on the H100's host (76 MB: 1 thread 10.2 ms, 4 1.9, 16 0.9)
 _CPU_CHUNK_ROWS = 4096  # document rows widened to fp32 at a time on the CPU path (6 MB at d 384; v3: 2048-8192 best)
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+_NUMPY_DTYPES = {torch.float16: np.dtype(np.float16), torch.float32: np.dtype(np.float32)}
 
 
 @dataclass
@@ -37,7 +42,9 @@ class ScoreGroup:
     """One rerank request: one query against its documents."""
 
     query: np.ndarray  # [Lq, d], float32 or float16
-    docs: np.ndarray  # [T, d] packed documents (contiguous), float16 or float32
+    # [T, d] packed documents, or one [L_i, d] array per document (a cache's rows): read in place, a chunk of rows
+    # at a time, so a request mixing cached and fresh documents is never packed into one buffer first
+    docs: np.ndarray | Sequence[np.ndarray]  # float16 or float32
     lengths: np.ndarray  # [B] int32/int64 token count per document, sum == T
 
 
@@ -49,19 +56,65 @@ def _validate(groups: Sequence[ScoreGroup], dim: int) -> None:
     for i, g in enumerate(groups):
         if g.query.ndim != 2 or g.query.shape[1] != dim:
             raise ValueError(f"group {i}: query must be [Lq, {dim}], got {g.query.shape}")
-        if g.docs.ndim != 2 or g.docs.shape[1] != dim:
-            raise ValueError(f"group {i}: docs must be [T, {dim}], got {g.docs.shape}")
         lengths = np.asarray(g.lengths)
         if lengths.ndim != 1 or (lengths.size and lengths.min() < 0):
             raise ValueError(f"group {i}: lengths must be a 1-D array of non-negative counts")
-        if int(lengths.sum()) != g.docs.shape[0]:
-            raise ValueError(f"group {i}: lengths sum to {int(lengths.sum())}, docs have {g.docs.shape[0]} rows")
+        if isinstance(g.docs, np.ndarray):
+            if g.docs.ndim != 2 or g.docs.shape[1] != dim:
+                raise ValueError(f"group {i}: docs must be [T, {dim}], got {g.docs.shape}")
+            if int(lengths.sum()) != g.docs.shape[0]:
+                raise ValueError(f"group {i}: lengths sum to {int(lengths.sum())}, docs have {g.docs.shape[0]} rows")
+            continue
+        # one array per document: checked with C-level maps over the list, no Python frame per document
+        shapes = list(map(_SHAPE, g.docs))
+        if len(shapes) != lengths.size:
+            raise ValueError(f"group {i}: {len(shapes)} document arrays for {lengths.size} lengths")
+        if shapes and (set(map(len, shapes)) != {2} or set(map(_SECOND, shapes)) != {dim}):
+            raise ValueError(f"group {i}: every document must be [L, {dim}]")
+        if shapes and not np.array_equal(np.fromiter(map(_FIRST, shapes), np.int64, len(shapes)), lengths):
+            raise ValueError(f"group {i}: document arrays' rows differ from lengths")
+        if len(set(map(_DTYPE, g.docs))) > 1:
+            raise ValueError(f"group {i}: document arrays of mixed dtypes")
 
 
 def _cu_seqlens(lengths: np.ndarray) -> np.ndarray:
     cu = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
     return cu
+
+
+_SHAPE, _DTYPE = attrgetter("shape"), attrgetter("dtype")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
+class _Rows:
+    """A group's document rows as one row range: a packed [T, d] array, or one array per document read in place."""
+
+    def __init__(self, docs: np.ndarray | Sequence[np.ndarray], lengths: np.ndarray, dim: int):
+        self.packed = docs if isinstance(docs, np.ndarray) else None
+        self.parts = None if self.packed is not None else list(docs)
+        self.starts = _cu_seqlens(np.asarray(lengths, dtype=np.int64))
+        self.dtype = self.packed.dtype if self.packed is not None else (
+            self.parts[0].dtype if self.parts else np.dtype(np.float16))
+        self.dim = dim
+
+    def gather(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+        """Rows r0..r1 (cutting through documents where they fall), copied into out[:r1 - r0] of this dtype: one
+        C-level concatenation of the documents' slices, whatever their number."""
+        dst = out[:r1 - r0]
+        if self.packed is not None:
+            np.copyto(dst, self.packed[r0:r1])
+            return dst
+        i0 = int(np.searchsorted(self.starts, r0, side="right")) - 1
+        i1 = int(np.searchsorted(self.starts, r1, side="left"))
+        if i1 - i0 == 1:  # inside one document
+            np.copyto(dst, self.parts[i0][r0 - self.starts[i0]:r1 - self.starts[i0]])
+            return dst
+        pieces = self.parts[i0:i1]
+        pieces[0] = pieces[0][r0 - self.starts[i0]:]
+        pieces[-1] = pieces[-1][:r1 - self.starts[i1 - 1]]
+        np.concatenate(pieces, axis=0, out=dst)
+        return dst
 
 
 class MaxSimScorer:
@@ -82,6 +135,7 @@ class MaxSimScorer:
         self._host: torch.Tensor | None = None  # pinned uint8 buffer: queries, metadata, scores
         self._dev: torch.Tensor | None = None  # device uint8 buffer: queries, documents, metadata, scores
         self._ring: list[torch.Tensor] = []  # pinned uint8 slots the documents are staged through
+        self._convert: np.ndarray | None = None  # per-document arrays of another dtype than the kernel's, gathered
         self._stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
         self._staging_threads = staging_threads or min(_MAX_STAGING_THREADS, len(os.sched_getaffinity(0)))
 
@@ -124,11 +178,14 @@ class MaxSimScorer:
         if n_docs == 0 or g.query.shape[0] == 0:
             return out
         q_t = torch.from_numpy(np.ascontiguousarray(g.query, dtype=np.float32)).T.contiguous()  # [d, Lq]
-        docs = torch.from_numpy(np.ascontiguousarray(g.docs))
+        src = _Rows(g.docs, lengths, self.dim)
+        docs = torch.from_numpy(np.ascontiguousarray(src.packed)) if src.packed is not None else None
         cu = _cu_seqlens(lengths)
         lq, dim = q_t.shape[1], self.dim
         rows = max(_CPU_CHUNK_ROWS, int(lengths.max()))  # a chunk holds whole documents, at least one
         widened = torch.empty(rows, dim, dtype=torch.float32)
+        # per-document arrays: a chunk's rows are gathered into a cache-sized buffer of their dtype first
+        gathered = np.empty((rows, dim), dtype=src.dtype) if docs is None else None
         sims = torch.empty(rows, lq, dtype=torch.float32)
         out_t = torch.from_numpy(out)
         uniform = bool((lengths == lengths[0]).all())
@@ -139,7 +196,7 @@ class MaxSimScorer:
             t0, t1 = int(cu[b0]), int(cu[b1])
             if t1 > t0:
                 w = widened[:t1 - t0]
-                w.copy_(docs[t0:t1])
+                w.copy_(docs[t0:t1] if docs is not None else torch.from_numpy(src.gather(t0, t1, gathered)))
                 s = torch.mm(w, q_t, out=sims[:t1 - t0])
                 if uniform:  # equal lengths: one reshape, no scatter
                     out_t[b0:b1] = s.view(b1 - b0, int(lengths[0]), lq).amax(1).sum(1)
@@ -169,6 +226,18 @@ class MaxSimScorer:
         if len(self._ring) != _RING_SLOTS or self._ring[0].numel() < slot_bytes:
             self._ring = [torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(_RING_SLOTS)]
         return self._ring
+
+    def _gather(self, src: _Rows, r0: int, r1: int, slot: torch.Tensor) -> None:
+        """Rows r0..r1 of per-document arrays into a pinned slot: straight from the documents' arrays when their
+        dtype is the slot's, else through one host buffer of their dtype and a converting copy. One thread: split
+        over 2-16 threads (numpy concatenations, or torch.cat on one torch thread each) it measured slower on the
+        H100's host (docs/benchmarks.md v9)."""
+        if src.dtype == _NUMPY_DTYPES.get(self._dtype):
+            src.gather(r0, r1, slot.numpy())
+            return
+        if self._convert is None or self._convert.dtype != src.dtype or self._convert.shape[0] < r1 - r0:
+            self._convert = np.empty((max(r1 - r0, slot.shape[0]), self.dim), dtype=src.dtype)
+        slot.copy_(torch.from_numpy(src.gather(r0, r1, self._convert)))
 
     def _score_cuda(self, groups: Sequence[ScoreGroup]) -> list[np.ndarray]:
         dim, esize = self.dim, self._esize
@@ -215,15 +284,20 @@ class MaxSimScorer:
             row = 0
             i = 0
             for g in groups:
-                src = torch.from_numpy(np.ascontiguousarray(g.docs))
+                src = _Rows(g.docs, g.lengths, dim)
+                packed = torch.from_numpy(np.ascontiguousarray(src.packed)) if src.packed is not None else None
+                n_rows = int(src.starts[-1])
                 r0 = 0
-                while r0 < src.shape[0]:
-                    part = src[r0:r0 + rows_per_chunk]
-                    n = part.shape[0]
+                while r0 < n_rows:
+                    n = min(rows_per_chunk, n_rows - r0)
                     k = i % len(slots)
                     if done[k] is not None:
                         done[k].synchronize()  # the slot's previous copy to the GPU has finished
-                    slots[k][:n * row_bytes].view(self._dtype).view(n, dim).copy_(part)
+                    slot = slots[k][:n * row_bytes].view(self._dtype).view(n, dim)
+                    if packed is not None:
+                        slot.copy_(packed[r0:r0 + n])  # torch's threads (and the dtype conversion)
+                    else:
+                        self._gather(src, r0, r0 + n, slot)
                     a = row * row_bytes
                     dev[a:a + n * row_bytes].copy_(slots[k][:n * row_bytes], non_blocking=True)
                     done[k] = torch.cuda.Event()

@@ -63,3 +63,53 @@ def test_cpu_chunks_hold_whole_documents(monkeypatch):
     for lengths in ([30, 30, 30, 30, 30], [1, 0, 200, 63, 64, 65, 2]):
         g = group(rng, 11, lengths, 24)
         np.testing.assert_allclose(scorer.score([g])[0], reference(g.query, g.docs, g.lengths), rtol=1e-5, atol=1e-4)
+
+
+def per_document(g: ScoreGroup) -> ScoreGroup:
+    """The same group with one array per document (views of the packed one), as a document cache hands them over."""
+    cu = np.concatenate([[0], np.cumsum(g.lengths)])
+    return ScoreGroup(query=g.query, docs=[g.docs[cu[i]:cu[i + 1]] for i in range(len(g.lengths))],
+                      lengths=g.lengths)
+
+
+def test_per_document_arrays_score_as_the_packed_buffer(monkeypatch):
+    import scoring.maxsim as sm
+    rng = np.random.default_rng(5)
+    scorer = MaxSimScorer(dim=24, device="cpu")
+    for chunk_rows in (4096, 64):  # one chunk; many chunks, a document longer than one
+        monkeypatch.setattr(sm, "_CPU_CHUNK_ROWS", chunk_rows)
+        for g in (group(rng, 11, [1, 0, 200, 63, 64, 65, 2], 24), group(rng, 5, [7], 24, np.float32),
+                  group(rng, 3, [0, 0], 24), group(rng, 2, [], 24)):
+            rows = per_document(g)
+            rows.docs = [np.array(a) for a in rows.docs]  # separate arrays, not views of one buffer
+            np.testing.assert_array_equal(scorer.score([rows])[0], scorer.score([g])[0])
+            np.testing.assert_allclose(scorer.score([rows])[0], reference(g.query, g.docs, g.lengths),
+                                       rtol=1e-5, atol=1e-4)
+
+
+def test_rows_gather_cuts_through_documents():
+    import scoring.maxsim as sm
+    rng = np.random.default_rng(6)
+    g = group(rng, 1, [5, 0, 3, 9, 1, 0], 4)
+    src = sm._Rows(per_document(g).docs, g.lengths, 4)
+    out = np.full((20, 4), np.nan, dtype=np.float16)
+    total = int(g.lengths.sum())
+    for r0 in range(total):
+        for r1 in range(r0 + 1, total + 1):
+            np.testing.assert_array_equal(src.gather(r0, r1, out), g.docs[r0:r1])
+
+
+def test_rejects_inconsistent_per_document_arrays():
+    rng = np.random.default_rng(7)
+    scorer = MaxSimScorer(dim=8, device="cpu")
+    good = per_document(group(rng, 2, [3, 4], 8))
+    cases = [
+        ScoreGroup(good.query, good.docs[:1], good.lengths),  # one array short
+        ScoreGroup(good.query, [good.docs[0], np.zeros((4, 9), np.float16)], good.lengths),  # wrong d
+        ScoreGroup(good.query, [good.docs[0], np.zeros(4, np.float16)], good.lengths),  # not 2-D
+        ScoreGroup(good.query, good.docs, np.array([4, 3])),  # rows differ from lengths
+        ScoreGroup(good.query, [good.docs[0], good.docs[1].astype(np.float32)], good.lengths),  # mixed dtypes
+    ]
+    for bad in cases:
+        with pytest.raises(ValueError):
+            scorer.score([bad])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scoring import maxsim as sm
-from tests.scoring.test_maxsim import group, reference
+from tests.scoring.test_maxsim import group, per_document, reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,6 +31,15 @@ def test_cuda_scores_match_float64_reference(monkeypatch, first, chunk, slots):
             for g, got in zip(groups if call == 0 else groups[::-1], results):
                 assert got.dtype == np.float32 and got.shape == (len(g.lengths),)
                 np.testing.assert_allclose(got, rounded_reference(g), rtol=1e-4, atol=1e-3)
+            # the same documents as one array per document (separate arrays; fp16 straight into the slots, fp32
+            # through the converting copy), beside packed groups in one call
+            rows = [per_document(g) for g in groups]
+            for r in rows:
+                r.docs = [np.array(a) for a in r.docs]
+            mixed = [rows[0], groups[1], rows[1], rows[2], groups[3], rows[3]]
+            want = [rounded_reference(g) for g in (groups[0], groups[1], groups[1], groups[2], groups[3], groups[3])]
+            for got, w in zip(scorer.score(mixed), want):
+                np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-3)
         assert len(scorer._ring) == slots and all(s.is_pinned() for s in scorer._ring)
 
 
