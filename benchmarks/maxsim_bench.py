@@ -546,6 +546,23 @@ def cpu_scorer():
             res[f"{name}: chunk {rows} rows ms"] = round(min(t), 1)
             res[f"{name}: chunk {rows} rows max err"] = float(f"{err:.1e}")
         sm._CPU_CHUNK_ROWS = default
+        # the scorer deployment's input since v9: one array per document, read in place, against packing them
+        # into one buffer first (the deployment up to v8); interleaved, medians of 5
+        from scoring.embeddings import PackedEmbeddings
+        starts = sm._cu_seqlens(lens)
+        rows = [np.array(g.docs[starts[i]:starts[i + 1]]) for i in range(len(lens))]
+        as_rows = sm.ScoreGroup(g.query, rows, lens)
+        assert np.array_equal(scorer.score([as_rows])[0], scorer.score([g])[0])
+        t_rows, t_pack = [], []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            scorer.score([as_rows])
+            t_rows.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()
+            scorer.score([sm.ScoreGroup(g.query, PackedEmbeddings.pack(rows, d, np.float16).data, lens)])
+            t_pack.append((time.perf_counter() - t0) * 1e3)
+        res[f"{name}: per-document arrays, read in place ms"] = round(statistics.median(t_rows), 1)
+        res[f"{name}: per-document arrays, packed first (v8 deployment) ms"] = round(statistics.median(t_pack), 1)
     return res
 
 
