@@ -230,8 +230,8 @@ class MaxSimScorer:
     def _gather(self, src: _Rows, r0: int, r1: int, slot: torch.Tensor) -> None:
         """Rows r0..r1 of per-document arrays into a pinned slot: straight from the documents' arrays when their
         dtype is the slot's, else through one host buffer of their dtype and a converting copy. One thread: split
-        over 2-16 threads (numpy concatenations, or torch.cat on one torch thread each) it measured slower on the
-        H100's host (docs/benchmarks.md v9)."""
+        over up to 16 threads (numpy concatenations in a pool) it measured slower on the H100's host
+        (docs/benchmarks.md v9)."""
         if src.dtype == _NUMPY_DTYPES.get(self._dtype):
             src.gather(r0, r1, slot.numpy())
             return
