@@ -88,23 +88,17 @@ _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 class _Rows:
-    """A group's document rows as one row range: a packed [T, d] array, or one array per document read in place."""
+    """One array per document ([L_i, d] each), read as one row range in place."""
 
-    def __init__(self, docs: np.ndarray | Sequence[np.ndarray], lengths: np.ndarray, dim: int):
-        self.packed = docs if isinstance(docs, np.ndarray) else None
-        self.parts = None if self.packed is not None else list(docs)
+    def __init__(self, parts: Sequence[np.ndarray], lengths: np.ndarray):
+        self.parts = list(parts)
         self.starts = _cu_seqlens(np.asarray(lengths, dtype=np.int64))
-        self.dtype = self.packed.dtype if self.packed is not None else (
-            self.parts[0].dtype if self.parts else np.dtype(np.float16))
-        self.dim = dim
+        self.dtype = self.parts[0].dtype if self.parts else np.dtype(np.float16)
 
     def gather(self, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
         """Rows r0..r1 (cutting through documents where they fall), copied into out[:r1 - r0] of this dtype: one
         C-level concatenation of the documents' slices, whatever their number."""
         dst = out[:r1 - r0]
-        if self.packed is not None:
-            np.copyto(dst, self.packed[r0:r1])
-            return dst
         i0 = int(np.searchsorted(self.starts, r0, side="right")) - 1
         i1 = int(np.searchsorted(self.starts, r1, side="left"))
         if i1 - i0 == 1:  # inside one document
@@ -178,8 +172,9 @@ class MaxSimScorer:
         if n_docs == 0 or g.query.shape[0] == 0:
             return out
         q_t = torch.from_numpy(np.ascontiguousarray(g.query, dtype=np.float32)).T.contiguous()  # [d, Lq]
-        src = _Rows(g.docs, lengths, self.dim)
-        docs = torch.from_numpy(np.ascontiguousarray(src.packed)) if src.packed is not None else None
+        packed = isinstance(g.docs, np.ndarray)
+        docs = torch.from_numpy(np.ascontiguousarray(g.docs)) if packed else None
+        src = None if packed else _Rows(g.docs, lengths)
         cu = _cu_seqlens(lengths)
         lq, dim = q_t.shape[1], self.dim
         rows = max(_CPU_CHUNK_ROWS, int(lengths.max()))  # a chunk holds whole documents, at least one
@@ -284,9 +279,9 @@ class MaxSimScorer:
             row = 0
             i = 0
             for g in groups:
-                src = _Rows(g.docs, g.lengths, dim)
-                packed = torch.from_numpy(np.ascontiguousarray(src.packed)) if src.packed is not None else None
-                n_rows = int(src.starts[-1])
+                packed = torch.from_numpy(np.ascontiguousarray(g.docs)) if isinstance(g.docs, np.ndarray) else None
+                src = None if packed is not None else _Rows(g.docs, g.lengths)
+                n_rows = int(np.asarray(g.lengths).sum())
                 r0 = 0
                 while r0 < n_rows:
                     n = min(rows_per_chunk, n_rows - r0)

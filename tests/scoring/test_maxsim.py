@@ -91,7 +91,7 @@ def test_rows_gather_cuts_through_documents():
     import scoring.maxsim as sm
     rng = np.random.default_rng(6)
     g = group(rng, 1, [5, 0, 3, 9, 1, 0], 4)
-    src = sm._Rows(per_document(g).docs, g.lengths, 4)
+    src = sm._Rows(per_document(g).docs, g.lengths)
     out = np.full((20, 4), np.nan, dtype=np.float16)
     total = int(g.lengths.sum())
     for r0 in range(total):
