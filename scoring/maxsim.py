@@ -127,7 +127,7 @@ class MaxSimScorer:
         self._esize = torch.empty(0, dtype=self._dtype).element_size()
         self._lock = threading.Lock()  # the staging buffers are reused: one call at a time
         self._host: torch.Tensor | None = None  # pinned uint8 buffer: queries, metadata, scores
-        self._dev: torch.Tensor | None = None  # device uint8 buffer: queries, documents, metadata, scores
+        self._dev: torch.Tensor | None = None  # device uint8 buffer: documents, queries, metadata
         self._ring: list[torch.Tensor] = []  # pinned uint8 slots the documents are staged through
         self._convert: np.ndarray | None = None  # per-document arrays of another dtype than the kernel's, gathered
         self._stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
@@ -243,9 +243,10 @@ class MaxSimScorer:
         if b == 0:
             return [np.zeros(0, dtype=np.float32) for _ in groups]
 
-        # device layout: [documents | queries | cu_q (G+1) | cu_d (B+1) | doc_group (B) | scores (B, fp32)];
-        # pinned: the same without the documents, which go through the ring. Documents first: their address is the
-        # buffer's, so the L2 streaming window the kernel sets over them stays valid from one call to the next
+        # device layout: [documents | queries | cu_q (G+1) | cu_d (B+1) | doc_group (B)] (the kernel allocates its
+        # scores); pinned: [queries | metadata | scores (B, fp32)], the documents going through the ring. Documents
+        # first: their address is the buffer's, so the L2 streaming window the kernel sets over them stays valid
+        # from one call to the next
         off_q = _align(t * dim * esize)
         n_meta = (len(groups) + 1) + (b + 1) + b
         h_meta = _align(tq * dim * esize)
