@@ -1,7 +1,7 @@
 """MaxSim on one GPU: torch eager, flash-maxsim 0.3.0, late-interaction-kernels 0.4.5 and ours, side by side.
 
 Usage (on the GPU machine, peers installed):  python benchmarks/maxsim_bench.py [--out DIR] [--sweep]
-    [--shapes rr-1k,colpali-1k] [--dtype fp16|bf16] [--skip-scorer]
+    [--shapes rr-1k,colpali-1k] [--dtype fp16|bf16] [--skip-scorer] [--read-floor]
 
 Each row: median µs (triton.testing.do_bench, L2 flushed), the fraction of the floor max(bytes/BW, flops/PEAK)
 reached, and ‖out − ref‖/‖ref‖ against a float64 reference over every document. The floor uses the ceilings
@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 import triton
+import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kernels import maxsim as km  # noqa: E402
@@ -323,6 +324,8 @@ def kernel_table(args, dtype, found):
             sweep_shape(row, nq, lq, Q, D, cu, ref, d)
         if args.variants:
             variant_sweep(row, nq, lq, Q, D, cu, ref)
+        if args.read_floor:  # the fastest pure read of the same bytes, same timing
+            row["read floor"] = read_floor(D)
         if args.probe:  # what reading the documents once costs under the same timing (torch's own reduction)
             row["probe: D.amax() us"] = round(bench(lambda: D.amax()), 1)
         rows.append(row)
@@ -566,6 +569,52 @@ def cpu_scorer():
     return res
 
 
+@triton.jit
+def _read_max_kernel(X, out, n_rows, rows_per_prog, D_MODEL: tl.constexpr, BLOCK: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """The max over each program's run of rows: reads every byte of X once and does nothing else."""
+    pid = tl.program_id(0)
+    r0 = pid * rows_per_prog
+    r1 = tl.minimum(r0 + rows_per_prog, n_rows)
+    cols = tl.arange(0, BLOCK_K)
+    acc = tl.full([BLOCK, BLOCK_K], float("-inf"), tl.float32)
+    for r in range(r0, r1, BLOCK):
+        rows = r + tl.arange(0, BLOCK)
+        m = (rows[:, None] < r1) & (cols[None, :] < D_MODEL)
+        x = tl.load(X + rows[:, None].to(tl.int64) * D_MODEL + cols[None, :], mask=m, other=float("-inf"))
+        acc = tl.maximum(acc, x.to(tl.float32))
+    tl.store(out + pid, tl.max(tl.max(acc, 1), 0))
+
+
+# programs × rows a tile × warps; in the v10 probe (24 configs, 132-4,224 programs) the fastest reads had the most
+# programs, and TMA reads (72 configs) were slower than all of these (docs/kernel_notes.md v10)
+READ_FLOOR_CONFIGS = [(p, b, w) for p in (1056, 2112, 4224) for b, w in ((64, 4), (64, 8), (128, 8))]
+
+
+def read_floor(D):
+    """The fastest pure read of the documents among READ_FLOOR_CONFIGS, with the same L2 window and timing as ours:
+    a bound for any kernel that reads them once in do_bench's cache state."""
+    n, d = D.shape
+    ref = D.float().max().item()
+    best = None
+    for progs, block, warps in READ_FLOOR_CONFIGS:
+        out = torch.empty(progs, device=DEV)
+
+        def f(progs=progs, block=block, warps=warps, out=out):
+            km._stream_documents(D)
+            _read_max_kernel[(progs,)](D, out, n, -(-n // progs), D_MODEL=d, BLOCK=block,
+                                       BLOCK_K=triton.next_power_of_2(d), num_warps=warps)
+
+        f()
+        if out.max().item() != ref:
+            raise AssertionError(f"read kernel wrong: {out.max().item()} != {ref}")
+        gpu = bench_queued(f)
+        if best is None or gpu < best["gpu_us"]:
+            best = {"us": round(bench(f), 1), "gpu_us": round(gpu, 1), "programs": progs, "block": block,
+                    "warps": warps}
+    return best
+
+
 def ceilings():
     x = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
     y = torch.empty_like(x)
@@ -618,6 +667,8 @@ def main():
     ap.add_argument("--variants", action="store_true", help="time the tile-loop flags of the default configs")
     ap.add_argument("--skip-scorer", action="store_true")
     ap.add_argument("--probe", action="store_true")
+    ap.add_argument("--read-floor", action="store_true",
+                    help="also time the fastest kernel that only reads each shape's documents (a bound for ours)")
     ap.add_argument("--flush-probe", action="store_true", help="only the cache-state probe (flush_probe)")
     ap.add_argument("--skip-ceilings", action="store_true")
     ap.add_argument("--cpu-scorer", action="store_true", help="only the CPU scorer timing (use taskset -c 0,1)")
@@ -662,6 +713,11 @@ def main():
                  if "us" in r.get(k, {}) else ("-" if k not in r else "ERR") for k in keys]
         err = r.get("ours", {}).get("err", "-")
         print(f"| {r['shape']} | {r['floor_us']:.1f} | " + " | ".join(cells) + f" | {err} | {verdict(r)} |")
+    for r in rows:
+        if "read floor" in r:
+            f, ours = r["read floor"], r.get("ours", {})
+            print(f"read floor {r['shape']}: {f['us']:.1f} / {f['gpu_us']:.1f} µs ({f['programs']} programs, "
+                  f"{f['block']}-row tiles, {f['warps']} warps); ours {ours.get('us', '-')} / {ours.get('gpu_us', '-')}")
 
 
 if __name__ == "__main__":
