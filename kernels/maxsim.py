@@ -512,6 +512,12 @@ def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfi
                         num_warps=8 if mean_ld > _LONG_DOCS else 4, num_stages=3)
 
 
+@functools.lru_cache(maxsize=4096)
+def _config_bucketed(q_rows: int, long_docs: bool, d: int, elem_bytes: int) -> KernelConfig:
+    """`_config` memoised on the length bucket (host work on every grouped launch: 10-17 µs on a slow host)."""
+    return _config(q_rows, 2 * _LONG_DOCS if long_docs else 1, d, elem_bytes)
+
+
 def _nsplit(cfg: KernelConfig) -> int:
     """Programs per document. Splitting (cfg.nsplit > 1) measured no faster on the H100 for any benchmark row,
     serve-64 included (docs/kernel_notes.md, v2), so it runs only when a config asks for it."""
@@ -914,7 +920,7 @@ def maxsim_grouped(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, D: torch.Tensor,
     D = _same(D, D.dtype)
     Q = _same(Q, D.dtype)
     mean_ld = D.shape[0] / max(1, n_docs)
-    cfg = config or _config(max_lq, mean_ld, D.shape[1], D.element_size())
+    cfg = config or _config_bucketed(max_lq, mean_ld > _LONG_DOCS, D.shape[1], D.element_size())
     n_chunks = max(1, math.ceil(max_lq / cfg.block_q))
     nsplit = _nsplit(cfg) if n_chunks == 1 else 1
     out = _new_output(*((n_chunks, n_docs) if n_chunks > 1 else (n_docs,)), device=D.device)
