@@ -593,7 +593,8 @@ READ_FLOOR_CONFIGS = [(p, b, w) for p in (1056, 2112, 4224) for b, w in ((64, 4)
 
 def read_floor(D):
     """The fastest pure read of the documents among READ_FLOOR_CONFIGS, with the same L2 window and timing as ours:
-    a bound for any kernel that reads them once in do_bench's cache state."""
+    what reading them once costs in do_bench's cache state. A reference, not a proof: on rr-10k ours ran faster
+    than all of these (docs/benchmarks.md v10)."""
     n, d = D.shape
     ref = D.float().max().item()
     best = None
@@ -668,7 +669,7 @@ def main():
     ap.add_argument("--skip-scorer", action="store_true")
     ap.add_argument("--probe", action="store_true")
     ap.add_argument("--read-floor", action="store_true",
-                    help="also time the fastest kernel that only reads each shape's documents (a bound for ours)")
+                    help="also time the fastest of nine kernels that only read each shape's documents")
     ap.add_argument("--flush-probe", action="store_true", help="only the cache-state probe (flush_probe)")
     ap.add_argument("--skip-ceilings", action="store_true")
     ap.add_argument("--cpu-scorer", action="store_true", help="only the CPU scorer timing (use taskset -c 0,1)")

@@ -514,7 +514,8 @@ def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfi
 
 @functools.lru_cache(maxsize=4096)
 def _config_bucketed(q_rows: int, long_docs: bool, d: int, elem_bytes: int) -> KernelConfig:
-    """`_config` memoised on the length bucket (host work on every grouped launch: 10-17 µs on a slow host)."""
+    """`_config` memoised on the length bucket (host work on every grouped launch: 10-17 µs on a slow host); any
+    mean document length of the bucket gives the same config."""
     return _config(q_rows, 2 * _LONG_DOCS if long_docs else 1, d, elem_bytes)
 
 
@@ -782,7 +783,6 @@ def _plan(nq: int, lq: int, mean_ld: float, d: int, esize: int, config: KernelCo
 
 @functools.lru_cache(maxsize=4096)
 def _plan_bucketed(nq: int, lq: int, long_docs: bool, d: int, esize: int, config: KernelConfig | None):
-    mean_ld = 2 * _LONG_DOCS if long_docs else 1  # any mean length of the bucket gives the same config
     if nq > 1 and lq <= 64:
         # several short queries share one program (the compute-bound many-queries case); the config is chosen
         # for up to 128 rows, and a config with larger blocks packs more queries
@@ -794,12 +794,12 @@ def _plan_bucketed(nq: int, lq: int, long_docs: bool, d: int, esize: int, config
             # d fits one K block: above, the pipelined 256-row query tiles need more shared memory than an H100 has
             config = KernelConfig(block_q=256, block_d=64, block_k=min(128, _pow2_at_least(d, 16)), swap=False,
                                   num_warps=8, num_stages=3, dpp=4)
-        cfg = config or _config(max(16, qpb * lqp), mean_ld, d, esize)
+        cfg = config or _config_bucketed(max(16, qpb * lqp), long_docs, d, esize)
         qpb = max(1, min(_pow2_at_least(nq, 1), cfg.block_q // lqp))
         lqp = cfg.block_q // qpb
         n_chunks = 1
     else:
-        cfg = config or _config(lq, mean_ld, d, esize)
+        cfg = config or _config_bucketed(lq, long_docs, d, esize)
         qpb, lqp = 1, cfg.block_q
         n_chunks = max(1, math.ceil(lq / cfg.block_q))
     return cfg, qpb, lqp, n_chunks, math.ceil(nq / qpb) * n_chunks
