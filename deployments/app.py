@@ -35,7 +35,22 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         model.name: Generative.options(name=generative_deployment_name(model.name)).bind(model)
         for model in config.generative_models
     }
-    return Ingress.bind(config, scorer, generators)
+    needs = {name: (encoder_deployment_name(name), SCORER_DEPLOYMENT) for name in encoders}
+    needs |= {name: (generative_deployment_name(name),) for name in generators}
+    return Ingress.bind(config, scorer, generators, model_deployments=model_deployments(config, needs))
+
+
+SCORER_DEPLOYMENT = "Scorer"
+
+
+def model_deployments(config: AppConfig, needs: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """The deployments each model needs to serve (for /health and the per-model check): `needs` for the models
+    served by deployments of their own; a cascade needs its stages' deployments."""
+    deployments = dict(needs)
+    for model in config.models:
+        if model.kind == "cascade":
+            deployments[model.name] = tuple(dict.fromkeys(needs[model.first] + needs[model.then]))
+    return deployments
 
 
 # The default application as an object, for the Serve CLI forms that need one:

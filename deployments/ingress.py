@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.guard import GuardSettings, RequestGuard
 from deployments.metrics import request_recorder
+from deployments.readiness import ReadinessTracker, health_of
 
 from scoring.config import AppConfig, ModelConfig
 from scoring.auth import ApiKeys
@@ -85,8 +86,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "model_not_found", "The model is not served here."),
         (413, "payload_too_large", "Too many documents or characters, or too large a body."),
         (422, "validation_error", "A field is missing, of the wrong type, or out of range."),
-        (503, "overloaded", "At capacity, or a replica is being replaced; retry after `Retry-After` seconds."),
-        (504, "timeout", "No answer within the request timeout."),
+        (
+            503,
+            "overloaded",
+            "At capacity, a replica is being replaced, or the model's deployments cannot serve yet (starting, cannot "
+            "be placed, failing to start: the message names them); retry after `Retry-After` seconds.",
+        ),
+        (504, "timeout", "No answer within the request timeout; the message names what it waited for."),
     ]
 }
 
@@ -147,8 +153,14 @@ def _parse(model: type[R], request: R | dict) -> R:
 @serve.ingress(api)
 class Ingress:
     def __init__(
-        self, config: AppConfig, scorer: DeploymentHandle, generators: dict[str, DeploymentHandle] | None = None
+        self,
+        config: AppConfig,
+        scorer: DeploymentHandle,
+        generators: dict[str, DeploymentHandle] | None = None,
+        model_deployments: dict[str, tuple[str, ...]] | None = None,
     ):
+        """`model_deployments`: the deployments each model needs (app.py knows what it binds), for readiness."""
+        self._readiness = ReadinessTracker(model_deployments or {})
         self._generators = generators or {}
         self._generative_info: dict[str, GenerativeModelInfo] = {}
         self._config = config
@@ -213,22 +225,34 @@ class Ingress:
         """Probability of `label_token_ids[0]` after query + item, per item (vLLM's /generative_scoring)."""
         request = _parse(GenerativeScoringRequest, request)
         model = resolve_generative_model(self._config, request.model)
+        await self._readiness.require(model.name)
         info = await self._model_info(model.name)
         job = generative_job(request, self._config, info.vocab_size)
-        outcome = await self._backend(self._generators[model.name].score.remote(job))
+        outcome = await self._backend(
+            self._generators[model.name].score.remote(job), model.name, documents=len(request.items)
+        )
         return generative_scoring_response(model.name, outcome)
 
-    def models(self) -> ModelList:
-        """The models served, first one the default."""
+    async def models(self) -> ModelList:
+        """The models served, first one the default, each with whether it can serve now."""
+        states = (await self._readiness.current()).models
         return ModelList(
             data=[
-                ModelCard(id=m.name, created=self._created, kind=m.kind, root=m.model) for m in self._config.models
+                ModelCard(
+                    id=m.name,
+                    created=self._created,
+                    kind=m.kind,
+                    root=m.model,
+                    **({"state": states[m.name].state, "message": states[m.name].reason} if m.name in states else {}),
+                )
+                for m in self._config.models
             ]
         )
 
-    def health(self) -> Health:
-        """The models served; answering at all means the ingress is up (`GET /health`)."""
-        return Health(models=[m.name for m in self._config.models])
+    async def health(self) -> Health:
+        """Whether every deployment can serve (status `ok`), else what is still starting or cannot start, per
+        model and per deployment (`GET /health`: 200 when `ok`, else 503)."""
+        return health_of(await self._readiness.current())
 
     async def scorer_stats(self) -> dict:
         """Query-cache counters of the scorer replica that answers."""
@@ -262,11 +286,12 @@ class Ingress:
 
     @api.get("/v1/models", response_model=ModelList)
     async def _http_models(self) -> ModelList:
-        return self.models()
+        return await self.models()
 
-    @api.get("/health", response_model=Health)
-    async def _http_health(self) -> Health:
-        return self.health()
+    @api.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Not ready yet."}})
+    async def _http_health(self) -> JSONResponse:
+        health = await self.health()
+        return JSONResponse(health.model_dump(mode="json"), status_code=200 if health.status == "ok" else 503)
 
     async def _score(
         self,
@@ -275,6 +300,7 @@ class Ingress:
         max_tokens_per_query: int | None,
         max_tokens_per_doc: int | None,
     ) -> list[ScoreOutcome]:
+        await self._readiness.require(model.name)
         if model.kind == "generative":
             return await _bounded(
                 [partial(self._generate, model.name, g, max_tokens_per_query, max_tokens_per_doc) for g in groups]
@@ -291,7 +317,9 @@ class Ingress:
             self._scorer.score.remote(
                 [QuerySpec(model=model.name, text=g.query, max_tokens=max_tokens_per_query) for g in groups],
                 [DocumentSpec(texts=g.documents, max_tokens=max_tokens_per_doc) for g in groups],
-            )
+            ),
+            model.name,
+            documents=sum(len(g.documents) for g in groups),
         )
 
     async def _generate(
@@ -304,7 +332,7 @@ class Ingress:
             max_query_tokens=max_tokens_per_query,
             max_item_tokens=max_tokens_per_doc,
         )
-        outcome = await self._backend(self._generators[model].score.remote(job))
+        outcome = await self._backend(self._generators[model].score.remote(job), model, documents=len(job.items))
         return ScoreOutcome(
             scores=outcome.scores, query_tokens=0, document_tokens=outcome.prompt_tokens, query_cache_hit=False
         )
@@ -333,22 +361,37 @@ class Ingress:
     async def _model_info(self, model: str) -> GenerativeModelInfo:
         info = self._generative_info.get(model)
         if info is None:
-            info = self._generative_info[model] = await self._backend(self._generators[model].info.remote())
+            info = self._generative_info[model] = await self._backend(self._generators[model].info.remote(), model)
         return info
 
-    async def _backend(self, work: Awaitable[T]) -> T:
-        """Await calls to other deployments under the request timeout, mapping their failures to typed errors."""
+    async def _backend(self, work: Awaitable[T], model: str | None = None, documents: int = 0) -> T:
+        """Await calls to other deployments under the request timeout, mapping their failures to typed errors that
+        name the deployments of `model` the call waited on (`documents`: how many the call carries)."""
         try:
             return await asyncio.wait_for(work, timeout=self._config.limits.request_timeout_s)
         except ServiceError:
             raise
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"no answer within {self._config.limits.request_timeout_s:g}s; retry, or send fewer documents"
-            ) from None
+            raise UpstreamTimeout(self._timeout_message(model, documents)) from None
         except BackPressureError as exc:
             logger.warning("backpressure: %s", exc.message)
-            raise Overloaded("at capacity: a backend queue is full; retry shortly") from None
+            raise Overloaded(f"at capacity: a queue of {self._waited_on(model)} is full; retry shortly") from None
         except (RayActorError, DeploymentUnavailableError) as exc:
             logger.warning("backend replica failed: %s", type(exc).__name__)
-            raise Unavailable("a replica failed and is being replaced; retry shortly") from None
+            raise Unavailable(
+                f"a replica of {self._waited_on(model)} failed and is being replaced; retry shortly"
+            ) from None
+
+    def _waited_on(self, model: str | None) -> str:
+        deployments = self._readiness.deployments_of(model) if model else ()
+        return ", ".join(deployments) or "a backend deployment"
+
+    def _timeout_message(self, model: str | None, documents: int) -> str:
+        """What a 504 waited for; "send fewer documents" only when the model could serve, so the work was the cause."""
+        waited = f"no answer within {self._config.limits.request_timeout_s:g}s from {self._waited_on(model)}"
+        reason = self._readiness.last_reason(model) if model else None
+        if reason:
+            return f"{waited}: {reason}; retry once GET /health is ok"
+        if documents > 1:
+            return f"{waited} for {documents} documents; retry, or send fewer documents"
+        return f"{waited}; retry"

