@@ -29,7 +29,10 @@ from scoring.tokens import LateInteractionTokenizer
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
+# A quarter CPU is what Ray reserves (a scheduling token), not what the engine uses: it runs on every core it may
+# (`cpu_threads`), and the default app plus three more models fit on 2 cores. Reserve whole CPUs or a GPU per replica
+# on a cluster with `ray_actor_options` (README, Deploying to a cluster).
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
 class Encoder(EngineReplica):
     async def __init__(self, model: LateInteractionModelConfig, document_cache_bytes: int = 0):
         """Start the engine (loading the weights), then encode one text: the replica is ready only once it can serve."""

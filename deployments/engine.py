@@ -24,7 +24,7 @@ def start_engine(model: LateInteractionModelConfig | GenerativeModelConfig, **ta
         from vllm.v1.engine.async_llm import AsyncLLM
 
     if current_platform.is_cpu():
-        task_args = {**_cpu_engine_args(model.cpu_threads), **task_args}
+        task_args = {**_cpu_engine_args(model.cpu_threads, model.cpu_kv_cache_bytes), **task_args}
 
     args = {
         "model": model.resolved_model(),
@@ -62,20 +62,22 @@ def _serve_log_file_kept():
                 handler.setTarget(target)  # a closed file handler reopens its file on the next record
 
 
-def _cpu_engine_args(threads: int | None) -> dict[str, Any]:
+def _cpu_engine_args(threads: int | None, kv_cache_bytes: int | None = None) -> dict[str, Any]:
     """On CPU, vLLM's default is an engine-core process that schedules plus a worker process that runs the model on
     one core, while the engine core polls for its results on the other: on a small machine half the cores never run
     the model. Instead the model runs inside the engine-core process (the single-process executor, which vLLM allows
     on CPU only with `VLLM_ENABLE_V1_MULTIPROCESSING=0`; the async engine still starts its engine core as a process
     of its own) with `threads` OpenMP threads, inherited by that process from this one's environment. The threads
     sleep between parallel regions instead of spinning (`OMP_WAIT_POLICY=PASSIVE`, unless set already): the cores
-    are shared with the engine's own Python and with Serve's replicas, and spinning threads take their time."""
+    are shared with the engine's own Python and with Serve's replicas, and spinning threads take their time.
+    The KV cache is `kv_cache_bytes` when set, instead of vLLM's share of the machine's RAM per engine."""
     threads = threads or len(os.sched_getaffinity(0))
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logger.info("CPU engine: model runs in the engine process with %d threads", threads)
-    return {"distributed_executor_backend": "uni"}
+    kv_cache = {"kv_cache_memory_bytes": kv_cache_bytes} if kv_cache_bytes is not None else {}
+    return {"distributed_executor_backend": "uni", **kv_cache}
 
 
 class EngineReplica:

@@ -34,7 +34,8 @@ from scoring.templates import TokenIds, build_template, label_token_ids
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
+# A scheduling token, as for the encoder (deployments/encoder.py): the engine runs on every core it may.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
 class Generative(EngineReplica):
     async def __init__(self, model: GenerativeModelConfig):
         """Start the engine (loading the weights), then score one item: the replica is ready only once it can serve."""

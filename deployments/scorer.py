@@ -44,7 +44,7 @@ def _job_tokens(jobs: list[EncodeJob]) -> int:
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.5},
+    ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=256,
     request_router_config={"request_router_class": QueryAffinityRouter},
 )

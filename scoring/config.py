@@ -45,6 +45,15 @@ class _EngineConfig(_Strict):
         description="CPU only: threads of the engine's forward pass; null: every core this replica may run on. "
         "The model runs inside the engine process (no separate worker process spinning on a core of its own).",
     )
+    cpu_kv_cache_bytes: int | None = Field(
+        default=2**30,
+        ge=2**20,
+        description="CPU only: bytes of KV cache the engine reserves (vLLM's `kv_cache_memory_bytes`). vLLM's own "
+        "CPU default is `gpu_memory_utilization` of the machine's RAM for every engine (4.8 GiB each on 24 GiB), "
+        "which a few models on one machine cannot all have. It must hold one `max_model_len` sequence (vLLM "
+        "refuses to start otherwise, naming both); null: vLLM's default. The environment variable "
+        "VLLM_CPU_KVCACHE_SPACE (GiB) overrides it.",
+    )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra `AsyncEngineArgs` fields.")
 
     def resolved_model(self) -> str:

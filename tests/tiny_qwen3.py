@@ -47,3 +47,13 @@ def build_tiny_qwen3(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a tiny random Qwen3 CausalLM (for trying generative models).")
+    parser.add_argument("path", help="directory to write (config.json, weights, tokenizer)")
+    parser.add_argument("--max-positions", type=int, default=4096, help="its max_position_embeddings")
+    args = parser.parse_args()
+    print(build_tiny_qwen3(args.path, max_positions=args.max_positions))

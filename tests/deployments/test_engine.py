@@ -16,6 +16,14 @@ def test_cpu_engine_runs_the_model_in_the_engine_process_with_the_configured_thr
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # threads sleep between parallel regions: the cores are shared
 
 
+def test_cpu_engine_kv_cache_is_the_configured_size():
+    from scoring.config import LateInteractionModelConfig
+
+    default = LateInteractionModelConfig(name="m").cpu_kv_cache_bytes
+    assert default == 2**30  # not vLLM's share of the machine's RAM for every engine
+    assert _cpu_engine_args(2, default) == {"distributed_executor_backend": "uni", "kv_cache_memory_bytes": 2**30}
+
+
 def test_cpu_engine_threads_default_to_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     _cpu_engine_args(None)

@@ -8,6 +8,7 @@ change what a test needs, and hand it to the Serve controller as a config.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,17 @@ def app_running(app: str) -> bool:
     if application is not None and application.status == "DEPLOY_FAILED":
         raise RuntimeError(f"application {app!r} failed to deploy: {application.message}")
     return application is not None and application.status == "RUNNING"
+
+
+def uncommented_serve_config(replacements: dict[str, str] | None = None) -> dict:
+    """serve_config.yaml with its commented model and deployment entries uncommented, as its comment tells a user
+    to do, after replacing text in those lines (`{"Qwen/Qwen3-Reranker-0.6B": "/tmp/tiny-qwen3"}`)."""
+    lines = []
+    for line in (ROOT / "serve_config.yaml").read_text().splitlines():
+        match = re.match(r"^(\s{6,})# ((?:- |  ).*)$", line)
+        if match:
+            line = match.group(1) + match.group(2)
+            for old, new in (replacements or {}).items():
+                line = line.replace(old, new)
+        lines.append(line)
+    return yaml.safe_load("\n".join(lines))
