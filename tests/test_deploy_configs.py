@@ -86,3 +86,39 @@ def test_rayservice_embeds_the_gpu_config_and_matches_ray():
         images += [c["image"] for c in containers]
         assert any(int(c["resources"]["limits"].get("nvidia.com/gpu", 0)) >= 1 for c in containers)
     assert len(set(images)) == 1
+
+
+def test_rayservice_readiness_probe_is_health_on_the_serve_port():
+    service = rayservice()
+    assert service["spec"]["excludeHeadPodFromServeSvc"] is True
+    for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        (container,) = group["template"]["spec"]["containers"]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+
+
+def test_serve_config_uncommented_plus_three_more_models_fits_on_two_cpus():
+    """What Ray reserves for the initial replicas: serve_config.yaml's settings, else the deployments' defaults."""
+    from deployments.encoder import Encoder
+    from deployments.generative import Generative
+    from deployments.ingress import Ingress
+    from deployments.scorer import Scorer
+    from tests.e2e.serve_configs import uncommented_serve_config
+
+    (app,) = uncommented_serve_config({"Qwen/Qwen3-Reranker-0.6B": "/tmp/tiny-qwen3"})["applications"]
+    app["args"]["models"] += [
+        {"name": "second", "kind": "late_interaction"},
+        {"name": "gen-a", "kind": "generative", "model": "/tmp/tiny-qwen3"},
+        {"name": "gen-b", "kind": "generative", "model": "/tmp/tiny-qwen3"},
+    ]
+    settings = {d["name"]: d for d in app["deployments"]}
+    defaults = {"Ingress": Ingress, "Scorer": Scorer, "Encoder-": Encoder, "Generative-": Generative}
+
+    def reserved(name: str) -> float:
+        default = next(d for prefix, d in defaults.items() if name.startswith(prefix))
+        entry = settings.get(name, {})
+        replicas = entry.get("num_replicas") or (entry.get("autoscaling_config") or {}).get("initial_replicas") or 1
+        return replicas * (entry.get("ray_actor_options") or default.ray_actor_options)["num_cpus"]
+
+    names = deployment_names(app["args"])
+    assert len(names) == 7  # ingress, scorer, two encoders, three generative engines
+    assert sum(map(reserved, names)) <= 2

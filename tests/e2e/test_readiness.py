@@ -3,6 +3,7 @@ default model keeps serving: /health 503 with each reason, requests for them a 5
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -55,6 +56,7 @@ def test_health_names_what_cannot_be_placed_and_what_cannot_start(client):
         return health if wanted and states.get(BROKEN) in ("failing", "failed") else None
 
     health = wait_until(settled, timeout=600, interval=0.5)
+    print(json.dumps(health["models"], indent=1))
     assert client.get("/health").status_code == 503
     assert health["status"] == "unavailable"
     elsewhere = health["models"][ELSEWHERE]["message"]

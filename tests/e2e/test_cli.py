@@ -1,0 +1,216 @@
+"""The README's Serve CLI commands, run as a user runs them, against `serve run` in a subprocess (its own Ray
+cluster on this machine's cores, as `serve run serve_config.yaml` starts it).
+
+With token authentication on (Ray's default for a cluster `serve run` starts): serve_config.yaml with its
+commented entries uncommented (a tiny Qwen3 as the generative model) and two models more, four engines with the
+default `ray_actor_options`. /health is 503, naming what still starts, until every deployment can serve; then
+200, and every model answers. `serve status`, `serve deploy`, `serve shutdown` work with the README's
+`export RAY_AUTH_MODE=token`. With it off (`RAY_AUTH_MODE=disabled` for both), the default config and the same
+commands.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import ROOT, wait_until
+from tests.e2e.serve_configs import uncommented_serve_config
+from tests.tiny_qwen3 import build_tiny_qwen3
+
+pytestmark = pytest.mark.e2e
+
+SERVE = str(Path(sys.executable).with_name("serve"))
+QUERY, DOCUMENTS = "what is the capital of France?", ["Berlin is in Germany.", "Paris is the capital of France."]
+ENGINE_START_S = 900  # four engines starting at once on 2 shared cores
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeRun:
+    """`serve run <config>` in its own session (so its Ray cluster goes when it is stopped); output to a file."""
+
+    def __init__(self, config: dict, tmp: Path, auth_mode: str | None):
+        self.port = _free_port()
+        config["http_options"] = {"host": "127.0.0.1", "port": self.port}
+        self.config_path = tmp / "serve_config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log = tmp / "serve_run.log"
+        # RAY_ADDRESS=local: a cluster of its own even when another one runs on this machine (serve run would
+        # otherwise join a `ray start` cluster it finds).
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "VLLM_CPU_KVCACHE_SPACE")}
+        env.update({"RAY_ADDRESS": "local", "PYTHONPATH": str(ROOT)})
+        if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ["VLLM_CPU_KVCACHE_SPACE"]
+        if auth_mode is not None:
+            env["RAY_AUTH_MODE"] = auth_mode
+        self.auth_mode = auth_mode
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(
+                [SERVE, "run", str(self.config_path)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))
+
+    def dashboard(self) -> str:
+        """The dashboard address the cluster prints (8265 unless another cluster holds it)."""
+
+        def printed():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve run exited:\n{self.output()[-4000:]}")
+            match = re.search(r"View the dashboard at (?:http://)?([\w.]+:\d+)", self.output())
+            return match and f"http://{match.group(1)}"
+
+        return wait_until(printed, timeout=300, interval=0.5)
+
+    def cli(self, *args: str, auth_mode: str | None) -> subprocess.CompletedProcess:
+        """A `serve` command as the README writes it, in a shell with `RAY_AUTH_MODE` as given; the dashboard
+        address through the variable the CLI reads (another cluster may hold the default port)."""
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+        env["RAY_DASHBOARD_ADDRESS"] = self.dashboard()
+        if auth_mode is not None:
+            env["RAY_AUTH_MODE"] = auth_mode
+        return subprocess.run([SERVE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C does: serve run shuts Serve and its Ray down
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def _health(client: httpx.Client) -> tuple[int, dict | None]:
+    try:
+        response = client.get("/health")
+    except httpx.TransportError:
+        return 0, None
+    is_json = response.headers.get("content-type") == "application/json"
+    return response.status_code, response.json() if is_json else None
+
+
+def _status_of(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def four_engines(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli-token")
+    tiny = build_tiny_qwen3(tmp / "tiny-qwen3", max_positions=4096)
+    config = uncommented_serve_config({"Qwen/Qwen3-Reranker-0.6B": str(tiny)})
+    config["applications"][0]["args"]["models"] += [
+        {"name": "minilm-second", "kind": "late_interaction", "max_model_len": 128},
+        {"name": "tiny-raw", "kind": "generative", "model": str(tiny), "max_model_len": 512},
+    ]
+    run = ServeRun(config, tmp, auth_mode=None)  # Ray's default: token authentication on for a new cluster
+    yield run
+    run.stop()
+
+
+def test_health_is_503_until_every_model_can_serve_then_each_answers(four_engines):
+    run = four_engines
+    rerank = {"model": "minilm-colbert", "query": QUERY, "documents": DOCUMENTS}
+    seen_starting, early_reranks = [], []
+    with httpx.Client(base_url=run.url, timeout=60) as client:
+
+        def ready():
+            if run.process.poll() is not None:
+                raise RuntimeError(f"serve run exited:\n{run.output()[-4000:]}")
+            status, body = _health(client)
+            if body is None:
+                return False  # the proxy or the ingress is not up yet
+            if status == 200:
+                return body
+            assert status == 503 and body["status"] in ("starting", "unavailable"), body
+            not_ready = {name: m for name, m in body["models"].items() if m["state"] != "ready"}
+            assert not_ready and all(m["message"] for m in not_ready.values()), body
+            seen_starting.append(not_ready)
+            if "minilm-colbert" in not_ready and len(early_reranks) < 3:
+                started = time.perf_counter()
+                early = client.post("/v1/rerank", json=rerank)
+                early_reranks.append((early.status_code, time.perf_counter() - started, early.text))
+            return False
+
+        health = wait_until(ready, timeout=ENGINE_START_S, interval=0.5)
+        print(f"503 looks before ready: {len(seen_starting)}; early reranks: {early_reranks}")
+        assert seen_starting, "the app was never seen starting"
+        assert {"minilm-colbert", "qwen3-reranker", "colbert-then-qwen3", "minilm-second", "tiny-raw"} <= set(
+            seen_starting[0]
+        ) | {name for look in seen_starting for name in look}
+        for status, elapsed, text in early_reranks:  # refused at once with the reason, not held until a timeout
+            assert status == 503 and "cannot serve yet" in text and elapsed < 5, (status, elapsed, text)
+        assert health["status"] == "ok" and {m["state"] for m in health["models"].values()} == {"ready"}
+
+        started = time.perf_counter()
+        first = client.post("/v1/rerank", json=rerank)
+        elapsed = time.perf_counter() - started
+        print(f"first rerank after /health 200: {elapsed:.2f} s")
+        assert first.status_code == 200, first.text
+        assert first.json()["results"][0]["index"] == 1
+        assert elapsed < 5
+
+        for model in ("minilm-second", "qwen3-reranker", "colbert-then-qwen3", "tiny-raw"):
+            answer = client.post("/v1/rerank", json={**rerank, "model": model})
+            assert answer.status_code == 200, (model, answer.text)
+            assert sorted(r["index"] for r in answer.json()["results"]) == [0, 1]
+        scored = client.post(
+            "/generative_scoring", json={"model": "tiny-raw", "query": QUERY, "items": DOCUMENTS, "label_token_ids": [2748, 2053]}
+        )
+        assert scored.status_code == 200, scored.text
+        assert {card["state"] for card in client.get("/v1/models").json()["data"]} == {"ready"}
+
+
+def test_serve_status_deploy_and_shutdown_with_token_auth(four_engines):
+    run = four_engines
+    wait_until(lambda: _health(httpx.Client(base_url=run.url, timeout=30))[0] == 200, timeout=ENGINE_START_S)
+    status = _status_of(run.cli("status", auth_mode="token"))
+    app = status["applications"]["reranker"]
+    assert app["status"] == "RUNNING"
+    assert {"Ingress", "Scorer", "Encoder-minilm-colbert", "Generative-qwen3-reranker", "Generative-tiny-raw"} <= set(
+        app["deployments"]
+    )
+    deployed = run.cli("deploy", str(run.config_path), auth_mode="token")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert _status_of(run.cli("status", auth_mode="token"))["applications"]["reranker"]["status"] in (
+        "RUNNING",
+        "DEPLOYING",
+    )
+    shutdown = run.cli("shutdown", "-y", auth_mode="token")
+    assert shutdown.returncode == 0, shutdown.stdout + shutdown.stderr
+    assert _status_of(run.cli("status", auth_mode="token")).get("applications") in ({}, None)
+
+
+def test_serve_status_deploy_and_shutdown_with_auth_off(tmp_path):
+    """`RAY_AUTH_MODE=disabled` exported for `serve run` and the commands alike: the default serve_config.yaml."""
+    run = ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()), tmp_path, auth_mode="disabled")
+    try:
+        with httpx.Client(base_url=run.url, timeout=30) as client:
+            wait_until(lambda: run.process.poll() is None and _health(client)[0] == 200, timeout=600, interval=0.5)
+        app = _status_of(run.cli("status", auth_mode="disabled"))["applications"]["reranker"]
+        assert app["status"] == "RUNNING" and "Encoder-minilm-colbert" in app["deployments"]
+        deployed = run.cli("deploy", str(run.config_path), auth_mode="disabled")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        shutdown = run.cli("shutdown", "-y", auth_mode="disabled")
+        assert shutdown.returncode == 0, shutdown.stdout + shutdown.stderr
+    finally:
+        run.stop()
