@@ -111,7 +111,20 @@ class ReadinessTracker:
 def _cluster_resources() -> ClusterResources:
     import ray
 
-    return ClusterResources(total=ray.cluster_resources(), free=ray.available_resources())
+    return ClusterResources(total=ray.cluster_resources(), free=ray.available_resources(), pending=_pending_demands())
+
+
+def _pending_demands() -> list[dict[str, float]] | None:
+    """The shapes of the resource requests Ray cannot grant now (what `ray status` lists as pending demands)."""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    try:
+        demands = get_cluster_status(ray.get_runtime_context().gcs_address, timeout=5).resource_demands
+    except Exception as exc:
+        logger.debug("readiness: cannot read Ray's pending demands: %r", exc)
+        return None
+    return [dict(b.bundle) for d in demands.ray_task_actor_demand for b in d.bundles_by_count]
 
 
 def health_of(readiness: Readiness) -> Health:

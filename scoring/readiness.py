@@ -21,19 +21,24 @@ State = Literal["ready", "starting", "unplaceable", "failing", "failed"]
 SEVERITY: dict[str, int] = {"ready": 0, "starting": 1, "failing": 2, "unplaceable": 3, "failed": 4}
 # What a client that got a 503 for a model in this state should wait before trying again.
 RETRY_AFTER_S: dict[str, int] = {"ready": 1, "starting": 5, "failing": 10, "unplaceable": 30, "failed": 60}
-# A replica whose resources are free in the cluster but that has no node yet after this long is reported as
-# waiting for them too: a worker process starts in a few seconds, so it is not being placed.
-PLACEMENT_GRACE_S = 5.0
+# A replica with no node yet whose resource shape Ray lists among the demands it cannot grant now is reported as
+# unplaceable after this long (a demand can be pending for a moment while resources are freed); when the demands
+# cannot be read, only after Serve's own slow-scheduling threshold, and only if the cluster lacks the resources. A
+# replica whose worker process just starts (slow on a busy machine: tens of seconds) has no demand pending.
+PLACEMENT_GRACE_S = 2.0
+PLACEMENT_GRACE_WITHOUT_DEMANDS_S = 30.0
 _MAX_ERROR_CHARS = 400
 
 
 @dataclass(frozen=True)
 class ClusterResources:
-    """Ray's resources: all of the cluster's and what is free now (`ray.cluster_resources()`,
-    `ray.available_resources()`)."""
+    """Ray's resources: all of the cluster's, what is free now (`ray.cluster_resources()`,
+    `ray.available_resources()`), and the shapes of the requests waiting for resources (what `ray status` lists
+    as pending demands; None when they could not be read)."""
 
     total: Mapping[str, float]
     free: Mapping[str, float]
+    pending: Sequence[Mapping[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,9 +136,11 @@ def deployment_state(
     if unplaced:
         waited = now - min(float(r.get("start_time_s") or now) for r in unplaced)
         shortage = _placement_shortage(details.get("required_resources") or {}, resources, waited)
-        if shortage is not None or "to be scheduled" in message:
-            return DeploymentState(name, "unplaceable", 0, target, f"{name} cannot be placed: {shortage or message}")
-        return DeploymentState(name, "starting", 0, target, f"{name} is starting: its replica is being scheduled")
+        if shortage is not None:
+            return DeploymentState(name, "unplaceable", 0, target, f"{name} cannot be placed: {shortage}")
+        return DeploymentState(
+            name, "starting", 0, target, f"{name} is starting: its replica is being scheduled ({waited:.0f}s)"
+        )
     starts = [float(r["start_time_s"]) for r in replicas if r.get("start_time_s")]
     since = f" for {now - min(starts):.0f}s" if starts else ""
     return DeploymentState(name, "starting", 0, target, f"{name} is starting: its replica is initializing{since}")
@@ -150,17 +157,27 @@ def startup_error(message: str) -> str:
 
 def _placement_shortage(required: Mapping[str, float], resources: ClusterResources | None, waited: float) -> str | None:
     """Why a replica needing `required` cannot be placed, or None while it may still be: more than the whole
-    cluster has (at once), or more than is free once it has waited past the grace period."""
+    cluster has (at once), or, past the grace period, a request of its shape waits for resources."""
     needed = {k: float(v) for k, v in required.items() if v}
     if resources is None or not needed:
         return None
     over_total = {k: float(resources.total.get(k, 0.0)) for k, v in needed.items() if v > resources.total.get(k, 0.0)}
     if over_total:
         return f"each replica needs {_fmt(needed)}; the cluster has {_fmt(over_total)} in all"
-    over_free = {k: float(resources.free.get(k, 0.0)) for k, v in needed.items() if v > resources.free.get(k, 0.0)}
-    if over_free and waited >= PLACEMENT_GRACE_S:
-        return f"each replica needs {_fmt(needed)}; free in the cluster: {_fmt(over_free)}"
+    free = {k: float(resources.free.get(k, 0.0)) for k in needed}
+    if resources.pending is None:
+        short = any(v > free[k] for k, v in needed.items())
+        waiting = short and waited >= PLACEMENT_GRACE_WITHOUT_DEMANDS_S
+    else:
+        waiting = waited >= PLACEMENT_GRACE_S and any(_same_shape(needed, shape) for shape in resources.pending)
+    if waiting:
+        return f"each replica needs {_fmt(needed)}; Ray has it waiting for them (free in the cluster: {_fmt(free)})"
     return None
+
+
+def _same_shape(needed: Mapping[str, float], shape: Mapping[str, float]) -> bool:
+    shape = {k: float(v) for k, v in shape.items() if v}
+    return shape.keys() == needed.keys() and all(abs(shape[k] - v) < 1e-6 for k, v in needed.items())
 
 
 def _fmt(resources: Mapping[str, float]) -> str:

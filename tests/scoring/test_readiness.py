@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from scoring.readiness import PLACEMENT_GRACE_S, ClusterResources, application_readiness, startup_error
+from scoring.readiness import (
+    PLACEMENT_GRACE_S,
+    PLACEMENT_GRACE_WITHOUT_DEMANDS_S,
+    ClusterResources,
+    application_readiness,
+    startup_error,
+)
 
 NOW = 1_000_000.0
 NEEDS = {
@@ -82,23 +88,40 @@ def test_a_custom_resource_no_node_has_is_unplaceable():
     assert '"gpu_node": 0.0' in look.models["qwen"].reason
 
 
-def test_resources_taken_by_others_are_unplaceable_after_the_grace_period():
-    resources = ClusterResources(total={"CPU": 2.0}, free={"CPU": 0.25})
+def test_a_replica_ray_lists_as_waiting_for_resources_is_unplaceable_after_the_grace_period():
+    def look(waited: float, pending):
+        waiting = deployment(replica("STARTING", node=None, started=NOW - waited), required={"CPU": 1})
+        resources = ClusterResources(total={"CPU": 2.0}, free={"CPU": 0.25}, pending=pending)
+        return application_readiness(ready(Generative_qwen=waiting), QWEN, NOW, resources)
 
-    def look(waited: float):
-        pending = deployment(replica("STARTING", node=None, started=NOW - waited), required={"CPU": 1})
-        return application_readiness(ready(Generative_qwen=pending), QWEN, NOW, resources)
+    assert look(PLACEMENT_GRACE_S / 2, [{"CPU": 1.0}]).models["qwen"].state == "starting"
+    late = look(PLACEMENT_GRACE_S + 1, [{"CPU": 0.25}, {"CPU": 1.0}]).models["qwen"]
+    assert late.state == "unplaceable"
+    assert late.reason == (
+        'Generative-qwen cannot be placed: each replica needs {"CPU": 1.0}; Ray has it waiting for them '
+        '(free in the cluster: {"CPU": 0.25})'
+    )
 
-    assert look(PLACEMENT_GRACE_S / 2).models["qwen"].state == "starting"
-    late = look(PLACEMENT_GRACE_S + 1).models["qwen"]
-    assert late.state == "unplaceable" and 'free in the cluster: {"CPU": 0.25}' in late.reason
 
-
-def test_serve_slow_scheduling_message_counts_without_resources():
+def test_a_replica_whose_worker_starts_slowly_is_starting_not_unplaceable():
+    """On a busy machine a worker process can take tens of seconds to start; no demand for it is pending then, and
+    Serve's "taken more than 30s to be scheduled" message says nothing about resources."""
     message = "Deployment 'Generative-qwen' ... has 1 replicas that have taken more than 30s to be scheduled. ..."
-    pending = deployment(replica("STARTING", node=None, started=NOW - 40), message=message)
-    look = application_readiness(ready(Generative_qwen=pending), QWEN, NOW)
-    assert look.models["qwen"].state == "unplaceable" and "to be scheduled" in look.models["qwen"].reason
+    slow = deployment(replica("STARTING", node=None, started=NOW - 40), message=message, required={"CPU": 0.25})
+    resources = ClusterResources(total={"CPU": 2.0}, free={"CPU": 0.0}, pending=[])
+    state = application_readiness(ready(Generative_qwen=slow), QWEN, NOW, resources).models["qwen"]
+    assert state.state == "starting"
+    assert state.reason == "Generative-qwen is starting: its replica is being scheduled (40s)"
+
+
+def test_without_the_demands_a_shortage_counts_after_serves_threshold():
+    def look(waited: float):
+        waiting = deployment(replica("STARTING", node=None, started=NOW - waited), required={"CPU": 1})
+        resources = ClusterResources(total={"CPU": 2.0}, free={"CPU": 0.25})
+        return application_readiness(ready(Generative_qwen=waiting), QWEN, NOW, resources)
+
+    assert look(PLACEMENT_GRACE_WITHOUT_DEMANDS_S - 1).models["qwen"].state == "starting"
+    assert look(PLACEMENT_GRACE_WITHOUT_DEMANDS_S + 1).models["qwen"].state == "unplaceable"
 
 
 def test_a_constructor_that_raises_is_failing_then_failed_with_its_error():
