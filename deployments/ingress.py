@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.guard import GuardSettings, RequestGuard
 from deployments.metrics import request_recorder
 from deployments.readiness import ReadinessTracker, health_of
+from scoring.readiness import timeout_message
 
 from scoring.config import AppConfig, ModelConfig
 from scoring.auth import ApiKeys
@@ -387,11 +388,5 @@ class Ingress:
         return ", ".join(deployments) or "a backend deployment"
 
     def _timeout_message(self, model: str | None, documents: int) -> str:
-        """What a 504 waited for; "send fewer documents" only when the model could serve, so the work was the cause."""
-        waited = f"no answer within {self._config.limits.request_timeout_s:g}s from {self._waited_on(model)}"
         reason = self._readiness.last_reason(model) if model else None
-        if reason:
-            return f"{waited}: {reason}; retry once GET /health is ok"
-        if documents > 1:
-            return f"{waited} for {documents} documents; retry, or send fewer documents"
-        return f"{waited}; retry"
+        return timeout_message(self._config.limits.request_timeout_s, self._waited_on(model), reason, documents)

@@ -146,6 +146,17 @@ def deployment_state(
     return DeploymentState(name, "starting", 0, target, f"{name} is starting: its replica is initializing{since}")
 
 
+def timeout_message(timeout_s: float, waited_on: str, reason: str | None, documents: int) -> str:
+    """What a 504 waited for and why it may not have come: the deployments, the reason one could not serve when it
+    could not; "send fewer documents" only when they all could, so the request's documents were the work."""
+    waited = f"no answer within {timeout_s:g}s from {waited_on}"
+    if reason:
+        return f"{waited}: {reason}; retry once GET /health is ok"
+    if documents > 1:
+        return f"{waited} for {documents} documents; retry, or send fewer documents"
+    return f"{waited}; retry"
+
+
 def startup_error(message: str) -> str:
     """The exception a replica raised, from Serve's deployment message ('...Error:\\n<traceback>'): its last line,
     where Python puts the exception and its message."""

@@ -168,4 +168,6 @@ def test_request_past_its_timeout_gets_504(strict):
     r = client.post("/v1/rerank", json={"query": "a slow request", "documents": docs})
     assert r.status_code == 504, r.text
     assert r.json()["error"]["type"] == "timeout"
+    message = r.json()["error"]["message"]  # what it waited for; the documents were the work
+    assert f"from {ENCODER}, Scorer for 1000 documents" in message and "send fewer documents" in message, message
     wait_until(lambda: client.get("/health").status_code == 200, timeout=60)

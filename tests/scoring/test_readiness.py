@@ -8,6 +8,7 @@ from scoring.readiness import (
     ClusterResources,
     application_readiness,
     startup_error,
+    timeout_message,
 )
 
 NOW = 1_000_000.0
@@ -151,3 +152,13 @@ def test_no_details_at_all_is_starting():
 def test_startup_error_is_the_last_line_and_bounded():
     assert startup_error("Error:\n" + TRACEBACK).startswith("OSError:")
     assert len(startup_error("Error:\nValueError: " + "x" * 1000)) == 400
+
+
+def test_a_timeout_names_what_it_waited_for_and_blames_documents_only_when_they_were_the_work():
+    waited = "Encoder-minilm, Scorer"
+    assert timeout_message(60, waited, None, 1000) == (
+        "no answer within 60s from Encoder-minilm, Scorer for 1000 documents; retry, or send fewer documents"
+    )
+    assert timeout_message(60, waited, None, 1) == "no answer within 60s from Encoder-minilm, Scorer; retry"
+    starting = timeout_message(60, waited, "Encoder-minilm is starting: its replica is initializing for 50s", 1000)
+    assert "Encoder-minilm is starting" in starting and "fewer documents" not in starting
