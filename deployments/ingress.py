@@ -243,7 +243,7 @@ class Ingress:
                     id=m.name,
                     created=self._created,
                     kind=m.kind,
-                    root=m.model,
+                    root=getattr(m, "model", m.name),  # a cascade has no weights of its own
                     **({"state": states[m.name].state, "message": states[m.name].reason} if m.name in states else {}),
                 )
                 for m in self._config.models
