@@ -15,22 +15,28 @@ from tests.e2e.serve_configs import app_from_serve_config, deploy
 pytestmark = pytest.mark.e2e
 
 APP, ROUTE = "readiness", "/readiness"
-ELSEWHERE, BROKEN = "minilm-elsewhere", "broken-generative"
+# ELSEWHERE needs a resource no node has; CROWDED every CPU of the cluster, which this app's own replicas hold
+# part of (Ray lists it as a demand it cannot grant); BROKEN cannot load its weights.
+ELSEWHERE, CROWDED, BROKEN = "minilm-elsewhere", "minilm-crowded", "broken-generative"
 QUERY, DOCUMENTS = "capital of France?", ["Paris is the capital of France.", "Bananas are yellow."]
 
 
 @pytest.fixture(scope="module")
 def client(serve_instance):
+    import ray
     from ray import serve
 
     app = app_from_serve_config(
         APP,
         ROUTE,
-        # a resource no node has: Ray can never place this encoder
-        {f"Encoder-{ELSEWHERE}": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"no_such_node": 1}}}},
+        {
+            f"Encoder-{ELSEWHERE}": {"ray_actor_options": {"num_cpus": 0.25, "resources": {"no_such_node": 1}}},
+            f"Encoder-{CROWDED}": {"ray_actor_options": {"num_cpus": ray.cluster_resources()["CPU"]}},
+        },
     )
     app["args"]["models"] += [
         {"name": ELSEWHERE, "kind": "late_interaction", "max_model_len": 128},
+        {"name": CROWDED, "kind": "late_interaction", "max_model_len": 128},
         {"name": BROKEN, "kind": "generative", "model": "/nonexistent/causal-lm"},
     ]
     deploy(app)
@@ -52,16 +58,19 @@ def test_health_names_what_cannot_be_placed_and_what_cannot_start(client):
         health = _health(client)
         models = (health or {}).get("models", {})
         states = {name: m["state"] for name, m in models.items()}
-        wanted = states.get("minilm-colbert") == "ready" and states.get(ELSEWHERE) == "unplaceable"
-        return health if wanted and states.get(BROKEN) in ("failing", "failed") else None
+        placed = states.get("minilm-colbert") == "ready" and states.get(BROKEN) in ("failing", "failed")
+        return health if placed and states.get(ELSEWHERE) == states.get(CROWDED) == "unplaceable" else None
 
     health = wait_until(settled, timeout=600, interval=0.5)
     print(json.dumps(health["models"], indent=1))
     assert client.get("/health").status_code == 503
     assert health["status"] == "unavailable"
     elsewhere = health["models"][ELSEWHERE]["message"]
-    assert elsewhere.startswith(f"Encoder-{ELSEWHERE} cannot be placed: each replica needs") and "no_such_node" in elsewhere
+    assert elsewhere.startswith(f"Encoder-{ELSEWHERE} cannot be placed: each replica needs")
+    assert "no_such_node" in elsewhere
     assert health["models"][ELSEWHERE]["deployments"] == [f"Encoder-{ELSEWHERE}", "Scorer"]
+    crowded = health["models"][CROWDED]["message"]
+    assert crowded.startswith(f"Encoder-{CROWDED} cannot be placed: each replica needs") and "waiting" in crowded
     broken = health["models"][BROKEN]["message"]
     assert f"Generative-{BROKEN}" in broken and "/nonexistent/causal-lm" in broken, broken
     assert health["deployments"]["Scorer"]["state"] == "ready"
