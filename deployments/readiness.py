@@ -3,8 +3,9 @@
 Every `period_s` the tracker asks the controller for the application's details (replica states, status messages,
 start errors) and, while a replica waits for a node, for the cluster's resources; `scoring.readiness` turns them
 into each deployment's and each model's state. `/health`, `/v1/models` and the per-model check before a request
-read the last look without waiting; a look that says "not ready" and is older than `fresh_s` is taken again
-first, so a deployment that just became ready is not refused on an old look.
+read the last look without waiting; a look that says "not ready" (for a request: "starting", which turns into
+"ready" at any moment) and is older than `fresh_s` is taken again first, so a deployment that just became ready is
+not refused on an old look. A model that cannot be placed or fails to start is refused on the last look at once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from scoring.errors import Unavailable
 from scoring.protocol import DeploymentHealth, Health, ModelHealth
@@ -43,10 +44,10 @@ class ReadinessTracker:
     def deployments_of(self, model: str) -> tuple[str, ...]:
         return self._model_deployments.get(model, ())
 
-    async def current(self) -> Readiness:
-        """The last look, taken again first when it says "not ready" and is not fresh."""
+    async def current(self, recheck: Callable[[Readiness], bool] = lambda look: not look.ready) -> Readiness:
+        """The last look, taken again first when `recheck` says so of it and it is not fresh."""
         self._ensure_refreshing()
-        if self._last is None or (not self._last.ready and time.monotonic() - self._taken_at > self._fresh_s):
+        if self._last is None or (recheck(self._last) and time.monotonic() - self._taken_at > self._fresh_s):
             await self._refresh()
         if self._last is None:
             raise Unavailable(f"readiness unknown: the Serve controller did not answer ({self._error})")
@@ -56,9 +57,10 @@ class ReadinessTracker:
         """Raise a 503 naming the deployments and the reason when `model` cannot serve now; returns at once when it
         can. When the controller cannot be asked the request goes on (its replicas may well serve)."""
         try:
-            state = (await self.current()).models.get(model)
+            look = await self.current(recheck=lambda look: _state_of(look, model) == "starting")
         except Unavailable:
             return
+        state = look.models.get(model)
         if state is not None and state.state != "ready":
             raise Unavailable(f"model {model!r} cannot serve yet: {state.reason}", RETRY_AFTER_S[state.state])
 
@@ -106,6 +108,11 @@ class ReadinessTracker:
                 ray.get_actor, SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE
             )
         return self._controller, self._app_name
+
+
+def _state_of(look: Readiness, model: str) -> str | None:
+    state = look.models.get(model)
+    return state.state if state is not None else None
 
 
 def _cluster_resources() -> ClusterResources:
