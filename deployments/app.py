@@ -35,7 +35,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         model.name: Generative.options(name=generative_deployment_name(model.name)).bind(model)
         for model in config.generative_models
     }
-    return Ingress.bind(config, scorer, generators)
+    return Ingress.bind(config, scorer, generators, encoders)
 
 
 # The default application as an object, for the Serve CLI forms that need one:

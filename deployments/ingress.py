@@ -41,6 +41,7 @@ from scoring.errors import (
 from scoring.messages import DocumentSpec, QuerySpec, ScoreOutcome
 from scoring.protocol import (
     Health,
+    LateInteractionEncoding,
     ModelCard,
     ModelList,
     RerankRequest,
@@ -147,9 +148,15 @@ def _parse(model: type[R], request: R | dict) -> R:
 @serve.ingress(api)
 class Ingress:
     def __init__(
-        self, config: AppConfig, scorer: DeploymentHandle, generators: dict[str, DeploymentHandle] | None = None
+        self,
+        config: AppConfig,
+        scorer: DeploymentHandle,
+        generators: dict[str, DeploymentHandle] | None = None,
+        encoders: dict[str, DeploymentHandle] | None = None,
     ):
         self._generators = generators or {}
+        self._encoders = encoders or {}
+        self._encodings: dict[str, LateInteractionEncoding] = {}
         self._generative_info: dict[str, GenerativeModelInfo] = {}
         self._config = config
         api.state.guard = GuardSettings(
@@ -218,11 +225,14 @@ class Ingress:
         outcome = await self._backend(self._generators[model.name].score.remote(job))
         return generative_scoring_response(model.name, outcome)
 
-    def models(self) -> ModelList:
-        """The models served, first one the default."""
+    async def models(self) -> ModelList:
+        """The models served, first one the default; late-interaction ones with the encoding in force."""
         return ModelList(
             data=[
-                ModelCard(id=m.name, created=self._created, kind=m.kind, root=m.model) for m in self._config.models
+                ModelCard(
+                    id=m.name, created=self._created, kind=m.kind, root=m.model, encoding=await self._encoding(m.name)
+                )
+                for m in self._config.models
             ]
         )
 
@@ -262,7 +272,7 @@ class Ingress:
 
     @api.get("/v1/models", response_model=ModelList)
     async def _http_models(self) -> ModelList:
-        return self.models()
+        return await self.models()
 
     @api.get("/health", response_model=Health)
     async def _http_health(self) -> Health:
@@ -329,6 +339,16 @@ class Ingress:
             document_cache_hits=first.document_cache_hits,
             order=order,
         )
+
+    async def _encoding(self, model: str) -> LateInteractionEncoding | None:
+        """What the model's encoder replicas read from the checkpoint (fixed for the app's life), asked once."""
+        if model not in self._encoders:
+            return None
+        encoding = self._encodings.get(model)
+        if encoding is None:
+            settings = await self._backend(self._encoders[model].encoding.remote())
+            encoding = self._encodings[model] = LateInteractionEncoding.model_validate(settings)
+        return encoding
 
     async def _model_info(self, model: str) -> GenerativeModelInfo:
         info = self._generative_info.get(model)
