@@ -13,6 +13,7 @@ No Ray or vLLM import here.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +33,10 @@ class MaskedExpansionQueries:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = torch.device(device)
         self._dtype = getattr(torch, dtype)
-        self._model = AutoModel.from_pretrained(str(path), dtype=self._dtype).to(self._device).eval()
+        # sdpa keeps every position (FlashAttention-2 would drop the masked ones and their embeddings)
+        self._model = AutoModel.from_pretrained(str(path), dtype=self._dtype, attn_implementation="sdpa")
+        self._model = self._model.to(self._device).eval()
+        self._token_types = "token_type_ids" in inspect.signature(self._model.forward).parameters
         self._projection = [self._load_dense(layer) for layer in projection]
 
     def encode(self, queries: Sequence[QueryTokens]) -> list[np.ndarray]:
@@ -46,12 +50,11 @@ class MaskedExpansionQueries:
         for row, query in enumerate(queries):
             ids[row, : len(query.ids)] = torch.tensor(query.ids)
             mask[row, : query.attended] = 1
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if self._token_types:
+            inputs["token_type_ids"] = torch.zeros_like(ids)
         with torch.inference_mode():
-            hidden = self._model(
-                input_ids=ids.to(self._device),
-                attention_mask=mask.to(self._device),
-                token_type_ids=torch.zeros_like(ids).to(self._device),
-            ).last_hidden_state.float()
+            hidden = self._model(**{k: v.to(self._device) for k, v in inputs.items()}).last_hidden_state.float()
             for weight, bias, activation in self._projection:
                 hidden = activation(torch.nn.functional.linear(hidden, weight, bias))
             hidden = torch.nn.functional.normalize(hidden, p=2, dim=-1).cpu().numpy()
