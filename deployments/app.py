@@ -37,7 +37,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     }
     needs = {name: (encoder_deployment_name(name), SCORER_DEPLOYMENT) for name in encoders}
     needs |= {name: (generative_deployment_name(name),) for name in generators}
-    return Ingress.bind(config, scorer, generators, model_deployments=model_deployments(config, needs))
+    return Ingress.bind(config, scorer, generators, encoders, model_deployments=model_deployments(config, needs))
 
 
 SCORER_DEPLOYMENT = "Scorer"

@@ -1,7 +1,10 @@
 """Encoder deployment: a vLLM pooling engine producing per-token embeddings (`token_embed`).
 
 Every call goes through vLLM's async engine, so concurrent calls to one replica are batched by vLLM.
-Texts are tokenized here (prefixes, truncation, query padding) and sent to vLLM as token ids.
+The checkpoint's own encoding settings (PyLate, Stanford ColBERT, or none) with the config's overrides decide how
+texts are tokenized here (markers, truncation, query expansion) and sent to vLLM as token ids; the skiplist's
+token embeddings are dropped from documents before they leave. Queries of a checkpoint that does not attend to its
+expansion tokens are encoded by `MaskedExpansionQueries` (vLLM's forward pass takes no attention mask).
 Documents this replica encoded before come from its byte-bounded cache: the scorer replicas each cache the
 documents of the queries routed to them, and this cache, shared by all of them, catches a document that another
 scorer replica saw.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from dataclasses import asdict
@@ -22,8 +26,10 @@ from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.batching import split_rows
 from scoring.cache import ByteBoundedLRU, content_key
-from scoring.config import LateInteractionModelConfig
+from scoring.checkpoints import encoding_in_force, load_checkpoint
+from scoring.config import LateInteractionModelConfig, resolve_model_path
 from scoring.embeddings import PackedEmbeddings
+from scoring.expansion import MaskedExpansionQueries
 from scoring.tokens import LateInteractionTokenizer
 
 logger = logging.getLogger("ray.serve")
@@ -39,40 +45,69 @@ class Encoder(EngineReplica):
         started = time.perf_counter()
         self._model = model
         self._documents: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(document_cache_bytes, sizeof=lambda a: a.nbytes)
-        self._engine = start_engine(model, runner="pooling", pooler_config={"task": "token_embed"})
+        checkpoint = load_checkpoint(model.model)
+        encoding = encoding_in_force(model, checkpoint.encoding)
+        if checkpoint.encoding.format == "pylate":
+            # vLLM would cap sequences at PyLate's sentence-transformers max_seq_length (the document length less
+            # the marker); engine_max_model_len checks the length against the position embeddings instead
+            os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
+        tokenizer_path = resolve_model_path(model.tokenizer) if model.tokenizer else str(checkpoint.path)
+        self._engine = start_engine(
+            model,
+            model=str(checkpoint.engine_path),
+            tokenizer=tokenizer_path,
+            max_model_len=checkpoint.engine_max_model_len(encoding, model.max_model_len),
+            runner="pooling",
+            pooler_config={"task": "token_embed"},
+        )
         from transformers import AutoTokenizer
 
         model_config = self._engine.model_config
-        self._dim = int(model_config.get_hidden_size())
+        self._dim = encoding.embedding_dim
         self._tokens = LateInteractionTokenizer(
-            AutoTokenizer.from_pretrained(model.resolved_tokenizer()), model, int(model_config.max_model_len)
+            AutoTokenizer.from_pretrained(tokenizer_path), encoding, int(model_config.max_model_len)
+        )
+        self._masked_queries = (
+            MaskedExpansionQueries(checkpoint.engine_path, checkpoint.projection, _torch_dtype(model.dtype))
+            if encoding.query_expansion and not encoding.attend_to_expansion_tokens
+            else None
         )
         self._dtype = np.dtype(model.embedding_dtype)
         warm_up = time.perf_counter()
+        width = (await self._encode_one(self._tokens.document_ids(["warm-up"])[0])).shape[1]
+        if width != self._dim:
+            raise RuntimeError(f"model {model.name!r}: vLLM returns {width}-wide embeddings, the checkpoint {self._dim}")
         await self.encode_queries(["warm-up"])
         logger.info(
-            "Encoder %s ready in %.1fs (warm-up encode %.2fs, max_model_len=%d)",
+            "Encoder %s ready in %.1fs (warm-up encode %.2fs, max_model_len=%d, encoding %s)",
             model.name,
             time.perf_counter() - started,
             time.perf_counter() - warm_up,
             model_config.max_model_len,
+            encoding,
         )
 
     async def encode_queries(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
-        """Token embeddings of each query (prefix, truncation to `max_tokens`, padding applied), packed."""
-        return await self._encode(self._tokens.query_ids(texts, max_tokens))
+        """Token embeddings of each query (marker, truncation to `max_tokens`, expansion applied), packed."""
+        queries = self._tokens.query_tokens(texts, max_tokens)
+        if self._masked_queries is None:
+            rows = await self._model_rows([query.ids for query in queries])
+        else:
+            with service_metrics().stage("encode", self._model.name):
+                rows = await asyncio.to_thread(self._masked_queries.encode, queries)
+        return PackedEmbeddings.pack(rows, self._dim, self._dtype)
 
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
-        """Token embeddings of each document (prefix, truncation to `max_tokens`), packed; cached ones from the
-        document cache, the rest from the model."""
+        """Token embeddings of each document (marker, truncation to `max_tokens`, skiplist tokens dropped), packed;
+        cached ones from the document cache, the rest from the model."""
         if not self._documents.capacity_bytes:
-            return await self._encode(self._tokens.document_ids(texts, max_tokens))
+            return await self._encode_documents(texts, max_tokens)
         keys = [content_key(self._model.name, text, max_tokens) for text in texts]
         rows, missing = self._documents.get_many(keys)
         service_metrics().cache_lookups("encoder_document", hits=len(rows) - len(missing), misses=len(missing))
         if not missing:
             return PackedEmbeddings.pack(rows, self._dim, self._dtype)
-        fresh = await self._encode(self._tokens.document_ids([texts[i] for i in missing], max_tokens))
+        fresh = await self._encode_documents([texts[i] for i in missing], max_tokens)
         for i, embedding in zip(missing, split_rows(fresh)):
             rows[i] = embedding
             self._documents.put(keys[i], embedding.copy())  # a view would keep the whole call's buffer alive
@@ -82,10 +117,20 @@ class Encoder(EngineReplica):
         """Document cache counters of this replica."""
         return {"encoder_document_cache": asdict(self._documents.stats())}
 
-    async def _encode(self, token_ids: list[list[int]]) -> PackedEmbeddings:
+    def encoding(self) -> dict:
+        """The encoding settings in force (the checkpoint's, overridden by the config's keys), for /v1/models."""
+        return self._tokens.encoding.as_dict()
+
+    async def _encode_documents(self, texts: list[str], max_tokens: int | None) -> PackedEmbeddings:
+        token_ids = self._tokens.document_ids(texts, max_tokens)
+        rows = await self._model_rows(token_ids)
+        kept = [r if (keep := self._tokens.document_keep(ids)) is None else r[keep] for ids, r in zip(token_ids, rows)]
+        return PackedEmbeddings.pack(kept, self._dim, self._dtype)
+
+    async def _model_rows(self, token_ids: list[list[int]]) -> list[np.ndarray]:
+        """vLLM's token embeddings of each sequence, concurrently (vLLM batches them)."""
         with service_metrics().stage("encode", self._model.name):
-            outputs = await asyncio.gather(*(self._encode_one(ids) for ids in token_ids))
-        return PackedEmbeddings.pack(outputs, self._dim, self._dtype)
+            return list(await asyncio.gather(*(self._encode_one(ids) for ids in token_ids)))
 
     async def _encode_one(self, ids: list[int]) -> np.ndarray:
         from vllm import PoolingParams
@@ -97,3 +142,8 @@ class Encoder(EngineReplica):
         ):
             final = output
         return final.outputs.data.numpy()
+
+
+def _torch_dtype(dtype: str) -> str:
+    """The torch dtype name of a vLLM `dtype` setting (`auto` and `float` are float32, `half` float16)."""
+    return {"half": "float16", "float": "float32", "auto": "float32"}.get(dtype, dtype)

@@ -43,6 +43,7 @@ from scoring.errors import (
 from scoring.messages import DocumentSpec, QuerySpec, ScoreOutcome
 from scoring.protocol import (
     Health,
+    LateInteractionEncoding,
     ModelCard,
     ModelList,
     RerankRequest,
@@ -158,11 +159,14 @@ class Ingress:
         config: AppConfig,
         scorer: DeploymentHandle,
         generators: dict[str, DeploymentHandle] | None = None,
+        encoders: dict[str, DeploymentHandle] | None = None,
         model_deployments: dict[str, tuple[str, ...]] | None = None,
     ):
         """`model_deployments`: the deployments each model needs (app.py knows what it binds), for readiness."""
         self._readiness = ReadinessTracker(model_deployments or {})
         self._generators = generators or {}
+        self._encoders = encoders or {}
+        self._encodings: dict[str, LateInteractionEncoding] = {}
         self._generative_info: dict[str, GenerativeModelInfo] = {}
         self._config = config
         api.state.guard = GuardSettings(
@@ -235,20 +239,23 @@ class Ingress:
         return generative_scoring_response(model.name, outcome)
 
     async def models(self) -> ModelList:
-        """The models served, first one the default, each with whether it can serve now."""
+        """The models served, first one the default, each with whether it can serve now; late-interaction ones with
+        the encoding in force (asked of the encoder once it is ready, so this never waits on a starting replica)."""
         states = (await self._readiness.current()).models
-        return ModelList(
-            data=[
+        cards = []
+        for m in self._config.models:
+            state = states.get(m.name)
+            cards.append(
                 ModelCard(
                     id=m.name,
                     created=self._created,
                     kind=m.kind,
                     root=getattr(m, "model", m.name),  # a cascade has no weights of its own
-                    **({"state": states[m.name].state, "message": states[m.name].reason} if m.name in states else {}),
+                    encoding=await self._encoding(m.name) if state is None or state.state == "ready" else None,
+                    **({"state": state.state, "message": state.reason} if state is not None else {}),
                 )
-                for m in self._config.models
-            ]
-        )
+            )
+        return ModelList(data=cards)
 
     async def health(self) -> Health:
         """Whether every deployment can serve (status `ok`), else what is still starting or cannot start, per
@@ -358,6 +365,16 @@ class Ingress:
             document_cache_hits=first.document_cache_hits,
             order=order,
         )
+
+    async def _encoding(self, model: str) -> LateInteractionEncoding | None:
+        """What the model's encoder replicas read from the checkpoint (fixed for the app's life), asked once."""
+        if model not in self._encoders:
+            return None
+        encoding = self._encodings.get(model)
+        if encoding is None:
+            settings = await self._backend(self._encoders[model].encoding.remote())
+            encoding = self._encodings[model] = LateInteractionEncoding.model_validate(settings)
+        return encoding
 
     async def _model_info(self, model: str) -> GenerativeModelInfo:
         info = self._generative_info.get(model)

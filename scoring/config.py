@@ -64,21 +64,46 @@ class _EngineConfig(_Strict):
 
 
 class LateInteractionModelConfig(_EngineConfig):
-    """A ColBERT-style encoder served by vLLM (`token_embed`), scored by MaxSim."""
+    """A ColBERT-style encoder served by vLLM (`token_embed`), scored by MaxSim. The encoding settings come from the
+    checkpoint (PyLate's `config_sentence_transformers.json`, Stanford ColBERT's `artifact.metadata`; none for a
+    plain encoder); each key below that is set overrides the checkpoint's. `/v1/models` shows what is in force."""
 
     name: ModelName
     kind: Literal["late_interaction"] = "late_interaction"
     model: str = Field(default=EMBEDDED_MODEL, description=WEIGHTS_DESCRIPTION)
-    query_prefix: str = Field(default="", description="Text put before every query (ColBERT: `[Q] `).")
-    document_prefix: str = Field(default="", description="Text put before every document (ColBERT: `[D] `).")
-    query_pad_length: int | None = Field(
+    query_prefix: str | None = Field(
         default=None,
-        ge=1,
-        description="ColBERT query augmentation: pad queries to this many tokens with the mask token. Off when null.",
+        description="Query marker: one token of the vocabulary (`[unused0]`, `[Q] `), inserted right after `[CLS]`; "
+        "`\"\"` for none. Null: the checkpoint's (none for a plain encoder).",
     )
-    max_tokens_per_query: int = Field(default=64, ge=2, description="Queries are truncated to this many tokens.")
+    document_prefix: str | None = Field(
+        default=None, description="Document marker, like `query_prefix` (`[unused1]`, `[D] `)."
+    )
+    max_tokens_per_query: int | None = Field(
+        default=None,
+        ge=3,
+        description="Query length in tokens, marker and special tokens counted (PyLate's `query_length`): longer "
+        "queries are truncated, and with query expansion shorter ones padded to it. Null: the checkpoint's "
+        "(64 for a plain encoder).",
+    )
     max_tokens_per_doc: int | None = Field(
-        default=None, ge=2, description="Documents are truncated to this many tokens; max_model_len when null."
+        default=None,
+        ge=3,
+        description="Document length in tokens, marker and special tokens counted (PyLate's `document_length`). "
+        "Null: the checkpoint's (max_model_len for a plain encoder).",
+    )
+    query_expansion: bool | None = Field(
+        default=None, description="Pad queries with `[MASK]` to the query length (ColBERT query augmentation)."
+    )
+    attend_to_expansion_tokens: bool | None = Field(
+        default=None,
+        description="Whether the query's tokens attend to its `[MASK]` expansion tokens. When not (ColBERT's and "
+        "PyLate's default), queries are encoded by a transformers forward pass in the encoder replica with that "
+        "attention mask (vLLM's takes none); documents always go through vLLM.",
+    )
+    skiplist_words: list[str] | None = Field(
+        default=None,
+        description="Tokens (PyLate's default: punctuation) whose embeddings are dropped from documents before MaxSim.",
     )
     embedding_dtype: Literal["float32", "float16"] = Field(
         default="float32",
@@ -87,7 +112,7 @@ class LateInteractionModelConfig(_EngineConfig):
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "LateInteractionModelConfig":
-        for field in ("max_tokens_per_query", "max_tokens_per_doc", "query_pad_length"):
+        for field in ("max_tokens_per_query", "max_tokens_per_doc"):
             value = getattr(self, field)
             if value is not None and self.max_model_len is not None and value > self.max_model_len:
                 raise ValueError(f"{field} ({value}) exceeds max_model_len ({self.max_model_len})")

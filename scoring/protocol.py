@@ -203,6 +203,20 @@ class ScoreResponse(_Response):
     usage: Usage
 
 
+class LateInteractionEncoding(_Response):
+    """How a late-interaction model encodes: its checkpoint's settings with the config's overrides."""
+
+    format: Literal["pylate", "stanford", "plain"] = Field(description="Where the settings were read from.")
+    query_prefix: str = Field(description="Marker token inserted after [CLS] in queries; empty for none.")
+    document_prefix: str = Field(description="Marker token inserted after [CLS] in documents; empty for none.")
+    query_length: int = Field(description="Tokens per query (markers and special tokens counted).")
+    document_length: int | None = Field(description="Tokens per document; null: the engine's max_model_len.")
+    query_expansion: bool = Field(description="Queries padded with [MASK] to query_length.")
+    attend_to_expansion_tokens: bool = Field(description="Whether query tokens attend to the [MASK] expansion.")
+    skiplist_words: list[str] = Field(description="Tokens dropped from document embeddings before MaxSim.")
+    embedding_dim: int = Field(description="Width of the token embeddings (after the projection).")
+
+
 class ModelCard(_Response):
     id: str
     object: Literal["model"] = "model"
@@ -212,6 +226,9 @@ class ModelCard(_Response):
     root: str
     state: ReadinessState = Field(default="ready", description="Whether the model can serve now (see /health).")
     message: str | None = Field(default=None, description="Why it cannot, naming the deployment; null when ready.")
+    encoding: LateInteractionEncoding | None = Field(
+        default=None, description="Late-interaction models: the encoding settings in force."
+    )
 
 
 class ModelList(_Response):

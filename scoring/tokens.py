@@ -1,21 +1,44 @@
-"""Turning query and document text into the token ids a late-interaction encoder sees.
+"""Turning query and document text into the token ids a late-interaction encoder sees, as PyLate and the Stanford
+ColBERT library do for the checkpoints they train.
 
-Prefixes (ColBERT's `[Q] ` / `[D] ` markers), truncation and ColBERT query augmentation (padding the
-query with the mask token) happen here, so the encoder sends exact token ids to vLLM and the token
-counts reported as usage are the ones scored.
+- A marker (`[unused0]` / `[unused1]`, `[Q] ` / `[D] `) is one token inserted right after `[CLS]`, not text.
+- Lengths count every token: a text is tokenized (with its special tokens) to one token less than the length,
+  then the marker goes in.
+- Query expansion pads a query with `[MASK]` to the query length, after its `[SEP]`; `attended` says how many
+  leading tokens the other tokens attend to (all of them unless the checkpoint says not to attend to the
+  expansion).
+- The skiplist (punctuation by default) drops tokens' embeddings from documents after the forward pass, which
+  still sees them.
+The encoder sends these exact ids to the model, and the token counts reported as usage are the ones scored.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from scoring.config import LateInteractionModelConfig
+import numpy as np
+
+from scoring.checkpoints import Encoding
+
+MIN_TOKENS = 2  # [CLS] and [SEP]
 
 
 class HFTokenizer(Protocol):
     mask_token_id: int | None
+    unk_token: str | None
 
     def __call__(self, text: list[str], **kwargs): ...
+
+    def convert_tokens_to_ids(self, tokens: str) -> int | None: ...
+
+    def get_vocab(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class QueryTokens:
+    ids: list[int]
+    attended: int  # the first `attended` tokens are attended to; the rest (expansion [MASK]s) are not
 
 
 def _cap(*limits: int | None) -> int | None:
@@ -24,30 +47,68 @@ def _cap(*limits: int | None) -> int | None:
 
 
 class LateInteractionTokenizer:
-    def __init__(self, tokenizer: HFTokenizer, model: LateInteractionModelConfig, max_model_len: int):
+    def __init__(self, tokenizer: HFTokenizer, encoding: Encoding, max_model_len: int):
         self._tokenizer = tokenizer
-        self._model = model
+        self._encoding = encoding
         self._max_model_len = max_model_len
-        if model.query_pad_length is not None and tokenizer.mask_token_id is None:
-            raise ValueError(f"model {model.name!r}: query_pad_length needs a tokenizer with a mask token")
+        self._query_marker = self._marker_id(encoding.query_prefix, "query_prefix")
+        self._document_marker = self._marker_id(encoding.document_prefix, "document_prefix")
+        if encoding.query_expansion and tokenizer.mask_token_id is None:
+            raise ValueError("query expansion pads with the mask token, and this tokenizer has none")
+        # PyLate's conversion, word by word (a word outside the vocabulary becomes the unknown token's id)
+        self._skiplist = np.array(
+            sorted({tokenizer.convert_tokens_to_ids(word) for word in encoding.skiplist_words} - {None}), np.int64
+        )
+
+    @property
+    def encoding(self) -> Encoding:
+        return self._encoding
+
+    def query_tokens(self, texts: Sequence[str], max_tokens: int | None = None) -> list[QueryTokens]:
+        """Each query's ids: marker, truncation to the query length (or `max_tokens`, if smaller), expansion."""
+        length = _cap(max_tokens, self._encoding.query_length, self._max_model_len)
+        queries = []
+        for ids in self._encode(texts, length, self._query_marker):
+            attended = len(ids)
+            if self._encoding.query_expansion:
+                ids = ids + [self._tokenizer.mask_token_id] * (length - len(ids))
+                if self._encoding.attend_to_expansion_tokens:
+                    attended = len(ids)
+            queries.append(QueryTokens(ids, attended))
+        return queries
 
     def query_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
-        pad_to = self._model.query_pad_length
-        limit = _cap(max_tokens, self._model.max_tokens_per_query, pad_to, self._max_model_len)
-        ids = self._encode([self._model.query_prefix + t for t in texts], limit)
-        if pad_to is not None:
-            mask = self._tokenizer.mask_token_id
-            ids = [seq + [mask] * (pad_to - len(seq)) for seq in ids]
-        return ids
+        return [query.ids for query in self.query_tokens(texts, max_tokens)]
 
     def document_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
-        limit = _cap(max_tokens, self._model.max_tokens_per_doc, self._max_model_len)
-        return self._encode([self._model.document_prefix + t for t in texts], limit)
+        """Each document's ids: marker, truncation to the document length (or `max_tokens`, if smaller)."""
+        limit = _cap(max_tokens, self._encoding.document_length, self._max_model_len)
+        return self._encode(texts, limit, self._document_marker)
 
-    def _encode(self, texts: list[str], limit: int | None) -> list[list[int]]:
+    def document_keep(self, ids: Sequence[int]) -> np.ndarray | None:
+        """Which of a document's token embeddings go on to MaxSim (those not in the skiplist); None: all."""
+        if not self._skiplist.size:
+            return None
+        keep = ~np.isin(np.asarray(ids, dtype=np.int64), self._skiplist)
+        return None if keep.all() else keep
+
+    def _encode(self, texts: Sequence[str], limit: int | None, marker: int | None) -> list[list[int]]:
         if not texts:
             return []
+        room = None if limit is None else max(limit - (marker is not None), MIN_TOKENS)
         encoded = self._tokenizer(
-            texts, add_special_tokens=True, truncation=limit is not None, max_length=limit
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
+            list(texts), add_special_tokens=True, truncation=room is not None, max_length=room
+        )["input_ids"]
+        if marker is None:
+            return [list(ids) for ids in encoded]
+        return [[ids[0], marker, *ids[1:]] for ids in encoded]
+
+    def _marker_id(self, marker: str, key: str) -> int | None:
+        if not marker:
+            return None
+        token_id = self._tokenizer.get_vocab().get(marker)
+        if token_id is None:
+            raise ValueError(
+                f"{key} {marker!r} is not a token of the tokenizer's vocabulary: a marker is inserted as one token"
+            )
+        return token_id
