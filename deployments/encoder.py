@@ -20,13 +20,23 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.batching import split_rows
-from scoring.cache import ByteBoundedLRU, content_key
 from scoring.config import LateInteractionModelConfig
+from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
 from scoring.tokens import LateInteractionTokenizer
 
 logger = logging.getLogger("ray.serve")
+
+
+def encoder_document_cache(model: str, capacity_bytes: int, dim: int, dtype: np.dtype) -> EncodedDocuments:
+    """A replica's document cache, its lookups counted as `encoder_document` (the bi-encoder's too)."""
+    return EncodedDocuments(
+        model,
+        capacity_bytes,
+        dim,
+        dtype,
+        on_lookup=lambda hits, misses: service_metrics().cache_lookups("encoder_document", hits=hits, misses=misses),
+    )
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
@@ -35,7 +45,6 @@ class Encoder(EngineReplica):
         """Start the engine (loading the weights), then encode one text: the replica is ready only once it can serve."""
         started = time.perf_counter()
         self._model = model
-        self._documents: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(document_cache_bytes, sizeof=lambda a: a.nbytes)
         self._engine = start_engine(model, runner="pooling", pooler_config={"task": "token_embed"})
         from transformers import AutoTokenizer
 
@@ -45,6 +54,7 @@ class Encoder(EngineReplica):
             AutoTokenizer.from_pretrained(model.resolved_tokenizer()), model, int(model_config.max_model_len)
         )
         self._dtype = np.dtype(model.embedding_dtype)
+        self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._dtype)
         warm_up = time.perf_counter()
         await self.encode_queries(["warm-up"])
         logger.info(
@@ -62,18 +72,9 @@ class Encoder(EngineReplica):
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
         """Token embeddings of each document (prefix, truncation to `max_tokens`), packed; cached ones from the
         document cache, the rest from the model."""
-        if not self._documents.capacity_bytes:
-            return await self._encode(self._tokens.document_ids(texts, max_tokens))
-        keys = [content_key(self._model.name, text, max_tokens) for text in texts]
-        rows, missing = self._documents.get_many(keys)
-        service_metrics().cache_lookups("encoder_document", hits=len(rows) - len(missing), misses=len(missing))
-        if not missing:
-            return PackedEmbeddings.pack(rows, self._dim, self._dtype)
-        fresh = await self._encode(self._tokens.document_ids([texts[i] for i in missing], max_tokens))
-        for i, embedding in zip(missing, split_rows(fresh)):
-            rows[i] = embedding
-            self._documents.put(keys[i], embedding.copy())  # a view would keep the whole call's buffer alive
-        return fresh if len(missing) == len(texts) else PackedEmbeddings.pack(rows, self._dim, self._dtype)
+        return await self._documents.encode(
+            texts, max_tokens, lambda missing: self._encode(self._tokens.document_ids(missing, max_tokens))
+        )
 
     def stats(self) -> dict:
         """Document cache counters of this replica."""
