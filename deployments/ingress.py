@@ -127,6 +127,11 @@ def _parse(model: type[R], request: R | dict) -> R:
         raise ValidationFailed(describe_validation_errors(exc.errors())) from None
 
 
+def _root(model: ModelConfig) -> str:
+    """What a model serves: its weights, or a cascade's two stages."""
+    return f"{model.first} -> {model.then}" if model.kind == "cascade" else model.model
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
@@ -208,7 +213,7 @@ class Ingress:
         """The models served, first one the default."""
         return ModelList(
             data=[
-                ModelCard(id=m.name, created=self._created, kind=m.kind, root=m.model) for m in self._config.models
+                ModelCard(id=m.name, created=self._created, kind=m.kind, root=_root(m)) for m in self._config.models
             ]
         )
 

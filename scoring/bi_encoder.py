@@ -69,7 +69,7 @@ def read_layout(model_dir: str | Path, name: str) -> SentenceTransformerLayout:
                 f"(supported: {', '.join(SUPPORTED_MODULES)})"
             )
         kinds[kind] = module
-    pooling = _pooling_mode(_json(root / kinds["Pooling"]["path"] / "config.json") if "Pooling" in kinds else {})
+    pooling = _pooling_mode((_json(root / kinds["Pooling"]["path"] / "config.json") or {}) if "Pooling" in kinds else {})
     if pooling not in POOLING:
         raise ValueError(
             f"model {name!r}: pooling mode {pooling!r} is not supported by a bi_encoder (supported: "
