@@ -14,11 +14,16 @@ import yaml
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import encoder_deployment_name, generative_deployment_name
+from deployments.app import (
+    bi_encoder_deployment_name,
+    cross_encoder_deployment_name,
+    encoder_deployment_name,
+    generative_deployment_name,
+)
 from scoring.config import parse_app_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE_CONFIGS = ["serve_config.yaml", "serve_config.gpu.yaml"]
+SERVE_CONFIGS = ["serve_config.yaml", "serve_config.gpu.yaml", "serve_config.kinds.yaml"]
 
 
 def rayservice() -> dict:
@@ -38,6 +43,8 @@ def deployment_names(args: dict) -> set[str]:
         {"Ingress", "Scorer"}
         | {encoder_deployment_name(m.name) for m in config.late_interaction_models}
         | {generative_deployment_name(m.name) for m in config.generative_models}
+        | {cross_encoder_deployment_name(m.name) for m in config.cross_encoder_models}
+        | {bi_encoder_deployment_name(m.name) for m in config.bi_encoder_models}
     )
 
 
@@ -56,7 +63,7 @@ def test_config_passes_serve_schema_and_app_args(name):
 def test_encoders_and_scorers_autoscale(name):
     (app,) = ServeDeploySchema.model_validate(serve_config(name)).applications
     deployments = {d.name: d for d in app.deployments}
-    scaled = [n for n in deployments if n == "Scorer" or n.startswith(("Encoder-", "Generative-"))]
+    scaled = [n for n in deployments if n == "Scorer" or n.startswith(("Encoder-", "Generative-", "CrossEncoder-", "BiEncoder-"))]
     assert scaled
     for deployment in scaled:
         settings = deployments[deployment].autoscaling_config
