@@ -49,7 +49,8 @@ class OurKindsServer(OurServer):
     name = "ours"
 
     def __init__(self, port: int, log: Path, cross_encoder: Path):
-        command = [sys.executable, "-m", "benchmarks.kinds_bench", "--serve", str(port), "--checkpoint", str(cross_encoder)]
+        command = [sys.executable, "-m", "benchmarks.kinds_bench", "--serve", str(port), "--checkpoint",
+                   str(cross_encoder)]
         Server.__init__(self, command, port, log, stdin=subprocess.PIPE)
 
 
@@ -62,7 +63,8 @@ def serve_kinds(port: int, cross_encoder: Path) -> None:
     from tests.conftest import wait_until
     from tests.e2e.serve_configs import app_from_serve_config, app_running, deploy
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     fixed = {"autoscaling_config": None, "num_replicas": 1}

@@ -41,9 +41,8 @@ class BiEncoder(EngineReplica):
         )
         model_config = self._engine.model_config
         self._dim = int(model_config.get_hidden_size())
-        self._tokens = BiEncoderTokenizer(
-            AutoTokenizer.from_pretrained(model.resolved_tokenizer()), model, self._layout, int(model_config.max_model_len)
-        )
+        tokenizer = AutoTokenizer.from_pretrained(model.resolved_tokenizer())
+        self._tokens = BiEncoderTokenizer(tokenizer, model, self._layout, int(model_config.max_model_len))
         self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, np.dtype(np.float32))
         warm_up = time.perf_counter()
         await self.encode_queries(["warm-up"])
@@ -82,8 +81,9 @@ class BiEncoder(EngineReplica):
         from vllm.inputs import TokensPrompt
 
         final = None
+        params = PoolingParams(task="embed", use_activation=False)  # normalised here, as the checkpoint says
         async for output in self._engine.encode(
-            TokensPrompt(prompt_token_ids=ids), PoolingParams(task="embed", use_activation=False), request_id=uuid.uuid4().hex
+            TokensPrompt(prompt_token_ids=ids), params, request_id=uuid.uuid4().hex
         ):
             final = output
         return final.outputs.data.numpy()

@@ -69,7 +69,8 @@ def read_layout(model_dir: str | Path, name: str) -> SentenceTransformerLayout:
                 f"(supported: {', '.join(SUPPORTED_MODULES)})"
             )
         kinds[kind] = module
-    pooling = _pooling_mode((_json(root / kinds["Pooling"]["path"] / "config.json") or {}) if "Pooling" in kinds else {})
+    pooling_config = _json(root / kinds["Pooling"]["path"] / "config.json") if "Pooling" in kinds else None
+    pooling = _pooling_mode(pooling_config or {})
     if pooling not in POOLING:
         raise ValueError(
             f"model {name!r}: pooling mode {pooling!r} is not supported by a bi_encoder (supported: "
@@ -113,7 +114,9 @@ def l2_normalized(vectors: np.ndarray) -> np.ndarray:
 class BiEncoderTokenizer:
     """Query and document token ids: the prompt before the text, cut to the length the checkpoint was used with."""
 
-    def __init__(self, tokenizer: Any, model: BiEncoderModelConfig, layout: SentenceTransformerLayout, max_model_len: int):
+    def __init__(
+        self, tokenizer: Any, model: BiEncoderModelConfig, layout: SentenceTransformerLayout, max_model_len: int
+    ):
         self._tokenizer = tokenizer
         self._query_prefix = layout.query_prompt if model.query_prefix is None else model.query_prefix
         self._document_prefix = layout.document_prompt if model.document_prefix is None else model.document_prefix

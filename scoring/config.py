@@ -177,7 +177,9 @@ class BiEncoderModelConfig(_EngineConfig):
     )
 
 
-EngineModelConfig = Union[LateInteractionModelConfig, GenerativeModelConfig, CrossEncoderModelConfig, BiEncoderModelConfig]
+EngineModelConfig = Union[
+    LateInteractionModelConfig, GenerativeModelConfig, CrossEncoderModelConfig, BiEncoderModelConfig
+]
 CASCADE_FIRST_KINDS = ("late_interaction", "bi_encoder", "cross_encoder")
 CASCADE_THEN_KINDS = ("cross_encoder", "generative")
 
@@ -318,9 +320,8 @@ class AppConfig(_Strict):
                 target = getattr(model, key)
                 if kinds.get(target) not in wanted:
                     found = f"a {kinds[target]} model" if target in kinds else "not a model of this config"
-                    raise ValueError(
-                        f"models.{i}.{key}: {target!r} must name a {', '.join(wanted[:-1])} or {wanted[-1]} model; it is {found}"
-                    )
+                    kinds_wanted = f"{', '.join(wanted[:-1])} or {wanted[-1]}"
+                    raise ValueError(f"models.{i}.{key}: {target!r} must name a {kinds_wanted} model; it is {found}")
             if model.first == model.then:
                 raise ValueError(f"models.{i}.then: {model.then!r} is the first stage too; name another model")
         return self

@@ -63,7 +63,8 @@ def test_config_passes_serve_schema_and_app_args(name):
 def test_encoders_and_scorers_autoscale(name):
     (app,) = ServeDeploySchema.model_validate(serve_config(name)).applications
     deployments = {d.name: d for d in app.deployments}
-    scaled = [n for n in deployments if n == "Scorer" or n.startswith(("Encoder-", "Generative-", "CrossEncoder-", "BiEncoder-"))]
+    engines = ("Encoder-", "Generative-", "CrossEncoder-", "BiEncoder-")
+    scaled = [n for n in deployments if n == "Scorer" or n.startswith(engines)]
     assert scaled
     for deployment in scaled:
         settings = deployments[deployment].autoscaling_config

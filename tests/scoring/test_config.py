@@ -79,7 +79,8 @@ def test_pairings_that_make_no_sense_name_the_key(stage, named):
 
 
 def test_a_cascade_inside_a_cascade_names_the_key():
-    models = [{"name": "minilm-colbert"}, CE, {**cascade("minilm-colbert", "ce"), "name": "inner"}, cascade("inner", "ce")]
+    inner = {**cascade("minilm-colbert", "ce"), "name": "inner"}
+    models = [{"name": "minilm-colbert"}, CE, inner, cascade("inner", "ce")]
     with pytest.raises(ConfigError, match="models.3.first: 'inner' .* it is a cascade model"):
         parse_app_config({"models": models})
 
