@@ -6,6 +6,8 @@ from typing import Any
 
 from ray.serve import Application
 
+from deployments.bi_encoder import BiEncoder
+from deployments.cross_encoder import CrossEncoder
 from deployments.encoder import Encoder
 from deployments.generative import Generative
 from deployments.ingress import Ingress
@@ -21,23 +23,45 @@ def generative_deployment_name(model_name: str) -> str:
     return f"Generative-{model_name}"
 
 
+def cross_encoder_deployment_name(model_name: str) -> str:
+    return f"CrossEncoder-{model_name}"
+
+
+def bi_encoder_deployment_name(model_name: str) -> str:
+    return f"BiEncoder-{model_name}"
+
+
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     """`import_path: deployments.app:build_app`; `args` is an `AppConfig` (see the README's reference)."""
     config = parse_app_config(args)
-    encoders = {
+    late_interaction = {
         model.name: Encoder.options(name=encoder_deployment_name(model.name)).bind(
             model, config.cache.encoder_document_cache_bytes
         )
         for model in config.late_interaction_models
     }
-    scorer = Scorer.bind(config, encoders)
-    generators = {
+    # a bi-encoder has the encoder's interface (one row per text): the scorer serves both kinds
+    bi_encoders = {
+        model.name: BiEncoder.options(name=bi_encoder_deployment_name(model.name)).bind(
+            model, config.cache.encoder_document_cache_bytes
+        )
+        for model in config.bi_encoder_models
+    }
+    scorer = Scorer.bind(config, late_interaction | bi_encoders)
+    rankers = {
         model.name: Generative.options(name=generative_deployment_name(model.name)).bind(model)
         for model in config.generative_models
+    } | {
+        model.name: CrossEncoder.options(name=cross_encoder_deployment_name(model.name)).bind(model)
+        for model in config.cross_encoder_models
     }
-    needs = {name: (encoder_deployment_name(name), SCORER_DEPLOYMENT) for name in encoders}
-    needs |= {name: (generative_deployment_name(name),) for name in generators}
-    return Ingress.bind(config, scorer, generators, encoders, model_deployments=model_deployments(config, needs))
+    needs = {name: (encoder_deployment_name(name), SCORER_DEPLOYMENT) for name in late_interaction}
+    needs |= {name: (bi_encoder_deployment_name(name), SCORER_DEPLOYMENT) for name in bi_encoders}
+    needs |= {m.name: (generative_deployment_name(m.name),) for m in config.generative_models}
+    needs |= {m.name: (cross_encoder_deployment_name(m.name),) for m in config.cross_encoder_models}
+    return Ingress.bind(
+        config, scorer, rankers, late_interaction, model_deployments=model_deployments(config, needs)
+    )
 
 
 SCORER_DEPLOYMENT = "Scorer"

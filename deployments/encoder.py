@@ -24,15 +24,25 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.batching import split_rows
-from scoring.cache import ByteBoundedLRU, content_key
 from scoring.checkpoints import encoding_in_force, load_checkpoint
 from scoring.config import LateInteractionModelConfig, resolve_model_path
+from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
 from scoring.expansion import MaskedExpansionQueries
 from scoring.tokens import LateInteractionTokenizer
 
 logger = logging.getLogger("ray.serve")
+
+
+def encoder_document_cache(model: str, capacity_bytes: int, dim: int, dtype: np.dtype) -> EncodedDocuments:
+    """A replica's document cache, its lookups counted as `encoder_document` (the bi-encoder's too)."""
+    return EncodedDocuments(
+        model,
+        capacity_bytes,
+        dim,
+        dtype,
+        on_lookup=lambda hits, misses: service_metrics().cache_lookups("encoder_document", hits=hits, misses=misses),
+    )
 
 
 # A quarter CPU is what Ray reserves (a scheduling token), not what the engine uses: it runs on every core it may
@@ -44,7 +54,6 @@ class Encoder(EngineReplica):
         """Start the engine (loading the weights), then encode one text: the replica is ready only once it can serve."""
         started = time.perf_counter()
         self._model = model
-        self._documents: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(document_cache_bytes, sizeof=lambda a: a.nbytes)
         checkpoint = load_checkpoint(model.model)
         encoding = encoding_in_force(model, checkpoint.encoding)
         if checkpoint.encoding.format == "pylate":
@@ -73,6 +82,7 @@ class Encoder(EngineReplica):
             else None
         )
         self._dtype = np.dtype(model.embedding_dtype)
+        self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._dtype)
         warm_up = time.perf_counter()
         width = (await self._encode_one(self._tokens.document_ids(["warm-up"])[0])).shape[1]
         if width != self._dim:
@@ -100,18 +110,9 @@ class Encoder(EngineReplica):
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
         """Token embeddings of each document (marker, truncation to `max_tokens`, skiplist tokens dropped), packed;
         cached ones from the document cache, the rest from the model."""
-        if not self._documents.capacity_bytes:
-            return await self._encode_documents(texts, max_tokens)
-        keys = [content_key(self._model.name, text, max_tokens) for text in texts]
-        rows, missing = self._documents.get_many(keys)
-        service_metrics().cache_lookups("encoder_document", hits=len(rows) - len(missing), misses=len(missing))
-        if not missing:
-            return PackedEmbeddings.pack(rows, self._dim, self._dtype)
-        fresh = await self._encode_documents([texts[i] for i in missing], max_tokens)
-        for i, embedding in zip(missing, split_rows(fresh)):
-            rows[i] = embedding
-            self._documents.put(keys[i], embedding.copy())  # a view would keep the whole call's buffer alive
-        return fresh if len(missing) == len(texts) else PackedEmbeddings.pack(rows, self._dim, self._dtype)
+        return await self._documents.encode(
+            texts, max_tokens, lambda missing: self._encode_documents(missing, max_tokens)
+        )
 
     def stats(self) -> dict:
         """Document cache counters of this replica."""

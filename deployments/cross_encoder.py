@@ -1,0 +1,93 @@
+"""Cross-encoder deployment: a vLLM sequence-classification engine (`classify`) scoring (query, document) pairs.
+
+Each pair is one engine request: its token ids built here with the model's tokenizer (`scoring/cross_encoder.py`),
+the second segment's token types handed to vLLM, the raw logit back (`use_activation=False`) and the checkpoint's
+activation applied here. All pairs of a call, and of concurrent calls, are in flight together and batched by vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import numpy as np
+from ray import serve
+
+from deployments.engine import EngineReplica, start_engine
+from deployments.metrics import service_metrics
+from scoring.config import CrossEncoderModelConfig
+from scoring.cross_encoder import (
+    CrossEncoderHead,
+    CrossEncoderTokenizer,
+    PairInput,
+    activation_name,
+    check_one_label,
+)
+from scoring.messages import ScoreOutcome
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
+class CrossEncoder(EngineReplica):
+    async def __init__(self, model: CrossEncoderModelConfig):
+        """Start the engine (loading the weights), then score one pair: the replica is ready only once it can serve."""
+        from transformers import AutoTokenizer
+
+        started = time.perf_counter()
+        self._model = model
+        self._engine = start_engine(model, runner="pooling", pooler_config={"task": "classify"})
+        model_config = self._engine.model_config
+        check_one_label(model_config.hf_config, model.name)
+        self._head = CrossEncoderHead(activation_name(model_config.hf_config, model.activation_fn))
+        self._tokens = CrossEncoderTokenizer(
+            AutoTokenizer.from_pretrained(model.resolved_tokenizer()),
+            int(model_config.max_model_len),
+            model.max_tokens_per_query,
+            model.max_tokens_per_doc,
+        )
+        warm_up = time.perf_counter()
+        await self.score("warm-up", ["warm-up"])
+        logger.info(
+            "CrossEncoder %s ready in %.1fs (warm-up %.2fs, max_model_len=%d, activation %s)",
+            model.name,
+            time.perf_counter() - started,
+            time.perf_counter() - warm_up,
+            model_config.max_model_len,
+            self._head.name,
+        )
+
+    async def score(
+        self,
+        query: str,
+        documents: list[str],
+        max_tokens_per_query: int | None = None,
+        max_tokens_per_doc: int | None = None,
+    ) -> ScoreOutcome:
+        """The relevance of each document to `query`, in input order; tokens: every pair's."""
+        pairs = self._tokens.pairs(query, documents, max_tokens_per_query, max_tokens_per_doc)
+        with service_metrics().stage("cross_encoder", self._model.name):
+            logits = await asyncio.gather(*(self._logit(pair) for pair in pairs))
+        tokens = sum(len(pair.token_ids) for pair in pairs)
+        service_metrics().scored(self._model.name, len(pairs), tokens)
+        return ScoreOutcome(
+            scores=self._head.scores(np.asarray(logits, dtype=np.float32)),
+            query_tokens=0,
+            document_tokens=tokens,
+            query_cache_hit=False,
+        )
+
+    async def _logit(self, pair: PairInput) -> float:
+        from vllm import PoolingParams
+        from vllm.inputs import TokensPrompt
+
+        extra = None if pair.second_segment_start is None else {"compressed_token_type_ids": pair.second_segment_start}
+        params = PoolingParams(task="classify", use_activation=False, extra_kwargs=extra)
+        final = None
+        async for output in self._engine.encode(
+            TokensPrompt(prompt_token_ids=pair.token_ids), params, request_id=uuid.uuid4().hex
+        ):
+            final = output
+        return float(final.outputs.data[0])
