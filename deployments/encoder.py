@@ -63,7 +63,7 @@ class Encoder(EngineReplica):
         tokenizer_path = resolve_model_path(model.tokenizer) if model.tokenizer else str(checkpoint.path)
         self._engine = start_engine(
             model,
-            model=str(checkpoint.engine_path),
+            weights=str(checkpoint.engine_path),
             tokenizer=tokenizer_path,
             max_model_len=checkpoint.engine_max_model_len(encoding, model.max_model_len),
             runner="pooling",
@@ -86,7 +86,9 @@ class Encoder(EngineReplica):
         warm_up = time.perf_counter()
         width = (await self._encode_one(self._tokens.document_ids(["warm-up"])[0])).shape[1]
         if width != self._dim:
-            raise RuntimeError(f"model {model.name!r}: vLLM returns {width}-wide embeddings, the checkpoint {self._dim}")
+            raise RuntimeError(
+                f"model {model.name!r}: vLLM returns {width}-wide embeddings, the checkpoint says {self._dim}"
+            )
         await self.encode_queries(["warm-up"])
         logger.info(
             "Encoder %s ready in %.1fs (warm-up encode %.2fs, max_model_len=%d, encoding %s)",

@@ -14,9 +14,15 @@ from scoring.config import EngineModelConfig
 logger = logging.getLogger("ray.serve")
 
 
-def start_engine(model: EngineModelConfig, **task_args: Any):
-    """An `AsyncLLM` for `model`: its weights, lengths and engine settings, `task_args` for the runner, then the
-    model's own `engine_kwargs` (which win)."""
+def start_engine(
+    model: EngineModelConfig,
+    weights: str | None = None,
+    tokenizer: str | None = None,
+    **task_args: Any,
+):
+    """An `AsyncLLM` for `model`: its weights (or the folder `weights`, e.g. a checkpoint converted for vLLM),
+    tokenizer, lengths and engine settings, `task_args` for the runner, then the model's own `engine_kwargs` (which
+    win)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with _serve_log_file_kept():
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -27,8 +33,8 @@ def start_engine(model: EngineModelConfig, **task_args: Any):
         task_args = {**_cpu_engine_args(model.cpu_threads, model.cpu_kv_cache_bytes), **task_args}
 
     args = {
-        "model": model.resolved_model(),
-        "tokenizer": model.resolved_tokenizer(),
+        "model": weights or model.resolved_model(),
+        "tokenizer": tokenizer or model.resolved_tokenizer(),
         "dtype": model.dtype,
         "max_model_len": model.max_model_len,
         "gpu_memory_utilization": model.gpu_memory_utilization,

@@ -244,6 +244,7 @@ def stanford_engine_layout(path: Path, cache_dir: str | Path | None = None) -> P
         return target
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=root))
+    staging.chmod(0o755)  # mkdtemp's 0700 would stay on the copy
     try:
         _write_engine_layout(path, weights, staging)
         try:

@@ -31,7 +31,11 @@ class PackedEmbeddings:
         lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int32, count=len(arrays))
         data = np.empty((int(lengths.sum()), dim), dtype=dtype)
         if len(arrays):
-            np.concatenate(arrays, axis=0, out=data, casting="unsafe")
+            try:
+                np.concatenate(arrays, axis=0, out=data, casting="unsafe")
+            except ValueError:
+                widths = sorted({a.shape[-1] for a in arrays})
+                raise ValueError(f"embeddings are {widths} wide, the buffer {dim}: pack with the model's output width")
         return cls(data=data, lengths=lengths)
 
     @property

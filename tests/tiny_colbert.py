@@ -185,7 +185,7 @@ def build_stanford_colbert(
         "nranks": 1,
         "amp": True,
         "gpus": 0,
-        "meta": {"hostname": "test", "git_branch": "main", "git_hash": "0", "git_commit_datetime": "", "current_datetime": "", "cmd": "", "version": "colbert-v0.4"},
+        "meta": {"hostname": "test", "git_branch": "main", "git_hash": "0", "cmd": "", "version": "colbert-v0.4"},
     }
     (path / "artifact.metadata").write_text(json.dumps(metadata, indent=4))
     return path

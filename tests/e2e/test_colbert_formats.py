@@ -141,10 +141,12 @@ def colbert_app(serve_instance, colbert_checkpoints):
         ],
         "cache": {"document_dtype": "float32"},  # fp16 storage would round scores past 1e-4
     }
-    serve.run(build_app(args), name="colbert-formats", route_prefix="/colbert")
-    yield f"{serve_instance}/colbert"
-    serve.delete("colbert-formats")
-    shutil.rmtree(layout, ignore_errors=True)
+    try:
+        serve.run(build_app(args), name="colbert-formats", route_prefix="/colbert")
+        yield f"{serve_instance}/colbert"
+        serve.delete("colbert-formats")
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
 
 
 @pytest.mark.parametrize("model", ["pylate-tiny", "stanford-tiny"])

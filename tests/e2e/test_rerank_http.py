@@ -102,6 +102,9 @@ def test_score_shapes(client, path):
 def test_models_and_health(client):
     models = client.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["minilm-colbert"]
+    encoding = models["data"][0]["encoding"]  # a plain encoder, serve_config.yaml's lengths in force
+    assert (encoding["format"], encoding["query_prefix"], encoding["query_expansion"]) == ("plain", "", False)
+    assert (encoding["query_length"], encoding["document_length"], encoding["embedding_dim"]) == (64, 256, 384)
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
 

@@ -19,5 +19,5 @@ def test_pack_keeps_order_lengths_and_rounds_to_dtype():
 def test_pack_of_nothing_and_of_a_wrong_width():
     empty = PackedEmbeddings.pack([], 5)
     assert empty.data.shape == (0, 5) and empty.count == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"embeddings are \[4\] wide, the buffer 5"):
         PackedEmbeddings.pack([np.zeros((2, 4))], 5)
