@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from ray import serve
@@ -91,8 +92,6 @@ class BiEncoder(EngineReplica):
 
 def _local_dir(model: str) -> str:
     """The checkpoint's folder: `model` itself, or its snapshot in the Hugging Face cache (downloaded if needed)."""
-    from pathlib import Path
-
     if Path(model).is_dir():
         return model
     from huggingface_hub import snapshot_download
