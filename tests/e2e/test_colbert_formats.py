@@ -5,7 +5,8 @@ The reference is written here from the two libraries' documented behaviour, inde
 tokenizes to one token less than the length and inserts the marker after [CLS]; the Stanford library prepends
 ". " and overwrites that token with the marker; queries are padded with [MASK] (attention mask 0 on them unless
 the checkpoint attends to them); transformers' BertModel, the projection, L2 normalisation, the punctuation
-skiplist on documents, MaxSim: all in float64.
+skiplist on documents, MaxSim: all in float64. The reference itself is checked against sentence-transformers'
+MultiVectorEncoder (its port of PyLate, which reads both formats) where that is installed.
 """
 
 from __future__ import annotations
@@ -181,3 +182,21 @@ def test_models_show_the_encoding_in_force(colbert_app):
     stanford = cards["stanford-tiny"]
     assert (stanford["format"], stanford["query_length"], stanford["embedding_dim"]) == ("stanford", 10, 32)
     assert (stanford["document_length"], stanford["attend_to_expansion_tokens"]) == (STANFORD_DOC_LENGTH, False)
+
+
+@pytest.mark.parametrize("model", ["pylate-tiny", "stanford-tiny"])
+def test_reference_equals_sentence_transformers_multi_vector_encoder(colbert_checkpoints, model):
+    """The reference above against a second, installed implementation of PyLate's behaviour (sentence-transformers'
+    MultiVectorEncoder reads both formats), where it is installed."""
+    st = pytest.importorskip("sentence_transformers")
+    if not hasattr(st, "MultiVectorEncoder"):
+        pytest.skip("sentence-transformers without MultiVectorEncoder")
+    path = colbert_checkpoints[model]
+    encoder = st.MultiVectorEncoder(str(path), device="cpu")
+    reference = Reference(path, model.startswith("stanford"))
+    for query in QUERIES:
+        q = np.asarray(encoder.encode_query([query])[0], dtype=np.float64)
+        for document in DOCUMENTS:
+            d = np.asarray(encoder.encode_document([document])[0], dtype=np.float64)
+            expected = float((q @ d.T).max(axis=1).sum())
+            assert reference.score(query, document) == pytest.approx(expected, rel=1e-5), (query, document)
