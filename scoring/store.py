@@ -82,7 +82,7 @@ class DocumentStore:
                  headroom_bytes: int | None = None, page_tokens: int = PAGE_TOKENS,
                  staging_threads: int | None = None):
         """`headroom_bytes`: arena beyond `capacity_bytes`, for documents of calls in flight (default 256 MiB on
-        CUDA; 2 GiB on CPU, where untouched pages cost no memory). `staging_threads`: CPU threads of the host-side
+        CUDA; 512 MiB on CPU, where untouched pages cost no memory). `staging_threads`: CPU threads of the host-side
         staging copy on CUDA; default the cores this process may run on, at most 16."""
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"document dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
@@ -97,32 +97,34 @@ class DocumentStore:
         self.page_bytes = page_tokens * (dim * esize + (4 if self.compressed else 0))
         cuda = self.device.type == "cuda"
         if headroom_bytes is None:
-            headroom_bytes = (256 << 20) if cuda else (2 << 30)
+            headroom_bytes = (256 << 20) if cuda else (512 << 20)
         self.capacity_bytes = capacity_bytes
         self._keep_pages = capacity_bytes // self.page_bytes
         n_pages = max(1, (capacity_bytes + headroom_bytes) // self.page_bytes)
         rows = n_pages * page_tokens
         self.arena = torch.empty(rows, dim, dtype=self.dtype, device=self.device)
         self.scales = torch.empty(rows, dtype=torch.float32, device=self.device) if self.compressed else None
-        # entries: one slot each (an empty document holds a slot and no page)
-        n_slots = n_pages + 1024
+        # entries: one slot each (an empty document holds a slot and no page); the per-slot arrays grow on demand
+        self._max_slots = n_pages + 1024
         self._index: dict[Hashable, int] = {}
-        self._keys = np.empty(n_slots, dtype=object)
-        self._length = np.zeros(n_slots, dtype=np.int64)
-        self._n_pages = np.zeros(n_slots, dtype=np.int64)
-        self._log_pos = np.zeros(n_slots, dtype=np.int64)
-        self._stamp = np.zeros(n_slots, dtype=np.int64)
-        self._pins = np.zeros(n_slots, dtype=np.int64)
-        self._live = np.zeros(n_slots, dtype=bool)
-        self._free_slots = list(range(n_slots - 1, -1, -1))
-        self._free_pages = np.arange(n_pages - 1, -1, -1, dtype=np.int32)  # a stack: the last freed is reused first
-        self._n_free_pages = n_pages
+        self._keys = np.empty(0, dtype=object)
+        self._length = self._n_pages = self._log_pos = self._stamp = self._pins = np.zeros(0, dtype=np.int64)
+        self._live = np.zeros(0, dtype=bool)
+        self._free_slots: list[int] = []
+        self._next_slot = 0  # slots from here on were never used
+        # pages: a stack of freed ones (the last freed is reused first, so a small working set stays resident) and
+        # the ones never used, from `_next_page` on
+        self._total_pages = n_pages
+        self._free_pages = np.empty(n_pages, dtype=np.int32)
+        self._n_free = 0
+        self._next_page = 0
         self._clock = 0
         self._queue = (np.zeros(0, np.int64), np.zeros(0, np.int64))  # eviction order: (slots, stamps then)
         self._queue_at = 0
         # the page list: every live entry's pages, one run each; compacted when the end is reached
         self._log = np.zeros(2 * n_pages + 1024, dtype=np.int32)
         self._log_end = 0
+        self.compactions = 0
         if self._log.size * page_tokens >= 2**31:
             raise ValueError("arena too large for int32 row offsets at this page size")
         self.log = torch.from_numpy(self._log) if not cuda else torch.zeros(self._log.size, dtype=torch.int32,
@@ -176,7 +178,33 @@ class DocumentStore:
 
     @property
     def used_pages(self) -> int:
-        return self._free_pages.size - self._n_free_pages
+        return self._next_page - self._n_free
+
+    @property
+    def _free_page_count(self) -> int:
+        return self._n_free + self._total_pages - self._next_page
+
+    def _take_pages(self, n: int) -> np.ndarray:
+        reused = min(n, self._n_free)
+        pages = np.concatenate([self._free_pages[self._n_free - reused:self._n_free][::-1],
+                                np.arange(self._next_page, self._next_page + n - reused, dtype=np.int32)])
+        self._n_free -= reused
+        self._next_page += n - reused
+        return pages
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        reused = min(n, len(self._free_slots))
+        slots = np.array(self._free_slots[len(self._free_slots) - reused:], dtype=np.int64)
+        del self._free_slots[len(self._free_slots) - reused:]
+        slots = np.concatenate([slots, np.arange(self._next_slot, self._next_slot + n - reused, dtype=np.int64)])
+        self._next_slot += n - reused
+        if self._next_slot > self._live.size:  # grow every per-slot array geometrically
+            size = min(self._max_slots, max(self._next_slot, 2 * self._live.size, 1024))
+            grow = lambda a: np.concatenate([a, np.zeros(size - a.size, dtype=a.dtype)])  # noqa: E731
+            self._keys = np.concatenate([self._keys, np.full(size - self._keys.size, None, dtype=object)])
+            self._length, self._n_pages, self._log_pos, self._stamp, self._pins, self._live = map(
+                grow, (self._length, self._n_pages, self._log_pos, self._stamp, self._pins, self._live))
+        return slots
 
     def arena_rows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(arena rows of the documents' tokens, one after another; cu_seqlens [B+1]): the CPU path's gather."""
@@ -207,8 +235,8 @@ class DocumentStore:
         n = int(self._n_pages[slot])
         if n:
             pos = int(self._log_pos[slot])
-            self._free_pages[self._n_free_pages:self._n_free_pages + n] = self._log[pos:pos + n]
-            self._n_free_pages += n
+            self._free_pages[self._n_free:self._n_free + n] = self._log[pos:pos + n]
+            self._n_free += n
         self._live[slot] = False
         self._n_pages[slot] = 0
         self._free_slots.append(slot)
@@ -252,15 +280,15 @@ class DocumentStore:
             n_pages = -(-lengths[new] // self.page_tokens)
             need = int(n_pages.sum())
             self._pin(slots[slots >= 0])
-            ok = self._evict_until(lambda: self._n_free_pages >= need and len(self._free_slots) >= new.size)
+            ok = self._evict_until(lambda: self._free_page_count >= need
+                                   and len(self._free_slots) + self._max_slots - self._next_slot >= new.size)
             if not ok:
                 self.release(slots[slots >= 0])
-                raise StoreFull(f"the document store is full: {need} pages asked, {self._n_free_pages} free and "
+                raise StoreFull(f"the document store is full: {need} pages asked, {self._free_page_count} free and "
                                 "every other page is in use by calls in flight")
-            taken = self._free_pages[self._n_free_pages - need:self._n_free_pages][::-1].copy()
-            self._n_free_pages -= need
+            taken = self._take_pages(need)
             pos = self._append_log(taken)
-            fresh = np.array([self._free_slots.pop() for _ in range(new.size)], dtype=np.int64)
+            fresh = self._take_slots(new.size)
             cu_pages = _cu(n_pages)
             self._log_pos[fresh] = pos + cu_pages[:-1]
             self._n_pages[fresh] = n_pages
@@ -289,6 +317,7 @@ class DocumentStore:
             self._log[:src.size] = self._log[src]
             self._log_pos[live] = new_pos[:-1]
             self._log_end = src.size
+            self.compactions += 1
             if self.device.type == "cuda":  # after every launch issued so far, on the store's stream
                 with torch.cuda.stream(self._stream):
                     self.log[:src.size].copy_(torch.from_numpy(self._log[:src.size]).pin_memory(), non_blocking=True)
