@@ -303,27 +303,30 @@ def write_pages(src: torch.Tensor, arena: torch.Tensor, scales: torch.Tensor | N
         ROUND=arena.dtype == torch.int8, num_warps=4)
 
 
-def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
-           query_lengths=(16, 32, 64, 128, 256), doc_lengths=(64, 1024), page_tokens: int = 0,
-           multi: bool = False) -> None:
-    """Compile every kernel variant that `d`, `dtype` and these length buckets can select (no-op without
-    Triton): each query-row bucket, short and long documents; the paged form when `page_tokens` is given."""
+def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda", page_tokens: int = 16,
+           query_lengths=(16, 32, 64, 128, 256), doc_lengths=(64, 1024)) -> None:
+    """Compile every variant of the paged form (what the scorer launches) that `d`, `dtype` and these length
+    buckets can select, and the page writer (no-op without Triton)."""
     if not triton_available(device):
         return
     g = torch.Generator(device="cpu").manual_seed(0)
     qdtype = _query_dtype(dtype)
+    seen = set()
     for lq in query_lengths:
         for ld in doc_lengths:
-            D = torch.randn(2 * ld, d, generator=g).clamp(-100, 100).to(device=device, dtype=dtype)
+            cfg = _config_bucketed(lq, ld > _LONG_DOCS, d, torch.empty(0, dtype=qdtype).element_size())
+            if (cfg, math.ceil(lq / cfg.block_q) > 1) in seen:
+                continue
+            seen.add((cfg, math.ceil(lq / cfg.block_q) > 1))
+            arena = torch.zeros(2 * ld, d, device=device, dtype=dtype)
             scales = torch.ones(2 * ld, device=device) if dtype in COMPRESSED else None
-            cu = torch.tensor([0, ld, 2 * ld], dtype=torch.int32, device=device)
+            src = torch.randn(2 * ld, d, generator=g).to(device=device, dtype=qdtype)
+            pages = torch.arange(2 * ld // page_tokens, dtype=torch.int32, device=device)
+            first = torch.arange(0, pages.numel(), dtype=torch.int32, device=device)
+            write_pages(src, arena, scales, first * page_tokens, torch.full_like(first, page_tokens), first,
+                        page_tokens)
             Q = torch.randn(lq, d, generator=g).to(device=device, dtype=qdtype)
             cq = torch.tensor([0, lq], dtype=torch.int32, device=device)
+            cu = torch.tensor([0, ld, 2 * ld], dtype=torch.int32, device=device)
             group = torch.zeros(2, dtype=torch.int32, device=device)
-            maxsim_grouped(Q, cq, D, cu, group, max_lq=lq, scales=scales)
-            if page_tokens:
-                pages = torch.arange(2 * ld // page_tokens, dtype=torch.int32, device=device)
-                maxsim_paged(Q, cq, D, pages, page_tokens, cu[:-1], cu[1:], group, lq, ld, scales=scales)
-            maxsim_packed(Q, D, cu, scales=scales)
-            if multi:
-                maxsim_packed(Q[None].expand(4, lq, d), D, cu, scales=scales)
+            maxsim_paged(Q, cq, arena, pages, page_tokens, cu[:-1], cu[1:], group, lq, ld, scales=scales)

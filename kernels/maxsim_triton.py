@@ -186,8 +186,8 @@ def write_pages_kernel(src, dst, dst_scales, page_src, page_rows, page_dst,
     rows = page * PAGE + r
     if QMAX > 0:
         amax = tl.max(tl.abs(x), axis=1)
-        scale = tl.where(amax > 0, amax / QMAX, 1.0)
-        x = tl.minimum(tl.maximum(x / scale[:, None], -QMAX), QMAX)
+        scale = tl.where(amax > 0, tl.math.div_rn(amax, QMAX + 0.0 * amax), 1.0)  # IEEE divisions, as torch's
+        x = tl.minimum(tl.maximum(tl.math.div_rn(x, scale[:, None] + 0.0 * x), -QMAX), QMAX)
         if ROUND:
             x = tl.floor(x + 0.5)
         tl.store(dst_scales + rows, scale, mask=r < n)

@@ -80,10 +80,13 @@ def stored_reference(scorer: MaxSimScorer, g: ScoreGroup) -> np.ndarray:
     """float64 MaxSim on the values the store holds for g's documents (dequantised for compressed storage)."""
     store = scorer.store
     rows, cu = store.arena_rows(g.docs.slots)
-    rows = torch.from_numpy(rows)
+    rows = torch.from_numpy(rows).to(store.device)
     arena = store.arena.view(torch.uint8)[rows].view(store.dtype) if store.compressed else store.arena[rows]
-    values = km.dequantize(arena, None if store.scales is None else store.scales[rows], torch.float64)
-    return reference(g.query, values.numpy(), np.diff(cu))
+    values = km.dequantize(arena, None if store.scales is None else store.scales[rows], torch.float64).cpu()
+    query = g.query
+    if store.device.type == "cuda":  # the kernel computes in the query's float16 (bfloat16, float32 storage: those)
+        query = torch.from_numpy(query).to(scorer._qdtype).double().numpy()
+    return reference(query, values.numpy(), np.diff(cu))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16", "float8_e4m3", "int8"])

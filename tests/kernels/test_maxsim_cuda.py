@@ -1,0 +1,105 @@
+"""The MaxSim kernels on CUDA (skipped without a GPU, as in CI): every form and storage dtype against float64,
+across the model dimensions the service meets, and the page writer against torch's quantisation."""
+import pytest
+import torch
+
+from kernels import maxsim as km
+from scoring.store import quantize
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float8_e4m3fn, torch.int8]
+
+
+def bits(t):
+    """A same-size integer view: torch has no CUDA indexing kernels for float8."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+def rel(out, ref):
+    assert torch.isfinite(out).all(), "an output element was not written"
+    return ((out.double() - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+def documents(lengths, d, dtype, seed):
+    """(stored documents, scales or None, cu_seqlens, float64 dequantised values) on the GPU."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    x = torch.nn.functional.normalize(torch.randn(int(cu[-1]), d, device="cuda", generator=g), dim=-1)
+    if dtype in km.COMPRESSED:
+        values, scales = quantize(x.half(), dtype)
+        return values, scales, cu.cuda(), km.dequantize(values, scales, torch.float64)
+    x = x.to(dtype)
+    return x, None, cu.cuda(), x.double()
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    monkeypatch.setattr(km, "_POISON_OUTPUTS", True)
+
+
+@pytest.mark.parametrize("dtype, d", [
+    (torch.float16, 64), (torch.float16, 96), (torch.float16, 128), (torch.float16, 384), (torch.bfloat16, 128),
+    (torch.float32, 128), (torch.float32, 384), (torch.float8_e4m3fn, 128), (torch.float8_e4m3fn, 384),
+    (torch.int8, 96), (torch.int8, 128),
+])
+def test_every_form_against_float64(dtype, d):
+    lengths = [300, 1, 0, 77, 512, 33] * 20
+    D, scales, cu, exact = documents(lengths, d, dtype, d)
+    qdtype = torch.float16 if dtype in km.COMPRESSED else dtype
+    tol = 1e-5 if dtype != torch.float32 else 1e-6
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for lq in (1, 32, 300):  # one token, the memory-bound bucket, a long query over several blocks
+        Q = torch.randn(lq, d, device="cuda", generator=g).to(qdtype)
+        assert rel(km.maxsim_packed(Q, D, cu, scales=scales), km.maxsim_reference(Q, exact, cu, torch.float64)) < tol
+    Qm = torch.randn(16, 32, d, device="cuda", generator=g).to(qdtype)  # many short queries
+    assert rel(km.maxsim_packed(Qm, D, cu, scales=scales), km.maxsim_reference(Qm, exact, cu, torch.float64)) < tol
+    cq = torch.tensor([0, 32, 33, 333], dtype=torch.int32, device="cuda")
+    Qg = torch.randn(333, d, device="cuda", generator=g).to(qdtype)
+    group = (torch.arange(len(lengths), device="cuda") % 3).to(torch.int32)
+    ref = km.maxsim_grouped_reference(Qg, cq, exact, cu, group, torch.float64)
+    assert rel(km.maxsim_grouped(Qg, cq, D, cu, group, max_lq=300, scales=scales), ref) < tol
+    # the paged form: every page of 16 rows somewhere else in a larger arena
+    pages_per_doc = [-(-n // 16) for n in lengths]
+    n_pages = sum(pages_per_doc)
+    perm = torch.randperm(2 * n_pages, device="cuda")[:n_pages].to(torch.int32)
+    arena = torch.zeros(2 * n_pages * 16, d, device="cuda", dtype=D.dtype)
+    arena_scales = torch.ones(2 * n_pages * 16, device="cuda") if scales is not None else None
+    starts = torch.cumsum(torch.tensor([0] + pages_per_doc[:-1]), 0) * 16
+    src = torch.repeat_interleave(cu[:-1].cpu().long() - starts.long(), torch.tensor(lengths)) + \
+        torch.arange(int(cu[-1]))
+    logical = torch.arange(int(cu[-1])) + torch.repeat_interleave(starts - cu[:-1].cpu().long(), torch.tensor(lengths))
+    rows = (perm.long().cpu()[logical // 16] * 16 + logical % 16).cuda()
+    bits(arena)[rows] = bits(D)[src.cuda()]
+    if scales is not None:
+        arena_scales[rows] = scales[src.cuda()]
+    start = starts.to(torch.int32).cuda()
+    end = start + torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    out = km.maxsim_paged(Qg, cq, arena, perm, 16, start, end, group, 300, 150.0, scales=arena_scales)
+    assert rel(out, ref) < tol
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_page_writer_matches_torch(dtype):
+    g = torch.Generator(device="cuda").manual_seed(2)
+    d, page = 128, 16
+    src = torch.randn(1000, d, device="cuda", generator=g).half()
+    src[7] = 0
+    n_pages = 1000 // page
+    page_src = torch.arange(0, 1000, page, dtype=torch.int32, device="cuda")[:n_pages]
+    page_rows = torch.full((n_pages,), page, dtype=torch.int32, device="cuda")
+    page_rows[-1] = 5
+    page_dst = torch.randperm(n_pages, device="cuda").to(torch.int32)
+    arena = torch.zeros(n_pages * page, d, dtype=dtype, device="cuda")
+    scales = torch.zeros(n_pages * page, device="cuda") if dtype in km.COMPRESSED else None
+    km.write_pages(src, arena, scales, page_src, page_rows, page_dst, page)
+    rows = (page_dst.long()[:, None] * page + torch.arange(page, device="cuda")).flatten()
+    valid = (torch.arange(page, device="cuda")[None, :] < page_rows[:, None]).flatten()
+    got = bits(arena)[rows[valid]].view(dtype)
+    if dtype in km.COMPRESSED:
+        want, want_scales = quantize(src[:int(valid.sum())], dtype)
+        assert torch.equal(scales[rows[valid]], want_scales)
+        assert torch.equal(got.float(), want.float())
+    else:
+        assert torch.equal(got, src[:int(valid.sum())].to(dtype))
