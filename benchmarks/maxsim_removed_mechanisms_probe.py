@@ -85,8 +85,11 @@ def main():
                         ("nsplit 8", grouped(dataclasses.replace(base, nsplit=8))),
                         ("flat 4/SM (packed form)",
                          lambda: km.maxsim_packed(Q, D, cu, config=dataclasses.replace(base, flat=4, num_stages=3)).cpu())):
-            err = float(((f().double().cuda() - ref).norm() / ref.norm()).item())
-            kernel.setdefault(name, {"err": float(f"{err:.1e}"), "wall_us": []})["wall_us"].append(wall_us(f))
+            try:
+                err = float(((f().double().cuda() - ref).norm() / ref.norm()).item())
+                kernel.setdefault(name, {"err": float(f"{err:.1e}"), "wall_us": []})["wall_us"].append(wall_us(f))
+            except Exception as e:  # a path that no longer runs is a finding
+                kernel[name] = {"error": f"{type(e).__name__}: {str(e)[-300:]}"}
     res["kernel in the scorer's call, 1,000 docs on the GPU"] = kernel
     scorer = sm.MaxSimScorer(128, device="cuda")
     scorer.warmup()

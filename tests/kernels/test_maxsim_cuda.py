@@ -67,13 +67,11 @@ def test_every_form_against_float64(dtype, d):
     arena = torch.zeros(2 * n_pages * 16, d, device="cuda", dtype=D.dtype)
     arena_scales = torch.ones(2 * n_pages * 16, device="cuda") if scales is not None else None
     starts = torch.cumsum(torch.tensor([0] + pages_per_doc[:-1]), 0) * 16
-    src = torch.repeat_interleave(cu[:-1].cpu().long() - starts.long(), torch.tensor(lengths)) + \
-        torch.arange(int(cu[-1]))
     logical = torch.arange(int(cu[-1])) + torch.repeat_interleave(starts - cu[:-1].cpu().long(), torch.tensor(lengths))
-    rows = (perm.long().cpu()[logical // 16] * 16 + logical % 16).cuda()
-    bits(arena)[rows] = bits(D)[src.cuda()]
+    rows = (perm.long().cpu()[logical // 16] * 16 + logical % 16).cuda()  # where each token of D goes
+    bits(arena)[rows] = bits(D)
     if scales is not None:
-        arena_scales[rows] = scales[src.cuda()]
+        arena_scales[rows] = scales
     start = starts.to(torch.int32).cuda()
     end = start + torch.tensor(lengths, dtype=torch.int32, device="cuda")
     out = km.maxsim_paged(Qg, cq, arena, perm, 16, start, end, group, 300, 150.0, scales=arena_scales)
