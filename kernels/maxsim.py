@@ -318,7 +318,7 @@ def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.devic
             if (cfg, math.ceil(lq / cfg.block_q) > 1) in seen:
                 continue
             seen.add((cfg, math.ceil(lq / cfg.block_q) > 1))
-            arena = torch.zeros(2 * ld, d, device=device, dtype=dtype)
+            arena = torch.empty(2 * ld, d, device=device, dtype=dtype)  # every row written below
             scales = torch.ones(2 * ld, device=device) if dtype in COMPRESSED else None
             src = torch.randn(2 * ld, d, generator=g).to(device=device, dtype=qdtype)
             pages = torch.arange(2 * ld // page_tokens, dtype=torch.int32, device=device)
