@@ -292,6 +292,7 @@ def encoder_calls(docs, lens, chunk_tokens=8192):
 
 
 def scorer_rows(found, sizes=(100, 1000, 4000, 10000), dtypes=("float16", "float8_e4m3", "int8")):
+    """Each row: wall µs, median of 30 calls (10 above 1,000 documents)."""
     res = {}
     for dtype in dtypes:
         scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=4 << 30)
@@ -369,6 +370,38 @@ def scorer_rows(found, sizes=(100, 1000, 4000, 10000), dtypes=("float16", "float
     return res
 
 
+def warm_profile(out_dir: str, n: int = 1000) -> dict:
+    """Where the host time of a warm `score()` goes: direct launch on and off (interleaved), and a cProfile of 300
+    calls (written to warm_profile.txt)."""
+    import cProfile
+    import io
+    import pstats
+    scorer = sm.MaxSimScorer(128, device="cuda", store_bytes=1 << 30)
+    scorer.warmup()
+    lens, docs, query = request(n, seed=n)
+    keys = [f"p{i}" for i in range(n)]
+    slots = scorer.store.insert(keys, [docs], lens)
+    g = sm.ScoreGroup(query, StoredDocuments(slots))
+    res = {}
+    for rep in range(3):
+        for direct in (True, False):
+            km.DIRECT_LAUNCH = direct
+            res.setdefault(f"warm score(), direct launch {'on' if direct else 'off'}", []).append(
+                wall_us(lambda: scorer.score([g]), n=50))
+    km.DIRECT_LAUNCH = True
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(300):
+        scorer.score([g])
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+    with open(os.path.join(out_dir, "warm_profile.txt"), "w") as fh:
+        fh.write(text.getvalue())
+    print(json.dumps(res), flush=True)
+    return res
+
+
 def capacity(total_bytes=16 * 10**9, n_docs=200_000, tokens=300, d=128):
     """How many documents of `tokens` tokens a store of `total_bytes` holds: written in calls of 10,000."""
     res = {}
@@ -418,7 +451,7 @@ def fidelity_of(queries: list[torch.Tensor], D: torch.Tensor, cu: torch.Tensor) 
     D16 = D.half()
     exact = torch.stack([km.maxsim_reference(q.double(), D.double(), cu, torch.float64) for q in queries])
     fp16 = torch.stack([km.maxsim_packed(q.half(), D16, cu) for q in queries])
-    res = {"fp16 vs float64 of the fp32 embeddings": agreement(exact, fp16)}
+    res = {"fp16 kernel vs float64 on the same embeddings": agreement(exact, fp16)}
     for tag, dtype in COMPRESSED.items():
         values, scales = quantize(D16, dtype)
         scores = torch.stack([km.maxsim_packed(q.half(), values, cu, scales=scales) for q in queries])
@@ -520,10 +553,13 @@ def main():
     ap.add_argument("--skip-kernels", action="store_true")
     ap.add_argument("--skip-scorer", action="store_true")
     ap.add_argument("--skip-capacity", action="store_true")
+    ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--skip-ceilings", action="store_true")
     ap.add_argument("--minilm", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                      "minilm_embeddings.npz"))
     ap.add_argument("--cpu-scorer", action="store_true", help="only the CPU scorer rows (use taskset -c 0,1)")
+    ap.add_argument("--scorer-sizes", default="100,1000,4000,10000")
+    ap.add_argument("--profile", action="store_true", help="also profile the warm score() (warm_profile.txt)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.cpu_scorer:
@@ -541,10 +577,14 @@ def main():
     def save():  # after every section: a run cut short keeps what it measured
         with open(os.path.join(args.out, "maxsim_bench.json"), "w") as fh:
             json.dump(result, fh, indent=1)
-    result["fidelity"] = fidelity(args.minilm)
-    save()
+    if not args.skip_fidelity:
+        result["fidelity"] = fidelity(args.minilm)
+        save()
+    if args.profile:
+        result["warm profile"] = warm_profile(args.out)
+        save()
     if not args.skip_scorer:
-        result["scorer"] = scorer_rows(found)
+        result["scorer"] = scorer_rows(found, tuple(int(n) for n in args.scorer_sizes.split(",")))
         save()
     if not args.skip_kernels:
         result["rows"] = kernel_table(args, found)

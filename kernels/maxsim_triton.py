@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+__all__ = ["maxsim_kernel", "write_pages_kernel", "triton"]
+
 
 @triton.jit
 def _query_tile(q_ptrs, row_valid, offs_k, D_MODEL: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr):

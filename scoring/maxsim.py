@@ -23,6 +23,7 @@ from kernels import maxsim as kmaxsim
 from scoring.store import _BITS, DocumentStore, StoredDocuments
 
 _ALIGN = 256  # bytes: the queries and the metadata start aligned in the call's buffers
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
 _CPU_CHUNK_ROWS = 4096  # document rows widened to fp32 at a time on the CPU path (6 MB at d 384; v3: 2048-8192 best)
 
 
@@ -77,6 +78,7 @@ class MaxSimScorer:
         self._qdtype = qdtype
         self._qsize = torch.empty(0, dtype=qdtype).element_size()
         self._host: torch.Tensor | None = None  # pinned uint8: queries, metadata, scores
+        self._host_np: np.ndarray | None = None
         self._dev: torch.Tensor | None = None  # device uint8: queries, metadata
 
     @property
@@ -185,13 +187,16 @@ class MaxSimScorer:
         return out
 
     # -- CUDA: one metadata copy, one grouped launch over the store's pages -------------------------------------
-    def _buffers(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffers(self, nbytes: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """The pinned buffer (and a numpy view of it: host-side writes through numpy skip torch's per-op cost) and
+        the device buffer, grown geometrically."""
         if self._host is None or self._host.numel() < nbytes:
             size = max(nbytes, 2 * (0 if self._host is None else self._host.numel()), 1 << 16)
             self._host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            self._host_np = self._host.numpy()
             with torch.cuda.stream(self.store.stream):
                 self._dev = torch.empty(size, dtype=torch.uint8, device=self._device)
-        return self._host, self._dev
+        return self._host, self._host_np, self._dev
 
     def _score_cuda(self, groups: Sequence[ScoreGroup], slots: list[np.ndarray]) -> list[np.ndarray]:
         store, dim = self.store, self.dim
@@ -206,16 +211,21 @@ class MaxSimScorer:
         n_meta = len(groups) + 1 + 3 * b
         off_meta = _align(tq * dim * self._qsize)
         off_out = off_meta + _align(4 * n_meta)
-        host, dev = self._buffers(off_out + 4 * b)
-        meta = host[off_meta:off_meta + 4 * n_meta].view(torch.int32).numpy()
+        host, host_np, dev = self._buffers(off_out + 4 * b)
+        meta = host_np[off_meta:off_meta + 4 * n_meta].view(np.int32)
         meta[:len(groups) + 1] = _cu_seqlens(q_lens)
         doc_meta = meta[len(groups) + 1:].reshape(3, b)
         doc_meta[0], doc_meta[1] = start, end
         doc_meta[2] = np.repeat(np.arange(len(groups)), n_docs)
-        q_host = host[:tq * dim * self._qsize].view(self._qdtype).view(tq, dim)
+        if self._qdtype == torch.bfloat16:  # no numpy bfloat16: through torch
+            q_host = host[:tq * dim * self._qsize].view(torch.bfloat16).view(tq, dim)
+            rows = [torch.from_numpy(np.ascontiguousarray(g.query)) for g in groups]
+        else:
+            q_host = host_np[:tq * dim * self._qsize].view(_NUMPY_DTYPES[self._qdtype]).reshape(tq, dim)
+            rows = [g.query for g in groups]
         r = 0
-        for g, lq in zip(groups, q_lens.tolist()):
-            q_host[r:r + lq].copy_(torch.from_numpy(np.ascontiguousarray(g.query)))
+        for row, lq in zip(rows, q_lens.tolist()):
+            q_host[r:r + lq] = row  # cast to the query dtype on the way
             r += lq
         with torch.cuda.stream(store.stream):
             dev[:off_meta + 4 * n_meta].copy_(host[:off_meta + 4 * n_meta], non_blocking=True)
@@ -225,7 +235,6 @@ class MaxSimScorer:
                 dev[:tq * dim * self._qsize].view(self._qdtype).view(tq, dim), m[:len(groups) + 1], store.arena,
                 store.log, store.page_tokens, d[:b], d[b:2 * b], d[2 * b:], max_lq=int(q_lens.max()),
                 mean_ld=float((end - start).mean()), scales=store.scales)
-            out_host = host[off_out:off_out + 4 * b].view(torch.float32)
-            out_host.copy_(scores, non_blocking=True)
+            host[off_out:off_out + 4 * b].view(torch.float32).copy_(scores, non_blocking=True)
         store.stream.synchronize()
-        return np.split(out_host.numpy().copy(), np.cumsum(n_docs)[:-1])
+        return np.split(host_np[off_out:off_out + 4 * b].view(np.float32).copy(), np.cumsum(n_docs)[:-1])

@@ -110,3 +110,66 @@ def test_page_writer_matches_torch(dtype):
         assert (diff <= step + 1e-12).all() and off <= diff.numel() // 1000
     else:
         assert torch.equal(got, src[:int(valid.sum())].to(dtype))
+
+
+@pytest.fixture
+def jit_calls(monkeypatch):
+    """The grids of the launches that went through Triton's `run` (the direct ones do not)."""
+    calls = []
+    real = km.maxsim_triton.maxsim_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(km.maxsim_triton, "maxsim_kernel", Counting())
+    monkeypatch.setattr(km, "_DIRECT", {})
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float8_e4m3fn])
+def test_direct_launch_matches_triton_run(jit_calls, monkeypatch, dtype):
+    """After the first launch of a key, later ones skip Triton's `run` and give bit-identical scores; another
+    alignment or config is another key."""
+    D, scales, cu, exact = documents([300, 1, 0, 77] * 10, 128, dtype, 3)
+    Q = torch.randn(32, 128, device="cuda").to(torch.float16 if dtype in km.COMPRESSED else dtype)
+    cq = torch.tensor([0, 32], dtype=torch.int32, device="cuda")
+    group = torch.zeros(40, dtype=torch.int32, device="cuda")
+    forms = {"packed": lambda: km.maxsim_packed(Q, D, cu, scales=scales),
+             "grouped": lambda: km.maxsim_grouped(Q, cq, D, cu, group, max_lq=32, scales=scales)}
+    for name, score in forms.items():
+        monkeypatch.setattr(km, "DIRECT_LAUNCH", False)
+        through_run = score()
+        monkeypatch.setattr(km, "DIRECT_LAUNCH", True)
+        first = score()
+        n_run = len(jit_calls)
+        direct = [score() for _ in range(3)]
+        assert len(jit_calls) == n_run, f"{name}: later launches of the same key went through Triton's run"
+        for out in [first, *direct]:
+            assert torch.equal(out, through_run)
+    shifted = torch.empty(D.numel() + 16, dtype=D.dtype, device="cuda")[1:1 + D.numel()].view_as(D)
+    shifted.view(torch.uint8).copy_(D.view(torch.uint8)) if dtype == torch.float8_e4m3fn else shifted.copy_(D)
+    n_run = len(jit_calls)
+    assert rel(km.maxsim_packed(Q, shifted, cu, scales=scales), km.maxsim_reference(Q, exact, cu, torch.float64)) < 1e-5
+    assert len(jit_calls) == n_run + 1  # misaligned documents: another specialisation, through run once
+
+
+def test_direct_launch_runs_on_the_current_stream_and_hooks_take_run(jit_calls, monkeypatch):
+    D, _, cu, _ = documents([200] * 100, 128, torch.float16, 4)
+    D2, _, _, exact2 = documents([200] * 100, 128, torch.float16, 5)
+    Q = torch.randn(32, 128, device="cuda").half()
+    km.maxsim_packed(Q, D, cu)  # compiles; the next launch is direct
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # the side stream is busy, so an ordering mistake shows
+        D.copy_(D2)  # queued behind the sleep: a launch on another stream would read the old documents
+        out = km.maxsim_packed(Q, D, cu)
+    assert len(jit_calls) == 1
+    torch.cuda.synchronize()
+    assert rel(out, km.maxsim_reference(Q, exact2, cu, torch.float64)) < 1e-5
+    seen = []
+    monkeypatch.setattr(km.maxsim_triton.triton.knobs.runtime, "launch_enter_hook", lambda *a: seen.append(1))
+    km.maxsim_packed(Q, D, cu)
+    assert len(jit_calls) == 2 and len(seen) == 1
