@@ -372,7 +372,7 @@ def scorer_rows(found, sizes=(100, 1000, 4000, 10000), dtypes=("float16", "float
 
 def warm_profile(out_dir: str, n: int = 1000) -> dict:
     """Where the host time of a warm `score()` goes: direct launch on and off (interleaved), and a cProfile of 300
-    calls (written to warm_profile.txt)."""
+    calls (written to maxsim_warm_profile.txt)."""
     import cProfile
     import io
     import pstats
@@ -396,7 +396,7 @@ def warm_profile(out_dir: str, n: int = 1000) -> dict:
     profile.disable()
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
-    with open(os.path.join(out_dir, "warm_profile.txt"), "w") as fh:
+    with open(os.path.join(out_dir, "maxsim_warm_profile.txt"), "w") as fh:
         fh.write(text.getvalue())
     print(json.dumps(res), flush=True)
     return res
@@ -559,7 +559,7 @@ def main():
                                                      "minilm_embeddings.npz"))
     ap.add_argument("--cpu-scorer", action="store_true", help="only the CPU scorer rows (use taskset -c 0,1)")
     ap.add_argument("--scorer-sizes", default="100,1000,4000,10000")
-    ap.add_argument("--profile", action="store_true", help="also profile the warm score() (warm_profile.txt)")
+    ap.add_argument("--profile", action="store_true", help="also profile the warm score() (maxsim_warm_profile.txt)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.cpu_scorer:

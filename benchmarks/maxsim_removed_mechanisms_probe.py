@@ -7,7 +7,7 @@ Rows (wall µs, median, synchronised, as the scorer calls the kernel: documents 
 query, 1,000 documents of 85-512 tokens, d 128, fp16): the grouped launch as shipped (L2 streaming window and
 direct launch on), each turned off, `nsplit` 2/4/8, the persistent `flat` form; and `MaxSimScorer.score` as the
 deployment fed it (one host array per document) at 100/1,000/4,000/10,000 documents, with the window and the direct
-launch on and off. Writes removed_mechanisms_probe.json.
+launch on and off. Writes maxsim_removed_mechanisms_probe.json.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def main():
         print(n, json.dumps(row), flush=True)
     res["score() as the deployment fed it (one host array a document)"] = rows
     print(json.dumps(res, indent=1))
-    with open(os.path.join(args.out, "removed_mechanisms_probe.json"), "w") as fh:
+    with open(os.path.join(args.out, "maxsim_removed_mechanisms_probe.json"), "w") as fh:
         json.dump(res, fh, indent=1)
 
 
