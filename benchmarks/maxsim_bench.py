@@ -6,7 +6,8 @@ Usage (on the GPU machine, peers installed as wheels):
     taskset -c 0,1 python benchmarks/maxsim_bench.py --cpu-scorer [--out DIR]     # the CPU scorer rows
 
 Kernel rows: median µs (triton.testing.do_bench, L2 flushed) (fraction of the floor max(bytes/BW, flops/PEAK)) /
-the GPU alone in the same cache state (`bench_queued`) / host µs to launch one call, and ‖out − ref‖/‖ref‖ against a
+the GPU alone in the same cache state (`bench_queued`) / host µs to launch one call, and ‖out − ref‖/‖ref‖ against
+a
 float64 reference over every document (compressed rows: on their dequantised values). Ours is timed packed
 (fp16/bf16), paged (the store's layout: every document in 16-row pages scattered over an arena) and compressed
 (float8_e4m3, int8 with one scale a token, paged). The floor uses the ceilings measured on our H100 (ANCHORS.md:
@@ -199,7 +200,8 @@ def candidates(nq, lq, varlen, Q, D, cu, maxld, Dpad, mask, lens, found, gen):
     if "fm" in found:
         fm, rerank = found["fm"]
         if nq == 1:
-            c["flash-maxsim"] = (lambda: rerank(Q[0], D, cu, maxld)) if varlen else (lambda: fm.flash_maxsim(Q[0], Dpad, lens))
+            c["flash-maxsim"] = (lambda: rerank(Q[0], D, cu, maxld)) if varlen else \
+                (lambda: fm.flash_maxsim(Q[0], Dpad, lens))
         else:
             c["flash-maxsim"] = lambda: fm.flash_maxsim_batched(Q, Dpad, lens)
     if "lik" in found:
@@ -308,7 +310,8 @@ def scorer_rows(found, sizes=(100, 1000, 4000, 10000), dtypes=("float16", "float
             ref = km.maxsim_reference(torch.from_numpy(query).half().double(), torch.from_numpy(docs).double(),
                                       torch.from_numpy(np.concatenate([[0], np.cumsum(lens)])), torch.float64)
             warm = sm.ScoreGroup(query, StoredDocuments(slots))
-            row["err warm vs float64 of fp16 input"] = float(f"{rel_err(torch.from_numpy(scorer.score([warm])[0]), ref):.1e}")
+            err = rel_err(torch.from_numpy(scorer.score([warm])[0]), ref)
+            row["err warm vs float64 of fp16 input"] = float(f"{err:.1e}")
             row["warm score()"] = wall_us(lambda: scorer.score([warm]), n=reps)
             row["warm lookup + release of n keys"] = wall_us(lambda: store.release(store.lookup(keys)), n=reps)
             store.release(slots)
@@ -417,7 +420,8 @@ def capacity(total_bytes=16 * 10**9, n_docs=200_000, tokens=300, d=128):
         res[dtype] = {"store bytes": total_bytes, "entries kept": stats.entries, "evictions": stats.evictions,
                       "bytes used": stats.bytes, "GPU bytes allocated": torch.cuda.memory_allocated(),
                       "write s": round(time.perf_counter() - t0, 2),
-                      "write GB/s (fp16 bytes in)": round(n_docs * tokens * d * 2 / (time.perf_counter() - t0) / 1e9, 1)}
+                      "write GB/s (fp16 bytes in)": round(n_docs * tokens * d * 2 / (time.perf_counter() - t0) / 1e9,
+                                                          1)}
         print(dtype, json.dumps(res[dtype]), flush=True)
         del store
         torch.cuda.empty_cache()
@@ -444,7 +448,8 @@ def agreement(fp16: torch.Tensor, other: torch.Tensor, k: int = 10) -> dict:
         taus.append(kendall_tau(a, b))
     return {"max |score error|": round(max(errs), 4), "mean top-10 overlap": round(statistics.mean(overlaps), 3),
             "min top-10 overlap": round(min(overlaps), 2), "mean Kendall tau": round(statistics.mean(taus), 4),
-            "min Kendall tau": round(min(taus), 4), "score scale (mean |fp16 score|)": round(float(fp16.abs().mean()), 2)}
+            "min Kendall tau": round(min(taus), 4),
+            "score scale (mean |fp16 score|)": round(float(fp16.abs().mean()), 2)}
 
 
 def fidelity_of(queries: list[torch.Tensor], D: torch.Tensor, cu: torch.Tensor) -> dict:
@@ -600,13 +605,14 @@ def main():
             print(f"chart failed: {e}")
     keys = ["flash-maxsim", "late-interaction-kernels", "ours", "ours paged", "ours fp8 paged", "ours int8 paged"]
     print("\nµs: do_bench (fraction of the fp16 floor) / GPU alone / host launch")
-    print("| shape | floor µs | " + " | ".join(keys) + " | fp8/fp16 | int8/fp16 |")
+    print("| shape | floor µs | " + " | ".join(keys) + " | fp8 / fp16 paged | int8 / fp16 paged |")
     print("|---|---|" + "---|" * len(keys) + "---|---|")
     for r in rows:
         cells = [f"{r[k]['us']:.1f} ({r[k]['floor_frac']:.2f}) / {r[k]['gpu_us']:.1f} / {r[k]['host_us']:.0f}"
                  if "us" in r.get(k, {}) else ("-" if k not in r else "ERR") for k in keys]
-        ratio = lambda k: f"{r[k]['gpu_us'] / r['ours']['gpu_us']:.2f}" if "us" in r.get(k, {}) and "us" in r.get("ours", {}) else "-"  # noqa: E731
-        print(f"| {r['shape']} | {r['floor_us']:.1f} | " + " | ".join(cells) + f" | {ratio('ours fp8 paged')} | {ratio('ours int8 paged')} |")
+        ratios = [f"{r[k]['gpu_us'] / r['ours paged']['gpu_us']:.2f}" if "us" in r.get(k, {}) else "-"
+                  for k in ("ours fp8 paged", "ours int8 paged")]
+        print(f"| {r['shape']} | {r['floor_us']:.1f} | " + " | ".join(cells + ratios) + " |")
     for k, row in result.get("scorer", {}).items():
         print(k, json.dumps(row))
 

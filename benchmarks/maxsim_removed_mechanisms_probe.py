@@ -83,8 +83,8 @@ def main():
                         ("nsplit 2", grouped(dataclasses.replace(base, nsplit=2))),
                         ("nsplit 4", grouped(dataclasses.replace(base, nsplit=4))),
                         ("nsplit 8", grouped(dataclasses.replace(base, nsplit=8))),
-                        ("flat 4/SM (packed form)",
-                         lambda: km.maxsim_packed(Q, D, cu, config=dataclasses.replace(base, flat=4, num_stages=3)).cpu())):
+                        ("flat 4/SM (packed form)", lambda: km.maxsim_packed(
+                            Q, D, cu, config=dataclasses.replace(base, flat=4, num_stages=3)).cpu())):
             try:
                 err = float(((f().double().cuda() - ref).norm() / ref.norm()).item())
                 kernel.setdefault(name, {"err": float(f"{err:.1e}"), "wall_us": []})["wall_us"].append(wall_us(f))

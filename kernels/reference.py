@@ -1,7 +1,8 @@
 """Exact MaxSim in float32 or float64 (CPU or GPU, any float dtype): the reference every kernel is checked against.
 
 score(query, doc) = sum over query tokens i of max over doc tokens j of <Q_i, D_j>. Documents are packed without
-padding: `D` is `[T, d]` and `cu_seqlens` `[B+1]` holds the offsets, so document b is `D[cu_seqlens[b]:cu_seqlens[b+1]]`.
+padding: `D` is `[T, d]` and `cu_seqlens` `[B+1]` holds the offsets, so document b is
+`D[cu_seqlens[b]:cu_seqlens[b+1]]`.
 An empty document scores 0, so does an empty query. Compressed documents (float8_e4m3 / int8 with one float32 scale
 per token) are scored on their dequantised values, `dequantize(D, scales)`.
 """

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kernels import maxsim as kmaxsim
-from scoring.store import _BITS, DocumentStore, StoredDocuments
+from scoring.store import INTEGER_VIEWS, DocumentStore, StoredDocuments
 
 _ALIGN = 256  # bytes: the queries and the metadata start aligned in the call's buffers
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
@@ -152,7 +152,7 @@ class MaxSimScorer:
         sims = torch.empty(chunk, lq, dtype=torch.float32)
         if stored:
             arena, scales = self.store.arena, self.store.scales
-            bits = _BITS[arena.dtype]  # gathered through an integer view: torch's CPU index_select has no float8
+            bits = INTEGER_VIEWS[arena.dtype]  # gathered through an integer view: no float8 CPU index_select
             arena_bits = arena.view(bits)
             gathered = torch.empty(chunk, dim, dtype=bits)
             row_scales = torch.empty(chunk, dtype=torch.float32) if scales is not None else None

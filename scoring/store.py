@@ -42,7 +42,7 @@ PAGE_TOKENS = 16  # rows a page: a 300-token document wastes 4 rows (1.3%), a 1-
 _FIRST_CHUNK_BYTES = 2 << 20  # host staging and the host-to-device copies proceed in chunks: a small first one,
 _STAGE_CHUNK_BYTES = 8 << 20  # then chunks of this size
 _RING_SLOTS = 4  # pinned staging slots of _STAGE_CHUNK_BYTES, reused round-robin (v8: 3-6 slots within noise)
-_BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+INTEGER_VIEWS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
          torch.float8_e4m3fn: torch.uint8, torch.int8: torch.int8}  # same-size integer views, for CPU copies
 _MAX_STAGING_THREADS = 16  # more adds no bandwidth on the H100's host (76 MB: 1 thread 10.2 ms, 4 1.9, 16 0.9)
 
@@ -353,7 +353,7 @@ class DocumentStore:
         else:
             values = rows.to(self.dtype)
         # through an integer view: torch's CPU index_copy has no float8 kernel
-        self.arena.view(_BITS[self.dtype]).index_copy_(0, dst, values.view(_BITS[self.dtype]))
+        self.arena.view(INTEGER_VIEWS[self.dtype]).index_copy_(0, dst, values.view(INTEGER_VIEWS[self.dtype]))
 
     def _stage_dtype(self) -> torch.dtype:
         return self.dtype if not self.compressed else torch.float16
