@@ -6,8 +6,7 @@ Usage (on the GPU machine, peers installed as wheels):
     taskset -c 0,1 python benchmarks/maxsim_bench.py --cpu-scorer [--out DIR]     # the CPU scorer rows
 
 Kernel rows: median µs (triton.testing.do_bench, L2 flushed) (fraction of the floor max(bytes/BW, flops/PEAK)) /
-the GPU alone in the same cache state (`bench_queued`) / host µs to launch one call, and ‖out − ref‖/‖ref‖ against
-a
+the GPU alone in the same cache state (`bench_queued`) / host µs to launch one call, and ‖out − ref‖/‖ref‖ against a
 float64 reference over every document (compressed rows: on their dequantised values). Ours is timed packed
 (fp16/bf16), paged (the store's layout: every document in 16-row pages scattered over an arena) and compressed
 (float8_e4m3, int8 with one scale a token, paged). The floor uses the ceilings measured on our H100 (ANCHORS.md:
