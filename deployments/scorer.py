@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import service_metrics
 from deployments.routing import QueryAffinityRouter
-from scoring.batching import estimate_tokens, plan_encode_calls, split_rows
+from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results, split_rows
 from scoring.cache import ByteBoundedLRU, CacheStats, content_key
 from scoring.config import AppConfig
 from scoring.maxsim import MaxSimScorer, ScoreGroup
@@ -182,7 +182,7 @@ class Scorer:
         results = await asyncio.gather(
             *(self._encoders[c.model].encode_documents.remote(c.texts, c.max_tokens) for c in calls)
         )
-        out: list[np.ndarray] = [np.full(len(job.texts), -1, dtype=np.int64) for job in jobs]
+        per_call: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(calls)
         by_model: dict[str, list[int]] = {}
         for i, call in enumerate(calls):
             by_model.setdefault(call.model, []).append(i)
@@ -194,14 +194,13 @@ class Scorer:
                 lengths = np.concatenate([results[i].lengths for i in indices])
                 slots = await asyncio.to_thread(store.insert, keys, [results[i].data for i in indices], lengths)
                 written.append((store, slots))
-                origins = [origin for i in indices for origin in calls[i].origins]
-                for (j, position), slot in zip(origins, slots.tolist()):
-                    out[j][position] = slot
+                for i, call_slots in zip(indices, np.split(slots, np.cumsum([len(calls[i].texts) for i in indices]))):
+                    per_call[i] = call_slots
         except BaseException:
             for store, slots in written:  # nobody will score these
                 store.release(slots)
             raise
-        return out
+        return [np.array(slots, dtype=np.int64) for slots in scatter_results(jobs, calls, per_call)]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, groups: list[ScoreGroup]) -> list[np.ndarray]:
