@@ -108,7 +108,8 @@ class DocumentStore:
         self._max_slots = n_pages + 1024
         self._index: dict[Hashable, int] = {}
         self._keys = np.empty(0, dtype=object)
-        self._length = self._n_pages = self._log_pos = self._stamp = self._pins = np.zeros(0, dtype=np.int64)
+        self._length, self._n_pages, self._log_pos, self._stamp, self._pins = (np.zeros(0, dtype=np.int64)
+                                                                               for _ in range(5))
         self._live = np.zeros(0, dtype=bool)
         self._free_slots: list[int] = []
         self._next_slot = 0  # slots from here on were never used
@@ -164,9 +165,8 @@ class DocumentStore:
         with self.lock:
             np.subtract.at(self._pins, slots, 1)
             transient = np.unique(slots[(self._pins[slots] == 0) & (self._keys[slots] == None)])  # noqa: E711
-            for slot in transient.tolist():
-                self._drop(slot)
-            self._evict_until(lambda: self.used_pages <= self._keep_pages)
+            self._drop(transient)
+            self._evict_until(self._total_pages - self._keep_pages)
 
     def lengths(self, slots: np.ndarray) -> np.ndarray:
         return self._length[slots]
@@ -227,43 +227,51 @@ class DocumentStore:
         self._stamp[slots] = self._clock
 
     # -- eviction ---------------------------------------------------------------------------------------------
-    def _drop(self, slot: int) -> None:
-        key = self._keys[slot]
-        if key is not None:
-            del self._index[key]
-        self._keys[slot] = None
-        n = int(self._n_pages[slot])
+    def _drop(self, slots: np.ndarray) -> None:
+        """Forget entries: their keys, slots and pages (back on the free stacks)."""
+        for key in self._keys[slots].tolist():
+            if key is not None:
+                del self._index[key]
+        self._keys[slots] = None
+        counts = self._n_pages[slots]
+        n = int(counts.sum())
         if n:
-            pos = int(self._log_pos[slot])
-            self._free_pages[self._n_free:self._n_free + n] = self._log[pos:pos + n]
+            cu = _cu(counts)
+            runs = np.repeat(self._log_pos[slots] - cu[:-1], counts) + np.arange(n)
+            self._free_pages[self._n_free:self._n_free + n] = self._log[runs]
             self._n_free += n
-        self._live[slot] = False
-        self._n_pages[slot] = 0
-        self._free_slots.append(slot)
+        self._live[slots] = False
+        self._n_pages[slots] = 0
+        self._free_slots.extend(slots.tolist())
 
-    def _evict_one(self) -> bool:
-        """Drop the least recently used unpinned entry; False when there is none."""
+    def _evict_until(self, free_pages: int, free_slots: int = 0) -> bool:
+        """Drop least recently used unpinned entries until `free_pages` pages and `free_slots` slots are free;
+        False when the unpinned entries do not suffice. Entries leave in stamp order from a queue built when it
+        runs out; one used (or pinned) since the queue was built is skipped (it is newer than all the others)."""
         while True:
+            need_pages = free_pages - self._free_page_count
+            need_slots = free_slots - (len(self._free_slots) + self._max_slots - self._next_slot)
+            if need_pages <= 0 and need_slots <= 0:
+                return True
             slots, stamps = self._queue
-            while self._queue_at < slots.size:
-                slot, stamp = int(slots[self._queue_at]), int(stamps[self._queue_at])
-                self._queue_at += 1
-                if self._live[slot] and self._stamp[slot] == stamp and self._pins[slot] == 0:
-                    self._drop(slot)
-                    self._evictions += 1
-                    return True
-            # every entry left in the queue was used (or pinned) since it was built: rebuild it in stamp order
-            live = np.flatnonzero(self._live & (self._pins == 0))
-            if live.size == 0:
-                return False
-            order = live[np.argsort(self._stamp[live], kind="stable")]
-            self._queue, self._queue_at = (order, self._stamp[order].copy()), 0
-
-    def _evict_until(self, done) -> bool:
-        while not done():
-            if not self._evict_one():
-                return False
-        return True
+            todo, then = slots[self._queue_at:], stamps[self._queue_at:]
+            ok = self._live[todo] & (self._stamp[todo] == then) & (self._pins[todo] == 0)
+            if not ok.any():  # every entry left in the queue was used since it was built: rebuild it
+                live = np.flatnonzero(self._live & (self._pins == 0))
+                if live.size == 0:
+                    return False
+                order = live[np.argsort(self._stamp[live], kind="stable")]
+                self._queue, self._queue_at = (order, self._stamp[order].copy()), 0
+                continue
+            # the shortest prefix of the queue whose evictable entries free enough pages and slots
+            pages = np.cumsum(np.where(ok, self._n_pages[todo], 0))
+            count = np.cumsum(ok)
+            enough = (pages >= need_pages) & (count >= need_slots)
+            end = int(np.argmax(enough)) + 1 if enough.any() else todo.size
+            victims = todo[:end][ok[:end]]
+            self._queue_at += end
+            self._drop(victims)
+            self._evictions += victims.size
 
     # -- writes -----------------------------------------------------------------------------------------------
     def insert(self, keys: Sequence[Hashable | None], parts: Sequence[np.ndarray], lengths: np.ndarray) -> np.ndarray:
@@ -280,8 +288,7 @@ class DocumentStore:
             n_pages = -(-lengths[new] // self.page_tokens)
             need = int(n_pages.sum())
             self._pin(slots[slots >= 0])
-            ok = self._evict_until(lambda: self._free_page_count >= need
-                                   and len(self._free_slots) + self._max_slots - self._next_slot >= new.size)
+            ok = self._evict_until(need, new.size)
             if not ok:
                 self.release(slots[slots >= 0])
                 raise StoreFull(f"the document store is full: {need} pages asked, {self._free_page_count} free and "
