@@ -485,7 +485,7 @@ def fidelity(minilm_path: str | None) -> dict:
 
 # -- the CPU scorer -----------------------------------------------------------------------------------------------
 
-def cpu_scorer():
+def cpu_scorer(n_docs: int = 1000):
     """MaxSimScorer on the CPU (run under `taskset -c 0,1`: the service's 2 cores): 1,000 documents of 300 (and
     85-512) tokens, d 384, fp16, one 32-token fp32 query; medians of 5, interleaved. Rows: a packed host buffer read
     in place (a transient call), documents in the store (warm), written to the store first (cold: the deployment's
@@ -494,8 +494,8 @@ def cpu_scorer():
     rng = np.random.default_rng(0)
     d = 384
     res = {"torch threads": torch.get_num_threads()}
-    for name, lens in (("equal 300", np.full(1000, 300, dtype=np.int64)),
-                       ("85-512", rng.integers(85, 513, 1000).astype(np.int64))):
+    for name, lens in (("equal 300", np.full(n_docs, 300, dtype=np.int64)),
+                       ("85-512", rng.integers(85, 513, n_docs).astype(np.int64))):
         query = rng.standard_normal((32, d)).astype(np.float32)
         docs = rng.standard_normal((int(lens.sum()), d)).astype(np.float16)
         scorers = {dtype: sm.MaxSimScorer(d, device="cpu", dtype=dtype, store_bytes=2 << 30)
@@ -563,11 +563,12 @@ def main():
                                                      "minilm_embeddings.npz"))
     ap.add_argument("--cpu-scorer", action="store_true", help="only the CPU scorer rows (use taskset -c 0,1)")
     ap.add_argument("--scorer-sizes", default="100,1000,4000,10000")
+    ap.add_argument("--cpu-docs", type=int, default=1000, help="documents of the CPU scorer rows")
     ap.add_argument("--profile", action="store_true", help="also profile the warm score() (maxsim_warm_profile.txt)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.cpu_scorer:
-        res = cpu_scorer()
+        res = cpu_scorer(args.cpu_docs)
         with open(os.path.join(args.out, "maxsim_cpu_scorer.json"), "w") as fh:
             json.dump(res, fh, indent=1)
         return
