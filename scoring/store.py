@@ -9,7 +9,8 @@ length): a stored document costs no gather and no copy when it is scored (`kerne
   and not kept (the arena still holds it while its call runs).
 - LRU over entries, bounded in bytes (`capacity_bytes`, pages × page bytes); the arena has `headroom_bytes` more,
   for documents of calls in flight beyond what is kept. Recency is a stamp an entry (numpy, no Python frame per
-  document); eviction pops the least recent entry from a queue built in stamp order, skipping entries used since.
+  document); eviction takes the least recent entries, in batches, from a queue built in stamp order, skipping
+  entries used since (they are newer than all the others).
 - Pins: `lookup` and `insert` pin the entries they return and `release` unpins them; a pinned entry is never evicted,
   so a launch never reads a page that was given to another document.
 - Writes: one `insert` per batch of encoder outputs: their packed buffers go through a small ring of pinned slots
