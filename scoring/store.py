@@ -312,7 +312,13 @@ class DocumentStore:
                     self._keys[slot] = None
             slots[new] = fresh
             self._pin(fresh)
-            self._write(parts, lengths, new, n_pages, taken, pos)
+            try:
+                self._write(parts, lengths, new, n_pages, taken, pos)
+            except BaseException:  # entries whose pages were not written must not be found
+                self._pins[fresh] = 0
+                self._drop(fresh)
+                self.release(slots[np.isin(slots, fresh, invert=True)])
+                raise
             return slots
 
     def _append_log(self, pages: np.ndarray) -> int:

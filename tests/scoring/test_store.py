@@ -129,3 +129,21 @@ def test_rejects_what_it_cannot_store():
     store = store_of(4)
     with pytest.raises(ValueError):
         store.insert(["a"], [np.zeros((3, D), np.float32)], [4])
+
+
+def test_a_failed_write_leaves_no_entry(monkeypatch):
+    rng = np.random.default_rng(7)
+    store = store_of(10)
+    data, lengths = docs(rng, [5, 20])
+    kept = store.insert(["kept"], [data[:5]], [5])
+
+    def broken(*args):
+        raise RuntimeError("copy failed")
+
+    monkeypatch.setattr(store, "_write", broken)
+    with pytest.raises(RuntimeError):
+        store.insert(["kept", "new"], [data], lengths)
+    assert store.lookup(["new"])[0] == -1 and store.used_pages == 1
+    store.release(kept)
+    store.release(store.lookup(["kept"]))
+    assert store._pins[kept[0]] == 0
