@@ -51,3 +51,13 @@ def build_minilm_cross_encoder(path: str | Path, seed: int = 0) -> Path:
     model.to(torch.float32).save_pretrained(path)
     AutoTokenizer.from_pretrained(source).save_pretrained(path)
     return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a tiny random BERT cross-encoder (for trying cross_encoder).")
+    parser.add_argument("path", help="directory to write (config.json, weights, tokenizer)")
+    parser.add_argument("--max-positions", type=int, default=512, help="its max_position_embeddings")
+    args = parser.parse_args()
+    print(build_tiny_cross_encoder(args.path, max_positions=args.max_positions))

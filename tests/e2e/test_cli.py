@@ -2,8 +2,8 @@
 cluster on this machine's cores, as `serve run serve_config.yaml` starts it).
 
 With token authentication on (Ray's default for a cluster `serve run` starts): serve_config.yaml with its
-commented entries uncommented (a tiny Qwen3 as the generative model) and two models more, four engines with the
-default `ray_actor_options`. /health is 503, naming what still starts, until every deployment can serve; then
+commented entries uncommented (a tiny Qwen3 as the generative model, a tiny cross-encoder as the cross-encoder), the
+default model and three more of other kinds, four engines with the default `ray_actor_options`. /health is 503, naming what still starts, until every deployment can serve; then
 200, and every model answers. `serve status`, `serve deploy`, `serve shutdown` work with the README's
 `export RAY_AUTH_MODE=token`. With it off (`RAY_AUTH_MODE=disabled` for both), the default config and the same
 commands.
@@ -26,6 +26,7 @@ import yaml
 
 from tests.conftest import ROOT, wait_until
 from tests.e2e.serve_configs import uncommented_serve_config
+from tests.tiny_cross_encoder import build_tiny_cross_encoder
 from tests.tiny_qwen3 import build_tiny_qwen3
 
 pytestmark = pytest.mark.e2e
@@ -117,11 +118,10 @@ def _status_of(result: subprocess.CompletedProcess) -> dict:
 def four_engines(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli-token")
     tiny = build_tiny_qwen3(tmp / "tiny-qwen3", max_positions=4096)
-    config = uncommented_serve_config({"Qwen/Qwen3-Reranker-0.6B": str(tiny)})
-    config["applications"][0]["args"]["models"] += [
-        {"name": "minilm-second", "kind": "late_interaction", "max_model_len": 128},
-        {"name": "tiny-raw", "kind": "generative", "model": str(tiny), "max_model_len": 512},
-    ]
+    cross = build_tiny_cross_encoder(tmp / "tiny-cross-encoder", max_positions=512)
+    config = uncommented_serve_config(
+        {"Qwen/Qwen3-Reranker-0.6B": str(tiny), "cross-encoder/ms-marco-MiniLM-L6-v2": str(cross)}
+    )
     run = ServeRun(config, tmp, auth_mode=None)  # Ray's default: token authentication on for a new cluster
     yield run
     run.stop()
@@ -154,7 +154,7 @@ def test_health_is_503_until_every_model_can_serve_then_each_answers(four_engine
         health = wait_until(ready, timeout=ENGINE_START_S, interval=0.5)
         print(f"503 looks before ready: {len(seen_starting)}; early reranks: {early_reranks}")
         assert seen_starting, "the app was never seen starting"
-        assert {"minilm-colbert", "qwen3-reranker", "colbert-then-qwen3", "minilm-second", "tiny-raw"} <= set(
+        assert {"minilm-colbert", "qwen3-reranker", "colbert-then-qwen3", "minilm-bi", "ms-marco-minilm"} <= set(
             seen_starting[0]
         ) | {name for look in seen_starting for name in look}
         for status, elapsed, text in early_reranks:  # refused at once with the reason, not held until a timeout
@@ -169,12 +169,12 @@ def test_health_is_503_until_every_model_can_serve_then_each_answers(four_engine
         assert first.json()["results"][0]["index"] == 1
         assert elapsed < 5
 
-        for model in ("minilm-second", "qwen3-reranker", "colbert-then-qwen3", "tiny-raw"):
+        for model in ("minilm-bi", "ms-marco-minilm", "qwen3-reranker", "colbert-then-qwen3"):
             answer = client.post("/v1/rerank", json={**rerank, "model": model})
             assert answer.status_code == 200, (model, answer.text)
             assert sorted(r["index"] for r in answer.json()["results"]) == [0, 1]
         labels = [2748, 2053]  # "yes", "no" in the MiniLM vocabulary the tiny Qwen3 uses
-        generative = {"model": "tiny-raw", "query": QUERY, "items": DOCUMENTS, "label_token_ids": labels}
+        generative = {"model": "qwen3-reranker", "query": QUERY, "items": DOCUMENTS, "label_token_ids": labels}
         scored = client.post("/generative_scoring", json=generative)
         assert scored.status_code == 200, scored.text
         models = client.get("/v1/models")
@@ -189,7 +189,10 @@ def test_serve_status_deploy_and_shutdown_with_token_auth(four_engines):
     status = _status_of(run.cli("status", auth_mode="token"))
     app = status["applications"]["reranker"]
     assert app["status"] == "RUNNING"
-    assert {"Ingress", "Scorer", "Encoder-minilm-colbert", "Generative-qwen3-reranker", "Generative-tiny-raw"} <= set(
+    assert {
+        "Ingress", "Scorer", "Encoder-minilm-colbert", "Generative-qwen3-reranker", "BiEncoder-minilm-bi",
+        "CrossEncoder-ms-marco-minilm",
+    } <= set(
         app["deployments"]
     )
     deployed = run.cli("deploy", str(run.config_path), auth_mode="token")
