@@ -70,14 +70,18 @@ class EmbeddingBackend:
         )
 
 
-@dataclass(frozen=True)
-class CrossEncoderBackend:
-    model: str
-    handle: DeploymentHandle
-    guard: Guard
+class _GroupByGroup:
+    """A backend that scores each group with one call of its own (at most 16 a request at a time)."""
 
     async def score(self, groups, max_tokens_per_query, max_tokens_per_doc):
         return await bounded([partial(self._score, g, max_tokens_per_query, max_tokens_per_doc) for g in groups])
+
+
+@dataclass(frozen=True)
+class CrossEncoderBackend(_GroupByGroup):
+    model: str
+    handle: DeploymentHandle
+    guard: Guard
 
     async def _score(self, group: QueryGroup, max_tokens_per_query, max_tokens_per_doc) -> ScoreOutcome:
         return await self.guard(
@@ -88,13 +92,10 @@ class CrossEncoderBackend:
 
 
 @dataclass(frozen=True)
-class GenerativeBackend:
+class GenerativeBackend(_GroupByGroup):
     model: str
     handle: DeploymentHandle
     guard: Guard
-
-    async def score(self, groups, max_tokens_per_query, max_tokens_per_doc):
-        return await bounded([partial(self._score, g, max_tokens_per_query, max_tokens_per_doc) for g in groups])
 
     async def _score(self, group: QueryGroup, max_tokens_per_query, max_tokens_per_doc) -> ScoreOutcome:
         """Relevance from a generative model: the configured first label's probability, renormalised."""
@@ -111,13 +112,10 @@ class GenerativeBackend:
 
 
 @dataclass(frozen=True)
-class CascadeBackend:
+class CascadeBackend(_GroupByGroup):
     first: Backend
     then: Backend
     candidates: int
-
-    async def score(self, groups, max_tokens_per_query, max_tokens_per_doc):
-        return await bounded([partial(self._score, g, max_tokens_per_query, max_tokens_per_doc) for g in groups])
 
     async def _score(self, group: QueryGroup, max_tokens_per_query, max_tokens_per_doc) -> ScoreOutcome:
         """The first stage over every document, the second on its best `candidates`, the two orders merged."""
