@@ -3,9 +3,9 @@
 Every `period_s` the tracker asks the controller for the application's details (replica states, status messages,
 start errors) and, while a replica waits for a node, for the cluster's resources; `scoring.readiness` turns them
 into each deployment's and each model's state. `/health`, `/v1/models` and the per-model check before a request
-read the last look without waiting; a look that says "not ready" (for a request: "starting", which turns into
-"ready" at any moment) and is older than `fresh_s` is taken again first, so a deployment that just became ready is
-not refused on an old look. A model that cannot be placed or fails to start is refused on the last look at once.
+read the last look without waiting; a look that says "not ready" and is older than `fresh_s` is taken again first
+(at most one look in flight, shared), so a deployment that just became ready, or whose crashed replica Serve just
+replaced, is not refused on an old look.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class ReadinessTracker:
         """Raise a 503 naming the deployments and the reason when `model` cannot serve now; returns at once when it
         can. When the controller cannot be asked the request goes on (its replicas may well serve)."""
         try:
-            look = await self.current(recheck=lambda look: _state_of(look, model) == "starting")
+            look = await self.current(recheck=lambda look: _state_of(look, model) != "ready")
         except Unavailable:
             return
         state = look.models.get(model)

@@ -128,6 +128,11 @@ def deployment_state(
     status, message = details.get("status", ""), details.get("message", "") or ""
     if status == "DEPLOY_FAILED":
         return DeploymentState(name, "failed", 0, target, f"{name} failed to start: {startup_error(message)}")
+    if message.startswith("A replica's health check failed"):  # it died or hung while serving; Serve replaces it
+        return DeploymentState(
+            name, "failing", 0, target, f"{name} lost its only running replica (a health check failed); Serve is "
+            "starting a new one"
+        )
     if message.startswith("A replica failed to start") or status == "UNHEALTHY":
         return DeploymentState(
             name, "failing", 0, target, f"{name} keeps failing to start (Serve retries): {startup_error(message)}"

@@ -138,6 +138,8 @@ def test_killing_the_scorer_loses_its_cache_transparently(strict):
     assert r.json()["results"] == expected
     stats = scorer_stats()["query_cache"]
     assert stats["misses"] >= 1 and stats["entries"] == 1  # re-encoded the query, transparently
+    # a load balancer's view: healthy again once the new replica is up (the kill's UNHEALTHY status has cleared)
+    wait_until(lambda: client.get("/health").status_code == 200, timeout=120)
 
 
 def test_caches_hold_their_byte_limits_and_memory_stays_flat(strict):
