@@ -140,6 +140,22 @@ def test_a_constructor_that_raises_is_failing_then_failed_with_its_error():
     assert "Encoder-minilm failed to start: OSError: /nonexistent/weights" in failed.models["minilm"].reason
 
 
+def test_a_replica_lost_to_a_failed_health_check_is_being_replaced_and_ready_again_once_its_successor_runs():
+    lost = ("A replica's health check failed. This deployment will be UNHEALTHY until the replica recovers or a new "
+            "deploy happens.")
+    replacing = application_readiness(
+        app(Ingress=deployment(replica("RUNNING")), Scorer=deployment(replica("STARTING"), status="UNHEALTHY",
+                                                                      message=lost)), {"minilm": ("Scorer",)}, NOW)
+    assert replacing.models["minilm"].state == "failing"
+    assert "lost its only running replica" in replacing.models["minilm"].reason
+    assert "keeps failing to start" not in replacing.models["minilm"].reason
+    # Serve clears UNHEALTHY a moment after the successor runs; a RUNNING replica serves whatever the status says
+    replaced = application_readiness(
+        app(Ingress=deployment(replica("RUNNING")), Scorer=deployment(replica("RUNNING"), status="UNHEALTHY",
+                                                                      message=lost)), {"minilm": ("Scorer",)}, NOW)
+    assert replaced.models["minilm"].state == "ready"
+
+
 def test_a_deployment_not_created_yet_is_starting():
     look = application_readiness(ready(), {"minilm": ("Encoder-minilm", "Scorer")}, NOW)
     assert look.deployments["Encoder-minilm"].state == "starting" and not look.ready
