@@ -57,7 +57,7 @@ class ReadinessTracker:
         """Raise a 503 naming the deployments and the reason when `model` cannot serve now; returns at once when it
         can. When the controller cannot be asked the request goes on (its replicas may well serve)."""
         try:
-            look = await self.current(recheck=lambda look: _state_of(look, model) != "ready")
+            look = await self.current(recheck=lambda look: _state_of(look, model) not in ("ready", None))
         except Unavailable:
             return
         state = look.models.get(model)

@@ -130,8 +130,8 @@ def deployment_state(
         return DeploymentState(name, "failed", 0, target, f"{name} failed to start: {startup_error(message)}")
     if message.startswith("A replica's health check failed"):  # it died or hung while serving; Serve replaces it
         return DeploymentState(
-            name, "failing", 0, target, f"{name} lost its only running replica (a health check failed); Serve is "
-            "starting a new one"
+            name, "failing", 0, target, f"{name} has no running replica: one failed its health check (it died or "
+            "hung) and Serve is starting a new one"
         )
     if message.startswith("A replica failed to start") or status == "UNHEALTHY":
         return DeploymentState(

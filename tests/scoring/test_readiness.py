@@ -147,7 +147,7 @@ def test_a_replica_lost_to_a_failed_health_check_is_being_replaced_and_ready_aga
         app(Ingress=deployment(replica("RUNNING")), Scorer=deployment(replica("STARTING"), status="UNHEALTHY",
                                                                       message=lost)), {"minilm": ("Scorer",)}, NOW)
     assert replacing.models["minilm"].state == "failing"
-    assert "lost its only running replica" in replacing.models["minilm"].reason
+    assert "Scorer has no running replica: one failed its health check" in replacing.models["minilm"].reason
     assert "keeps failing to start" not in replacing.models["minilm"].reason
     # Serve clears UNHEALTHY a moment after the successor runs; a RUNNING replica serves whatever the status says
     replaced = application_readiness(
