@@ -179,7 +179,7 @@ def _same(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 DIRECT_LAUNCH = True
 _DIRECT: dict = {}  # launch key -> Triton's CompiledKernel
 _NAMES = ("D_MODEL", "BLOCK_Q", "BLOCK_D", "BLOCK_K", "QPB", "LQP", "GROUPED", "SWAP", "IEEE", "UPCAST", "CONVERT",
-          "DPP", "PAGE", "SCALED")  # the kernel's constexprs, in its parameter order
+          "DPP", "PAGE", "SCALED", "NATIVE")  # the kernel's constexprs, in its parameter order
 
 
 def _hooked() -> bool:
@@ -189,6 +189,15 @@ def _hooked() -> bool:
     hooks = (runtime.launch_enter_hook, runtime.launch_exit_hook)
     return any(h is not None and (bool(h.calls) if isinstance(getattr(h, "calls", None), list) else True)
                for h in hooks)
+
+
+NATIVE_DOTS = False  # probe: compressed documents against a query quantised like them (fp8 / int8 tensor cores)
+
+
+def _native(D, grouped: bool) -> int:
+    if not (NATIVE_DOTS and grouped and D.is_cuda and D.dtype in COMPRESSED and D.shape[1] <= 128):
+        return 0
+    return 2 if D.dtype == torch.int8 else 1
 
 
 def _launch(Q, D, scales, pages, page_tokens, d_start, d_end, cu_q, doc_group, out, n_docs, n_queries, q_len,
@@ -205,7 +214,7 @@ def _launch(Q, D, scales, pages, page_tokens, d_start, d_end, cu_q, doc_group, o
     scalars = (n_docs, n_queries, q_len, n_chunks, n_jobs)
     consts = (D.shape[1], cfg.block_q, cfg.block_d, cfg.block_k, qpb, lqp, grouped, cfg.swap,
               D.dtype == torch.float32 or cpu_bf16, cpu_bf16, D.dtype in COMPRESSED, max(1, cfg.dpp), page_tokens,
-              scales is not None)
+              scales is not None, _native(D, grouped))
     fit_key = (D.shape[1], D.dtype, cfg)
     direct = D.is_cuda and DIRECT_LAUNCH and not _hooked()
     if direct:

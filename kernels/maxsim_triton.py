@@ -38,12 +38,18 @@ def _query_tile(q_ptrs, row_valid, offs_k, D_MODEL: tl.constexpr, NUM_K: tl.cons
 @triton.jit
 def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
-               UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr, CONVERT: tl.constexpr):
+               UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr, CONVERT: tl.constexpr,
+               NATIVE: tl.constexpr):
     """Similarities of one tile of document rows with the query rows over all of d, fp32 accumulation:
     `[BLOCK_D, BLOCK_Q]` when SWAP, else `[BLOCK_Q, BLOCK_D]`. Every document row of the tile is valid (the caller
     repeats a document's last row past its end: a repeated row cannot change a max), so the loads are unmasked in
     that dimension."""
-    if SWAP:
+    if NATIVE == 2:  # int8 x int8: exact int32 sums
+        if SWAP:
+            acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.int32)
+        else:
+            acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.int32)
+    elif SWAP:
         acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.float32)
     else:
         acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
@@ -59,7 +65,7 @@ def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLO
             qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None], other=0.0)
         else:
             qt = tl.load(q_ptrs + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
-        if CONVERT:  # float8 / int8 storage: every value is a float16 exactly
+        if CONVERT and NATIVE == 0:  # float8 / int8 storage: every value is a float16 exactly
             dt = dt.to(qt.dtype)
         if UPCAST:
             dt = dt.to(tl.float32)
@@ -74,7 +80,21 @@ def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLO
                 acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
             else:
                 acc = tl.dot(qt, tl.trans(dt), acc)
+    if NATIVE == 2:
+        acc = acc.to(tl.float32)
     return acc
+
+
+@triton.jit
+def _quantized_query(q0, row_valid, QMAX: tl.constexpr, ROUND: tl.constexpr, dtype: tl.constexpr):
+    """(the query block in the documents' dtype, one float32 scale a row: amax|row| / QMAX), for NATIVE dots."""
+    x = q0.to(tl.float32)
+    amax = tl.max(tl.abs(x), axis=1)
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, QMAX + 0.0 * amax), 1.0)
+    x = tl.minimum(tl.maximum(tl.math.div_rn(x, scale[:, None] + 0.0 * x), -QMAX), QMAX)
+    if ROUND:
+        x = tl.floor(x + 0.5)
+    return x.to(dtype), scale
 
 
 @triton.jit(do_not_specialize=["n_docs", "n_queries", "q_len", "n_chunks", "n_jobs"])
@@ -84,7 +104,7 @@ def maxsim_kernel(
     D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, CONVERT: tl.constexpr, DPP: tl.constexpr,
-    PAGE: tl.constexpr, SCALED: tl.constexpr,
+    PAGE: tl.constexpr, SCALED: tl.constexpr, NATIVE: tl.constexpr = 0,
 ):
     """Rows of a query block: QPB queries of LQP rows each (QPB > 1 packs several short queries of the multi-query
     form), or chunk `c` of one long query (n_chunks > 1, QPB == 1). Programs of one document are adjacent, so a
@@ -133,6 +153,9 @@ def maxsim_kernel(
             q0 = _query_tile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
         else:
             loop_end = s_end
+        if NATIVE > 0:  # the query quantised like the documents (one K block only): the dot in their dtype
+            q0, q_scale = _quantized_query(q0, row_valid, 127.0 if NATIVE == 2 else 448.0, NATIVE == 2,
+                                           D.dtype.element_ty)
 
         if SWAP:
             best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
@@ -146,7 +169,7 @@ def maxsim_kernel(
                 rows64 = rows.to(tl.int64)
             d_ptrs = D + rows64[:, None] * D_MODEL + offs_k[None, :]
             acc = _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
-                             NUM_K, EVEN_K, UPCAST, IEEE, SWAP, CONVERT)
+                             NUM_K, EVEN_K, UPCAST, IEEE, SWAP, CONVERT, NATIVE)
             if SCALED:
                 scale = tl.load(scales + rows64)
                 if SWAP:
@@ -159,6 +182,8 @@ def maxsim_kernel(
                 best_row = tl.maximum(best_row, tl.max(acc, axis=1))
         if SWAP:
             best_row = tl.max(best, axis=0)
+        if NATIVE > 0:
+            best_row = best_row * q_scale
 
         best_row = tl.where(row_valid & (s_end > s_start), best_row, 0.0)
         per_query = tl.sum(tl.reshape(best_row, [QPB, LQP]), axis=1)  # [QPB]

@@ -189,34 +189,47 @@ class MaxSimScorer:
     # -- CUDA: one metadata copy, one grouped launch over the store's pages -------------------------------------
     def _buffers(self, nbytes: int) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         """The pinned buffer (and a numpy view of it: host-side writes through numpy skip torch's per-op cost) and
-        the device buffer, grown geometrically."""
+        the device buffer, grown geometrically; typed views of both made once, so a call slices each only once."""
         if self._host is None or self._host.numel() < nbytes:
             size = max(nbytes, 2 * (0 if self._host is None else self._host.numel()), 1 << 16)
+            size = _align(size)
             self._host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
             self._host_np = self._host.numpy()
             with torch.cuda.stream(self.store.stream):
                 self._dev = torch.empty(size, dtype=torch.uint8, device=self._device)
+            self._host_f32 = self._host.view(torch.float32)
+            self._dev_i32 = self._dev.view(torch.int32)
+            self._dev_q = self._dev.view(self._qdtype)
         return self._host, self._host_np, self._dev
 
     def _score_cuda(self, groups: Sequence[ScoreGroup], slots: list[np.ndarray]) -> list[np.ndarray]:
-        store, dim = self.store, self.dim
-        q_lens = np.fromiter((g.query.shape[0] for g in groups), dtype=np.int64, count=len(groups))
-        n_docs = np.fromiter(map(len, slots), dtype=np.int64, count=len(slots))
-        all_slots = np.concatenate(slots) if len(slots) > 1 else slots[0]
-        tq, b = int(q_lens.sum()), int(n_docs.sum())
+        """Host work is a few numpy writes into the pinned buffer: [queries | cu_q (G+1) | doc start (B) | doc end (B)
+        | doc group (B) | scores (B)], each region 256-byte aligned; one copy up to the scores, one launch, one
+        copy back."""
+        store, dim, n_groups = self.store, self.dim, len(groups)
+        q_lens = [g.query.shape[0] for g in groups]
+        n_docs = [s.size for s in slots]
+        tq, b = sum(q_lens), sum(n_docs)
         if b == 0:
             return [np.zeros(0, dtype=np.float32) for _ in groups]
-        start, end = store.rows(all_slots)
-        # pinned and device: [queries | cu_q (G+1) | doc start (B) | doc end (B) | doc group (B)]; pinned: the scores
-        n_meta = len(groups) + 1 + 3 * b
-        off_meta = _align(tq * dim * self._qsize)
-        off_out = off_meta + _align(4 * n_meta)
-        host, host_np, dev = self._buffers(off_out + 4 * b)
-        meta = host_np[off_meta:off_meta + 4 * n_meta].view(np.int32)
-        meta[:len(groups) + 1] = _cu_seqlens(q_lens)
-        doc_meta = meta[len(groups) + 1:].reshape(3, b)
-        doc_meta[0], doc_meta[1] = start, end
-        doc_meta[2] = np.repeat(np.arange(len(groups)), n_docs)
+        all_slots = slots[0] if n_groups == 1 else np.concatenate(slots)
+        o_cu = _align(tq * dim * self._qsize) // 4  # int32 offsets from here on
+        o_start = o_cu + _align(4 * (n_groups + 1)) // 4
+        o_end = o_start + _align(4 * b) // 4
+        o_group = o_end + _align(4 * b) // 4
+        o_out = o_group + _align(4 * b) // 4
+        host, host_np, dev = self._buffers(4 * (o_out + b))
+        ints = host_np.view(np.int32)
+        start, end = ints[o_start:o_start + b], ints[o_end:o_end + b]
+        np.take(store.row_start, all_slots, out=start)
+        np.take(store.row_end, all_slots, out=end)
+        if n_groups == 1:
+            ints[o_group:o_group + b] = 0
+            ints[o_cu:o_cu + 2] = (0, tq)
+        else:
+            ints[o_group:o_group + b] = np.repeat(np.arange(n_groups, dtype=np.int32), n_docs)
+            ints[o_cu] = 0
+            np.cumsum(q_lens, out=ints[o_cu + 1:o_cu + 1 + n_groups])
         if self._qdtype == torch.bfloat16:  # no numpy bfloat16: through torch
             q_host = host[:tq * dim * self._qsize].view(torch.bfloat16).view(tq, dim)
             rows = [torch.from_numpy(np.ascontiguousarray(g.query)) for g in groups]
@@ -224,17 +237,18 @@ class MaxSimScorer:
             q_host = host_np[:tq * dim * self._qsize].view(_NUMPY_DTYPES[self._qdtype]).reshape(tq, dim)
             rows = [g.query for g in groups]
         r = 0
-        for row, lq in zip(rows, q_lens.tolist()):
+        for row, lq in zip(rows, q_lens):
             q_host[r:r + lq] = row  # cast to the query dtype on the way
             r += lq
+        mean_ld = float(end.sum() - start.sum()) / b
+        d32 = self._dev_i32
         with torch.cuda.stream(store.stream):
-            dev[:off_meta + 4 * n_meta].copy_(host[:off_meta + 4 * n_meta], non_blocking=True)
-            m = dev[off_meta:off_meta + 4 * n_meta].view(torch.int32)
-            d = m[len(groups) + 1:]
+            dev[:4 * o_out].copy_(host[:4 * o_out], non_blocking=True)
             scores = kmaxsim.maxsim_paged(
-                dev[:tq * dim * self._qsize].view(self._qdtype).view(tq, dim), m[:len(groups) + 1], store.arena,
-                store.log, store.page_tokens, d[:b], d[b:2 * b], d[2 * b:], max_lq=int(q_lens.max()),
-                mean_ld=float((end - start).mean()), scales=store.scales)
-            host[off_out:off_out + 4 * b].view(torch.float32).copy_(scores, non_blocking=True)
+                self._dev_q[:tq * dim].view(tq, dim), d32[o_cu:o_cu + n_groups + 1], store.arena, store.log, store.page_tokens,
+                d32[o_start:o_start + b], d32[o_end:o_end + b], d32[o_group:o_group + b], max_lq=max(q_lens),
+                mean_ld=mean_ld, scales=store.scales)
+            self._host_f32[o_out:o_out + b].copy_(scores, non_blocking=True)
         store.stream.synchronize()
-        return np.split(host_np[off_out:off_out + 4 * b].view(np.float32).copy(), np.cumsum(n_docs)[:-1])
+        out = host_np.view(np.float32)[o_out:o_out + b].copy()
+        return [out] if n_groups == 1 else np.split(out, np.cumsum(n_docs)[:-1])

@@ -112,6 +112,10 @@ class DocumentStore:
         self._length, self._n_pages, self._log_pos, self._stamp, self._pins = (np.zeros(0, dtype=np.int64)
                                                                                for _ in range(5))
         self._live = np.zeros(0, dtype=bool)
+        self._kept = np.zeros(0, dtype=bool)  # the entry has a key (a document scored once has none)
+        # what the kernel reads of each entry: its first and one-past-last logical row in the page list (int32, so
+        # a call's metadata is two takes into the pinned buffer); kept with _log_pos
+        self.row_start, self.row_end = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32)
         self._free_slots: list[int] = []
         self._next_slot = 0  # slots from here on were never used
         # pages: a stack of freed ones (the last freed is reused first, so a small working set stays resident) and
@@ -165,17 +169,18 @@ class DocumentStore:
         slots = slots[slots >= 0]
         with self.lock:
             np.subtract.at(self._pins, slots, 1)
-            transient = np.unique(slots[(self._pins[slots] == 0) & (self._keys[slots] == None)])  # noqa: E711
-            self._drop(transient)
-            self._evict_until(self._total_pages - self._keep_pages)
+            transient = slots[~self._kept[slots]]
+            if transient.size:
+                self._drop(np.unique(transient[self._pins[transient] == 0]))
+            if self._free_page_count < self._total_pages - self._keep_pages:
+                self._evict_until(self._total_pages - self._keep_pages)
 
     def lengths(self, slots: np.ndarray) -> np.ndarray:
         return self._length[slots]
 
     def rows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logical start of each document in the page list, its end): what the kernel reads."""
-        start = self._log_pos[slots] * self.page_tokens
-        return start, start + self._length[slots]
+        return self.row_start[slots], self.row_end[slots]
 
     @property
     def used_pages(self) -> int:
@@ -203,8 +208,10 @@ class DocumentStore:
             size = min(self._max_slots, max(self._next_slot, 2 * self._live.size, 1024))
             grow = lambda a: np.concatenate([a, np.zeros(size - a.size, dtype=a.dtype)])  # noqa: E731
             self._keys = np.concatenate([self._keys, np.full(size - self._keys.size, None, dtype=object)])
-            self._length, self._n_pages, self._log_pos, self._stamp, self._pins, self._live = map(
-                grow, (self._length, self._n_pages, self._log_pos, self._stamp, self._pins, self._live))
+            (self._length, self._n_pages, self._log_pos, self._stamp, self._pins, self._live, self._kept,
+             self.row_start, self.row_end) = map(grow, (self._length, self._n_pages, self._log_pos, self._stamp,
+                                                        self._pins, self._live, self._kept, self.row_start,
+                                                        self.row_end))
         return slots
 
     def arena_rows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +241,7 @@ class DocumentStore:
             if key is not None:
                 del self._index[key]
         self._keys[slots] = None
+        self._kept[slots] = False
         counts = self._n_pages[slots]
         n = int(counts.sum())
         if n:
@@ -301,15 +309,16 @@ class DocumentStore:
             self._log_pos[fresh] = pos + cu_pages[:-1]
             self._n_pages[fresh] = n_pages
             self._length[fresh] = lengths[new]
+            self._set_rows(fresh)
             self._live[fresh] = True
             self._pins[fresh] = 0
-            for slot, i in zip(fresh.tolist(), new.tolist()):
-                key = keys[i]
-                if key is not None and key not in self._index:
-                    self._keys[slot] = key
-                    self._index[key] = slot
-                else:  # no key, or the same document twice in this call: the second is not kept
-                    self._keys[slot] = None
+            index = self._index
+            kept = [index.setdefault(keys[i], slot) == slot if keys[i] is not None else False
+                    for slot, i in zip(fresh.tolist(), new.tolist())]
+            # no key, or the same document twice in this call (the second is not kept): no entry in the index
+            self._kept[fresh] = kept
+            self._keys[fresh] = np.fromiter((keys[i] if k else None for i, k in zip(new.tolist(), kept)), object,
+                                            count=len(kept))
             slots[new] = fresh
             self._pin(fresh)
             try:
@@ -321,6 +330,10 @@ class DocumentStore:
                 raise
             return slots
 
+    def _set_rows(self, slots: np.ndarray) -> None:
+        self.row_start[slots] = self._log_pos[slots] * self.page_tokens
+        self.row_end[slots] = self.row_start[slots] + self._length[slots]
+
     def _append_log(self, pages: np.ndarray) -> int:
         """Append a run of page numbers to the page list (compacting it first when it is full): its position."""
         if self._log_end + pages.size > self._log.size:
@@ -330,6 +343,7 @@ class DocumentStore:
             src = np.repeat(self._log_pos[live] - new_pos[:-1], counts) + np.arange(int(new_pos[-1]))
             self._log[:src.size] = self._log[src]
             self._log_pos[live] = new_pos[:-1]
+            self._set_rows(live)
             self._log_end = src.size
             self.compactions += 1
             if self.device.type == "cuda":  # after every launch issued so far, on the store's stream

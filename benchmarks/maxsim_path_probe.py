@@ -1,0 +1,250 @@
+"""Probe of the scorer's path on a GPU: where a warm and a cold `MaxSimScorer.score` spend their time, and whether
+compressed documents pay with tensor-core dots in their own dtype (the query quantised like them).
+
+    python benchmarks/maxsim_path_probe.py --root . --out OUT            # this tree
+    python benchmarks/maxsim_path_probe.py --root OLD --out OUT --tag old  # another tree (its scoring/, kernels/)
+
+Prints one JSON line a measurement and writes OUT/maxsim_path_probe[_TAG].json. Wall µs are medians of many
+calls, each synchronised; the kernel rows use triton's do_bench (L2 flushed between calls).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+RESULTS: dict = {}
+
+
+def record(name: str, value) -> None:
+    RESULTS[name] = value
+    print(json.dumps({name: value}), flush=True)
+
+
+def wall_us(fn, n=200) -> float:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e6)
+    return round(statistics.median(ts), 1)
+
+
+def request(n, d=128, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(85, 513, (n,), generator=g).numpy()
+    docs = torch.nn.functional.normalize(torch.randn(int(lens.sum()), d, generator=g), dim=-1).half().numpy()
+    query = torch.nn.functional.normalize(torch.randn(32, d, generator=g), dim=-1).numpy()
+    return lens, docs, query
+
+
+def warm(sm, StoredDocuments, tag):
+    for dtype in ("float16", "float8_e4m3", "int8"):
+        scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=2 << 30)
+        scorer.warmup()
+        store = scorer.store
+        for n in (1000, 10000) if dtype == "float16" else (1000,):
+            lens, docs, query = request(n, seed=n)
+            keys = [f"w{n}-{i}" for i in range(n)]
+            store.release(store.insert(keys, [docs], lens))
+            slots = store.lookup(keys)
+            g = sm.ScoreGroup(query, StoredDocuments(slots))
+            record(f"{tag} {dtype} {n} warm score()", wall_us(lambda: scorer.score([g]), n=300 if n <= 1000 else 50))
+            record(f"{tag} {dtype} {n} lookup + release", wall_us(lambda: store.release(store.lookup(keys)), n=100))
+            if dtype == "float16" and n == 1000:
+                groups = [sm.ScoreGroup(query, StoredDocuments(s)) for s in np.array_split(slots, 8)]
+                record(f"{tag} {dtype} {n} warm score(), 8 groups", wall_us(lambda: scorer.score(groups), n=200))
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(300):
+                    scorer.score([g])
+                prof.disable()
+                text = io.StringIO()
+                pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+                RESULTS[f"{tag} warm profile"] = text.getvalue()
+                print(text.getvalue(), flush=True)
+            store.release(slots)
+        del scorer, store
+        torch.cuda.empty_cache()
+
+
+def pieces():
+    """What the CUDA calls around a launch cost on this host."""
+    s = torch.cuda.Stream()
+    h = torch.empty(1 << 20, dtype=torch.uint8, pin_memory=True)
+    d = torch.empty(1 << 20, dtype=torch.uint8, device="cuda")
+
+    def ctx():
+        with torch.cuda.stream(s):
+            pass
+    record("stream context enter+exit (host us)", round(1e6 * timeit(ctx), 2))
+    record("slice of a CUDA tensor (host us)", round(1e6 * timeit(lambda: d[256:4096]), 2))
+    record("H2D copy_ 24 KB, non_blocking (host us, no sync)", round(1e6 * timeit(
+        lambda: d[:24576].copy_(h[:24576], non_blocking=True)), 2))
+    record("H2D 24 KB + sync (wall us)", wall_us(lambda: d[:24576].copy_(h[:24576], non_blocking=True)))
+    record("stream sync, nothing queued (us)", round(1e6 * timeit(lambda: s.synchronize()), 2))
+    record("H2D 24 KB + D2H 4 KB + sync (wall us)", wall_us(
+        lambda: (d[:24576].copy_(h[:24576], non_blocking=True), h[65536:69632].copy_(d[4096:8192], non_blocking=True))))
+
+
+def timeit(fn, n=2000):
+    for _ in range(50):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def cold(sm, StoredDocuments, tag):
+    for n in (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        nbytes = docs.nbytes
+        src = torch.from_numpy(docs).view(torch.uint8).view(-1)
+        pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        reps = 20 if n <= 1000 else 5
+        record(f"{n} ({nbytes / 1e6:.0f} MB) pinned H2D", wall_us(lambda: dst.copy_(pinned, non_blocking=True), reps))
+        for threads in (1, 4, 8, 16):
+            torch.set_num_threads(threads)
+            record(f"{n} host copy pageable->pinned, {threads} threads", wall_us(lambda: pinned.copy_(src), reps))
+        torch.set_num_threads(16)
+        cudart = torch.cuda.cudart()
+
+        def registered():
+            assert cudart.cudaHostRegister(src.data_ptr(), nbytes, 0) == 0
+            dst.copy_(src, non_blocking=True)
+            torch.cuda.synchronize()
+            assert cudart.cudaHostUnregister(src.data_ptr()) == 0
+
+        def register_only():
+            assert cudart.cudaHostRegister(src.data_ptr(), nbytes, 0) == 0
+            assert cudart.cudaHostUnregister(src.data_ptr()) == 0
+        try:
+            record(f"{n} cudaHostRegister + unregister", wall_us(register_only, reps))
+            record(f"{n} cudaHostRegister + H2D + unregister", wall_us(registered, reps))
+        except Exception as exc:  # noqa: BLE001
+            record(f"{n} cudaHostRegister", repr(exc))
+        record(f"{n} pageable H2D (.cuda())", wall_us(lambda: src.cuda(), reps))
+        scorer = sm.MaxSimScorer(128, device="cuda", dtype="float16", store_bytes=4 << 30)
+        scorer.warmup()
+        store = scorer.store
+        count = [0]
+
+        def insert_score_release():
+            count[0] += 1
+            s = store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], [docs], lens)
+            scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
+            store.release(s)
+
+        def insert_only():
+            count[0] += 1
+            store.release(store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], [docs], lens))
+        record(f"{tag} {n} cold insert + score() + release", wall_us(insert_score_release, reps))
+        record(f"{tag} {n} cold insert + release", wall_us(insert_only, reps))
+        keys = [[f"k{n}-{j}-{i}" for i in range(n)] for j in range(reps + 5)]
+        record(f"{n} building the keys (host us)", round(1e6 * timeit(lambda: [f"x{i}" for i in range(n)], 20), 1))
+        prof = cProfile.Profile()
+        prof.enable()
+        for j in range(5):
+            store.release(store.insert(keys[j], [docs], lens))
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+        RESULTS[f"{tag} {n} cold profile"] = text.getvalue()
+        print(text.getvalue(), flush=True)
+        del scorer, store, pinned, dst
+        torch.cuda.empty_cache()
+
+
+def native(km, sm, StoredDocuments):
+    """Kernel rows of compressed documents: the query widened to float16 (today) against the query quantised
+    like the documents (tensor-core dots in float8 / int8); fidelity of each against fp16 documents."""
+    import triton
+    for n in (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        queries = [torch.nn.functional.normalize(torch.randn(32, 128, generator=torch.Generator().manual_seed(s)),
+                                                 dim=-1) for s in range(10)]
+        scores = {}
+        for dtype in ("float16", "float8_e4m3", "int8"):
+            scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=1 << 30 if n <= 1000 else 8 << 30)
+            scorer.warmup()
+            store = scorer.store
+            slots = store.insert([f"n{i}" for i in range(n)], [docs], lens)
+            start, end = store.rows(slots)
+            ds = torch.from_numpy(start).cuda()
+            de = torch.from_numpy(end).cuda()
+            grp = torch.zeros(n, dtype=torch.int32, device="cuda")
+            cq = torch.tensor([0, 32], dtype=torch.int32, device="cuda")
+            modes = (False,) if dtype == "float16" else (False, True)
+            for mode in modes:
+                km.NATIVE_DOTS = mode
+                name = f"{dtype}{' native' if mode else ''}"
+
+                def call(Q):
+                    return km.maxsim_paged(Q, cq, store.arena, store.log, store.page_tokens, ds, de, grp, 32,
+                                           float(lens.mean()), scales=store.scales)
+                Qg = queries[0].half().cuda()
+                record(f"kernel {n} {name} do_bench us", round(triton.testing.do_bench(
+                    lambda: call(Qg), warmup=50, rep=300, return_mode="median") * 1e3, 1))
+                scores[name] = torch.stack([call(q.half().cuda()).cpu() for q in queries])
+                g = sm.ScoreGroup(queries[0].numpy(), StoredDocuments(slots))
+                record(f"{n} {name} warm score() us", wall_us(lambda: scorer.score([g]), n=200 if n <= 1000 else 50))
+            km.NATIVE_DOTS = False
+            store.release(slots)
+            del scorer, store
+            torch.cuda.empty_cache()
+        ref = scores["float16"]
+        for name, s in scores.items():
+            if name == "float16":
+                continue
+            err = (s - ref).abs().max().item()
+            top = [len(set(ref[i].topk(10).indices.tolist()) & set(s[i].topk(10).indices.tolist())) / 10
+                   for i in range(ref.shape[0])]
+            record(f"fidelity {n} {name} vs fp16", {"max err": round(err, 4), "top-10 overlap": statistics.mean(top),
+                                                     "mean score": round(ref.mean().item(), 3)})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", default=".")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--tag", default="new")
+    ap.add_argument("--sections", default="pieces,warm,cold,native")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.abspath(args.root))
+    from kernels import maxsim as km
+    from scoring import maxsim as sm
+    from scoring.store import StoredDocuments
+    record("device", torch.cuda.get_device_name())
+    sections = args.sections.split(",")
+    try:
+        if "pieces" in sections:
+            pieces()
+        if "warm" in sections:
+            warm(sm, StoredDocuments, args.tag)
+        if "cold" in sections:
+            cold(sm, StoredDocuments, args.tag)
+        if "native" in sections:
+            native(km, sm, StoredDocuments)
+    finally:
+        with open(os.path.join(args.out, f"maxsim_path_probe_{args.tag}.json"), "w") as fh:
+            json.dump(RESULTS, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
