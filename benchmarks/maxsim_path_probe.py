@@ -62,6 +62,11 @@ def warm(sm, StoredDocuments, tag):
             store.release(store.insert(keys, [docs], lens))
             slots = store.lookup(keys)
             g = sm.ScoreGroup(query, StoredDocuments(slots))
+            got = torch.from_numpy(scorer.score([g])[0]).double()
+            cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)]))
+            ref = torch.stack([(torch.from_numpy(query).half().double() @ torch.from_numpy(
+                docs[cu[i]:cu[i + 1]]).double().T).amax(1).sum() for i in range(n)])
+            record(f"{tag} {dtype} {n} max |score - float64 of fp16|", round((got - ref).abs().max().item(), 5))
             record(f"{tag} {dtype} {n} warm score()", wall_us(lambda: scorer.score([g]), n=300 if n <= 1000 else 50))
             record(f"{tag} {dtype} {n} lookup + release", wall_us(lambda: store.release(store.lookup(keys)), n=100))
             if dtype == "float16" and n == 1000:
@@ -171,6 +176,37 @@ def cold(sm, StoredDocuments, tag):
         torch.cuda.empty_cache()
 
 
+def cold_parts(sm):
+    """The staging of one insert against the floor of staging it: one pinned buffer, each chunk's host copy
+    followed by its copy to the GPU, no ring."""
+    scorer = sm.MaxSimScorer(128, device="cuda", dtype="float16", store_bytes=4 << 30)
+    scorer.warmup()
+    store = scorer.store
+    for n in (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        nbytes = docs.nbytes
+        staged = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        view = staged.view(torch.float16).view(-1, 128)
+        reps = 20 if n <= 1000 else 5
+        record(f"{n} store._stage alone (+ sync)", wall_us(lambda: store._stage([docs], view, 256), reps))
+        src = torch.from_numpy(docs).view(torch.uint8).view(-1)
+        big = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        for chunk in (2 << 20, 8 << 20, 32 << 20):
+            def floor():
+                for a in range(0, nbytes, chunk):
+                    big[a:a + chunk].copy_(src[a:a + chunk])
+                    staged[a:a + chunk].copy_(big[a:a + chunk], non_blocking=True)
+            record(f"{n} staging floor, {chunk >> 20} MB chunks", wall_us(floor, reps))
+        count = [0]
+
+        def keys_and_insert():
+            count[0] += 1
+            store.release(store.insert([f"p{n}-{count[0]}-{i}" for i in range(n)], [docs], lens))
+        record(f"{n} insert + release (keys made in the call)", wall_us(keys_and_insert, reps))
+        del staged, big
+        torch.cuda.empty_cache()
+
+
 def native(km, sm, StoredDocuments):
     """Kernel rows of compressed documents: the query widened to float16 (today) against the query quantised
     like the documents (tensor-core dots in float8 / int8); fidelity of each against fp16 documents."""
@@ -239,6 +275,8 @@ def main():
             warm(sm, StoredDocuments, args.tag)
         if "cold" in sections:
             cold(sm, StoredDocuments, args.tag)
+        if "cold_parts" in sections:
+            cold_parts(sm)
         if "native" in sections:
             native(km, sm, StoredDocuments)
     finally:

@@ -267,12 +267,18 @@ def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor, co
 
 
 def _grouped(Q, cu_seqlens_q, D, scales, pages, page_tokens, doc_start, doc_end, doc_group, max_lq, mean_ld,
-             config):
+             config, out=None):
     n_docs = doc_start.numel()
     Q = _same(Q, _query_dtype(D.dtype))
     cfg = config or _config_bucketed(max_lq, mean_ld > _LONG_DOCS, D.shape[1], Q.element_size())
     n_chunks = max(1, math.ceil(max_lq / cfg.block_q))
-    out = _new_output(*((n_chunks, n_docs) if n_chunks > 1 else (n_docs,)), device=D.device)
+    if out is not None and n_chunks == 1:
+        if out.dtype != torch.float32 or out.numel() != n_docs or not out.is_contiguous():
+            raise ValueError(f"out must be a contiguous float32 [{n_docs}] tensor")
+        if _POISON_OUTPUTS:
+            out.fill_(float("nan"))
+    else:
+        out = _new_output(*((n_chunks, n_docs) if n_chunks > 1 else (n_docs,)), device=D.device)
     _launch(Q, D, scales, pages, page_tokens, _same(doc_start, torch.int32), _same(doc_end, torch.int32),
             _same(cu_seqlens_q, torch.int32), _same(doc_group, torch.int32), out, n_docs, 1, 0, n_chunks, n_chunks,
             1, cfg.block_q, True, cfg)
@@ -316,12 +322,16 @@ def paged_rows(pages: torch.Tensor, page_tokens: int, doc_start: torch.Tensor, d
 def maxsim_paged(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, arena: torch.Tensor, pages: torch.Tensor,
                  page_tokens: int, doc_start: torch.Tensor, doc_end: torch.Tensor, doc_group: torch.Tensor,
                  max_lq: int, mean_ld: float, scales: torch.Tensor | None = None,
-                 config: KernelConfig | None = None) -> torch.Tensor:
+                 config: KernelConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """The grouped form over documents kept in pages of an arena (`scoring/store.py`): arena [rows, d] (rows a
     multiple of `page_tokens`, a power of two), scales [rows] float32 for compressed arenas; document b is the
     logical rows [doc_start[b], doc_end[b]) of the page list `pages` (int32), logical row x being arena row
     pages[x // page_tokens] * page_tokens + x % page_tokens. `mean_ld` (mean document tokens) picks the block
-    configuration. -> [B] fp32. Nothing is gathered or copied: the kernel reads the pages in place."""
+    configuration. -> [B] fp32. Nothing is gathered or copied: the kernel reads the pages in place.
+
+    `out` (float32 [B]): where the scores go when one query block covers the longest query (else a new tensor is
+    returned). It may be pinned host memory: the kernel then writes the scores straight to the host (CUDA's
+    unified addressing), and the caller needs no copy back, only to synchronise with the stream."""
     if arena.dim() != 2 or Q.dim() != 2 or Q.shape[1] != arena.shape[1]:
         raise ValueError(f"Q [Tq, d] and arena [rows, d] expected, got {tuple(Q.shape)} and {tuple(arena.shape)}")
     if page_tokens <= 0 or page_tokens & (page_tokens - 1):
@@ -331,7 +341,7 @@ def maxsim_paged(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, arena: torch.Tenso
         D = dequantize(arena[rows], None if scales is None else scales[rows])
         return maxsim_grouped_reference(Q, cu_seqlens_q, D, cu, doc_group)
     return _grouped(Q, cu_seqlens_q, arena, scales, _same(pages, torch.int32), page_tokens, doc_start, doc_end,
-                    doc_group, max_lq, mean_ld, config)
+                    doc_group, max_lq, mean_ld, config, out)
 
 
 def write_pages(src: torch.Tensor, arena: torch.Tensor, scales: torch.Tensor | None, page_src: torch.Tensor,

@@ -74,12 +74,12 @@ def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLO
             if IEEE:
                 acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
             else:
-                acc = tl.dot(dt, tl.trans(qt), acc)
+                acc = tl.dot(dt, tl.trans(qt), acc, out_dtype=acc.dtype)
         else:
             if IEEE:
                 acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
             else:
-                acc = tl.dot(qt, tl.trans(dt), acc)
+                acc = tl.dot(qt, tl.trans(dt), acc, out_dtype=acc.dtype)
     if NATIVE == 2:
         acc = acc.to(tl.float32)
     return acc

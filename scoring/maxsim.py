@@ -12,6 +12,7 @@ per document. No Ray or vLLM import here.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -72,6 +73,8 @@ class MaxSimScorer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dim = dim
         self._device = torch.device(device)
+        self._device_index = (self._device.index if self._device.index is not None else torch.cuda.current_device()
+                              ) if self._device.type == "cuda" else -1
         self.store = DocumentStore(dim, store_bytes, self._device, dtype, headroom_bytes,
                                    staging_threads=staging_threads)
         qdtype = torch.float16 if self.store.compressed else self.store.dtype
@@ -242,13 +245,17 @@ class MaxSimScorer:
             r += lq
         mean_ld = float(end.sum() - start.sum()) / b
         d32 = self._dev_i32
-        with torch.cuda.stream(store.stream):
+        # the store's stream is the device's default one: a thread that set no other issues on it without a switch
+        on_store = torch._C._cuda_getCurrentRawStream(self._device_index) == store.stream.cuda_stream
+        with contextlib.nullcontext() if on_store else torch.cuda.stream(store.stream):
             dev[:4 * o_out].copy_(host[:4 * o_out], non_blocking=True)
+            pinned_out = self._host_f32[o_out:o_out + b]
             scores = kmaxsim.maxsim_paged(
-                self._dev_q[:tq * dim].view(tq, dim), d32[o_cu:o_cu + n_groups + 1], store.arena, store.log, store.page_tokens,
-                d32[o_start:o_start + b], d32[o_end:o_end + b], d32[o_group:o_group + b], max_lq=max(q_lens),
-                mean_ld=mean_ld, scales=store.scales)
-            self._host_f32[o_out:o_out + b].copy_(scores, non_blocking=True)
+                self._dev_q[:tq * dim].view(tq, dim), d32[o_cu:o_cu + n_groups + 1], store.arena, store.log,
+                store.page_tokens, d32[o_start:o_start + b], d32[o_end:o_end + b], d32[o_group:o_group + b],
+                max_lq=max(q_lens), mean_ld=mean_ld, scales=store.scales, out=pinned_out)
+            if scores is not pinned_out:  # queries longer than one block: summed on the GPU, then copied back
+                pinned_out.copy_(scores, non_blocking=True)
         store.stream.synchronize()
         out = host_np.view(np.float32)[o_out:o_out + b].copy()
         return [out] if n_groups == 1 else np.split(out, np.cumsum(n_docs)[:-1])

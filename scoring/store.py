@@ -138,7 +138,9 @@ class DocumentStore:
         self.lock = threading.RLock()
         self._hits = self._misses = self._evictions = 0
         # CUDA staging: a ring of pinned slots, one device buffer the staged documents land in, and pinned metadata
-        self._stream = torch.cuda.Stream(self.device) if cuda else None
+        # the device's default stream: the scorer's calls issue on it without a stream switch (12 µs a call on the
+        # H200's host), from whichever thread they run in
+        self._stream = torch.cuda.default_stream(self.device) if cuda else None
         if cuda:  # the arena was allocated on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
         self._ring: list[torch.Tensor] = []
