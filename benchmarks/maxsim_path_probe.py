@@ -207,6 +207,46 @@ def cold_parts(sm):
         torch.cuda.empty_cache()
 
 
+def configs(km, sm):
+    """Kernel rows of each storage dtype under other block shapes: compressed tiles carry half or a quarter of the
+    bytes of a float16 tile, so the same tile keeps fewer bytes in flight."""
+    import triton
+    shapes = {"default": None}
+    for block_d, warps, stages in ((128, 4, 4), (64, 4, 8), (128, 8, 3), (256, 8, 3), (128, 4, 6)):
+        shapes[f"d{block_d} w{warps} s{stages}"] = km.KernelConfig(block_q=32, block_d=block_d, block_k=128,
+                                                                    swap=True, num_warps=warps, num_stages=stages)
+    for n in (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        for dtype in ("float16", "float8_e4m3", "int8"):
+            scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=1 << 30 if n <= 1000 else 8 << 30)
+            store = scorer.store
+            slots = store.insert([f"n{i}" for i in range(n)], [docs], lens)
+            start, end = store.rows(slots)
+            ds, de = torch.from_numpy(start).cuda(), torch.from_numpy(end).cuda()
+            grp = torch.zeros(n, dtype=torch.int32, device="cuda")
+            cq = torch.tensor([0, 32], dtype=torch.int32, device="cuda")
+            Qg = torch.from_numpy(query).half().cuda()
+            ref = None
+            for native in ((False,) if dtype == "float16" else (False, True)):
+                km.NATIVE_DOTS = native
+                for name, cfg in shapes.items():
+                    def call():
+                        return km.maxsim_paged(Qg, cq, store.arena, store.log, store.page_tokens, ds, de, grp, 32,
+                                               float(lens.mean()), scales=store.scales, config=cfg)
+                    try:
+                        got = call()
+                        ref = got if ref is None else ref
+                        us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
+                        record(f"config {n} {dtype}{' native' if native else ''} {name}",
+                               {"us": round(us, 1), "max diff vs default": round((got - ref).abs().max().item(), 5)})
+                    except Exception as exc:  # noqa: BLE001
+                        record(f"config {n} {dtype}{' native' if native else ''} {name}", repr(exc)[:200])
+            km.NATIVE_DOTS = False
+            store.release(slots)
+            del scorer, store
+            torch.cuda.empty_cache()
+
+
 def native(km, sm, StoredDocuments):
     """Kernel rows of compressed documents: the query widened to float16 (today) against the query quantised
     like the documents (tensor-core dots in float8 / int8); fidelity of each against fp16 documents."""
@@ -279,6 +319,8 @@ def main():
             cold_parts(sm)
         if "native" in sections:
             native(km, sm, StoredDocuments)
+        if "configs" in sections:
+            configs(km, sm)
     finally:
         with open(os.path.join(args.out, f"maxsim_path_probe_{args.tag}.json"), "w") as fh:
             json.dump(RESULTS, fh, indent=1)

@@ -25,6 +25,8 @@ after it.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import threading
 from dataclasses import dataclass
@@ -239,9 +241,8 @@ class DocumentStore:
     # -- eviction ---------------------------------------------------------------------------------------------
     def _drop(self, slots: np.ndarray) -> None:
         """Forget entries: their keys, slots and pages (back on the free stacks)."""
-        for key in self._keys[slots].tolist():
-            if key is not None:
-                del self._index[key]
+        kept = self._keys[slots[self._kept[slots]]].tolist()
+        collections.deque(map(self._index.__delitem__, kept), maxlen=0)  # one C loop, no Python frame a key
         self._keys[slots] = None
         self._kept[slots] = False
         counts = self._n_pages[slots]
@@ -293,8 +294,7 @@ class DocumentStore:
         if len(keys) != lengths.size or sum(p.shape[0] for p in parts) != int(lengths.sum()):
             raise ValueError("keys, parts and lengths disagree")
         with self.lock:
-            slots = np.fromiter((self._index.get(k, -1) if k is not None else -1 for k in keys), np.int64,
-                                count=len(keys))
+            slots = np.fromiter(map(self._index.get, keys, itertools.repeat(-1)), np.int64, count=len(keys))
             new = np.flatnonzero(slots < 0)
             n_pages = -(-lengths[new] // self.page_tokens)
             need = int(n_pages.sum())
@@ -314,13 +314,7 @@ class DocumentStore:
             self._set_rows(fresh)
             self._live[fresh] = True
             self._pins[fresh] = 0
-            index = self._index
-            kept = [index.setdefault(keys[i], slot) == slot if keys[i] is not None else False
-                    for slot, i in zip(fresh.tolist(), new.tolist())]
-            # no key, or the same document twice in this call (the second is not kept): no entry in the index
-            self._kept[fresh] = kept
-            self._keys[fresh] = np.fromiter((keys[i] if k else None for i, k in zip(new.tolist(), kept)), object,
-                                            count=len(kept))
+            self._index_new(keys if new.size == len(keys) else [keys[i] for i in new.tolist()], fresh)
             slots[new] = fresh
             self._pin(fresh)
             try:
@@ -331,6 +325,20 @@ class DocumentStore:
                 self.release(slots[np.isin(slots, fresh, invert=True)])
                 raise
             return slots
+
+    def _index_new(self, keys: list, fresh: np.ndarray) -> None:
+        """Index new entries by key. No key, or the same key twice in one call (the first is kept): an entry
+        outside the index, dropped once released. Dict and array work in C loops: no Python frame a document."""
+        index, pairs = self._index, zip(reversed(keys), reversed(fresh.tolist()))  # reversed: the first one wins
+        if None in keys:
+            index.update((k, s) for k, s in pairs if k is not None)
+        else:
+            index.update(pairs)
+        kept = np.fromiter(map(index.get, keys, itertools.repeat(-1)), np.int64, count=len(keys)) == fresh
+        self._kept[fresh] = kept
+        self._keys[fresh] = np.fromiter(keys, object, count=len(keys))
+        if not kept.all():
+            self._keys[fresh[~kept]] = None
 
     def _set_rows(self, slots: np.ndarray) -> None:
         self.row_start[slots] = self._log_pos[slots] * self.page_tokens
