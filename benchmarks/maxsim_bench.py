@@ -217,13 +217,19 @@ def candidates(nq, lq, varlen, Q, D, cu, maxld, Dpad, mask, lens, found, gen):
     group = torch.zeros(cu.numel() - 1, dtype=torch.int32, device=DEV)
     mean_ld = D.shape[0] / (cu.numel() - 1)
 
-    def paged_call(arena, scales, pages, start, end, Qh):
-        return lambda: km.maxsim_paged(Qh, cq, arena, pages, PAGE, start, end, group, lq, mean_ld, scales=scales)
+    def paged_call(arena, scales, pages, start, end, Qh, q_scales=None):
+        return lambda: km.maxsim_paged(Qh, cq, arena, pages, PAGE, start, end, group, lq, mean_ld, scales=scales,
+                                       q_scales=q_scales)
 
     c["ours paged"] = paged_call(*paged(D, cu, gen), Q[0])
     for tag, dtype in COMPRESSED.items():
         values, scales = quantize(D, dtype)
-        c[f"ours {tag} paged"] = paged_call(*paged(values, cu, gen, scales), Q[0].half())
+        if dtype == torch.int8:  # the scorer's int8 form: the query quantised like the documents
+            q_int, q_scales = quantize(Q[0], torch.int8)
+            c[f"ours {tag} paged"] = paged_call(*paged(values, cu, gen, scales), q_int, q_scales)
+            c[f"ours {tag} paged"].exact_q = km.dequantize(q_int, q_scales, torch.float64)
+        else:
+            c[f"ours {tag} paged"] = paged_call(*paged(values, cu, gen, scales), Q[0].half())
         c[f"ours {tag} paged"].exact = km.dequantize(values, scales, torch.float64)
     return c
 
@@ -246,7 +252,8 @@ def kernel_table(args, found):
                 km._POISON_OUTPUTS = False
                 torch.cuda.synchronize()
                 exact = getattr(f, "exact", None)
-                want = ref if exact is None else km.maxsim_reference(Q[0].half(), exact, cu, torch.float64)[None]
+                exact_q = getattr(f, "exact_q", Q[0].half())
+                want = ref if exact is None else km.maxsim_reference(exact_q, exact, cu, torch.float64)[None]
                 t = bench(f)
                 row[k] = {"us": round(t, 1), "err": float(f"{rel_err(out, want):.1e}"), "floor_frac": round(fl / t, 3),
                           "gpu_us": round(bench_queued(f), 1), "host_us": round(host_us(f), 1)}
@@ -456,9 +463,21 @@ def fidelity_of(queries: list[torch.Tensor], D: torch.Tensor, cu: torch.Tensor) 
     exact = torch.stack([km.maxsim_reference(q.double(), D.double(), cu, torch.float64) for q in queries])
     fp16 = torch.stack([km.maxsim_packed(q.half(), D16, cu) for q in queries])
     res = {"fp16 kernel vs float64 on the same embeddings": agreement(exact, fp16)}
+    gen = torch.Generator(device=DEV).manual_seed(5)
     for tag, dtype in COMPRESSED.items():
         values, scales = quantize(D16, dtype)
-        scores = torch.stack([km.maxsim_packed(q.half(), values, cu, scales=scales) for q in queries])
+        if dtype == torch.int8:  # as the scorer scores int8 documents: paged, the query quantised like them
+            arena, arena_scales, pages, start, end = paged(values, cu, gen, scales)
+            group = torch.zeros(cu.numel() - 1, dtype=torch.int32, device=DEV)
+
+            def score(q):
+                q_int, q_scales = quantize(q, torch.int8)
+                cq = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=DEV)
+                return km.maxsim_paged(q_int, cq, arena, pages, PAGE, start, end, group, q.shape[0], 300.0,
+                                       scales=arena_scales, q_scales=q_scales)
+            scores = torch.stack([score(q) for q in queries])
+        else:
+            scores = torch.stack([km.maxsim_packed(q.half(), values, cu, scales=scales) for q in queries])
         res[f"{tag} vs fp16"] = agreement(fp16, scores)
     return res
 

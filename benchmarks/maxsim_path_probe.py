@@ -1,5 +1,6 @@
-"""Probe of the scorer's path on a GPU: where a warm and a cold `MaxSimScorer.score` spend their time, and whether
-compressed documents pay with tensor-core dots in their own dtype (the query quantised like them).
+"""Probe of the scorer's path on a GPU: where a warm and a cold `MaxSimScorer.score` spend their time (the CUDA
+calls around a launch, the staging of a cold insert against its floor), and the paged kernel of each storage dtype
+under other block shapes.
 
     python benchmarks/maxsim_path_probe.py --root . --out OUT            # this tree
     python benchmarks/maxsim_path_probe.py --root OLD --out OUT --tag old  # another tree (its scoring/, kernels/)
@@ -203,6 +204,28 @@ def cold_parts(sm):
             count[0] += 1
             store.release(store.insert([f"p{n}-{count[0]}-{i}" for i in range(n)], [docs], lens))
         record(f"{n} insert + release (keys made in the call)", wall_us(keys_and_insert, reps))
+        # where an insert's time goes: each method's wall time (synchronised where it ends on the GPU)
+        spent: dict = {}
+
+        def timed(name, fn, sync=False):
+            def wrapper(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    if sync:
+                        torch.cuda.synchronize()
+                    spent.setdefault(name, []).append((time.perf_counter() - t0) * 1e6)
+            return wrapper
+        originals = {m: getattr(store, m) for m in ("insert", "release", "_write", "_stage", "_evict_until",
+                                                     "_append_log", "_index_new", "_take_pages", "_take_slots")}
+        for m, fn in originals.items():
+            setattr(store, m, timed(m, fn, sync=m == "_stage"))
+        for _ in range(reps):
+            keys_and_insert()
+        for m in originals:
+            delattr(store, m)
+        record(f"{n} insert's parts (median us a call)", {m: round(statistics.median(v), 1) for m, v in spent.items()})
         del staged, big
         torch.cuda.empty_cache()
 
@@ -227,72 +250,29 @@ def configs(km, sm):
             cq = torch.tensor([0, 32], dtype=torch.int32, device="cuda")
             Qg = torch.from_numpy(query).half().cuda()
             ref = None
-            for native in ((False,) if dtype == "float16" else (False, True)):
-                km.NATIVE_DOTS = native
+            forms = {"": (Qg, None)}
+            if dtype == "int8":  # the scorer's form (int8 query) and the float16 query widened in the kernel
+                q_int, q_scales = sm.quantize_int8(query)
+                forms = {" int8 query": (torch.from_numpy(q_int).cuda(), torch.from_numpy(q_scales).cuda()),
+                         " fp16 query": (Qg, None)}
+            for form, (Qf, q_scales) in forms.items():
+                ref = None
                 for name, cfg in shapes.items():
                     def call():
-                        return km.maxsim_paged(Qg, cq, store.arena, store.log, store.page_tokens, ds, de, grp, 32,
-                                               float(lens.mean()), scales=store.scales, config=cfg)
+                        return km.maxsim_paged(Qf, cq, store.arena, store.log, store.page_tokens, ds, de, grp, 32,
+                                               float(lens.mean()), scales=store.scales, config=cfg,
+                                               q_scales=q_scales)
                     try:
                         got = call()
                         ref = got if ref is None else ref
                         us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
-                        record(f"config {n} {dtype}{' native' if native else ''} {name}",
+                        record(f"config {n} {dtype}{form} {name}",
                                {"us": round(us, 1), "max diff vs default": round((got - ref).abs().max().item(), 5)})
                     except Exception as exc:  # noqa: BLE001
-                        record(f"config {n} {dtype}{' native' if native else ''} {name}", repr(exc)[:200])
-            km.NATIVE_DOTS = False
+                        record(f"config {n} {dtype}{form} {name}", repr(exc)[:200])
             store.release(slots)
             del scorer, store
             torch.cuda.empty_cache()
-
-
-def native(km, sm, StoredDocuments):
-    """Kernel rows of compressed documents: the query widened to float16 (today) against the query quantised
-    like the documents (tensor-core dots in float8 / int8); fidelity of each against fp16 documents."""
-    import triton
-    for n in (1000, 10000):
-        lens, docs, query = request(n, seed=n)
-        queries = [torch.nn.functional.normalize(torch.randn(32, 128, generator=torch.Generator().manual_seed(s)),
-                                                 dim=-1) for s in range(10)]
-        scores = {}
-        for dtype in ("float16", "float8_e4m3", "int8"):
-            scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=1 << 30 if n <= 1000 else 8 << 30)
-            scorer.warmup()
-            store = scorer.store
-            slots = store.insert([f"n{i}" for i in range(n)], [docs], lens)
-            start, end = store.rows(slots)
-            ds = torch.from_numpy(start).cuda()
-            de = torch.from_numpy(end).cuda()
-            grp = torch.zeros(n, dtype=torch.int32, device="cuda")
-            cq = torch.tensor([0, 32], dtype=torch.int32, device="cuda")
-            modes = (False,) if dtype == "float16" else (False, True)
-            for mode in modes:
-                km.NATIVE_DOTS = mode
-                name = f"{dtype}{' native' if mode else ''}"
-
-                def call(Q):
-                    return km.maxsim_paged(Q, cq, store.arena, store.log, store.page_tokens, ds, de, grp, 32,
-                                           float(lens.mean()), scales=store.scales)
-                Qg = queries[0].half().cuda()
-                record(f"kernel {n} {name} do_bench us", round(triton.testing.do_bench(
-                    lambda: call(Qg), warmup=50, rep=300, return_mode="median") * 1e3, 1))
-                scores[name] = torch.stack([call(q.half().cuda()).cpu() for q in queries])
-                g = sm.ScoreGroup(queries[0].numpy(), StoredDocuments(slots))
-                record(f"{n} {name} warm score() us", wall_us(lambda: scorer.score([g]), n=200 if n <= 1000 else 50))
-            km.NATIVE_DOTS = False
-            store.release(slots)
-            del scorer, store
-            torch.cuda.empty_cache()
-        ref = scores["float16"]
-        for name, s in scores.items():
-            if name == "float16":
-                continue
-            err = (s - ref).abs().max().item()
-            top = [len(set(ref[i].topk(10).indices.tolist()) & set(s[i].topk(10).indices.tolist())) / 10
-                   for i in range(ref.shape[0])]
-            record(f"fidelity {n} {name} vs fp16", {"max err": round(err, 4), "top-10 overlap": statistics.mean(top),
-                                                     "mean score": round(ref.mean().item(), 3)})
 
 
 def main():
@@ -300,7 +280,7 @@ def main():
     ap.add_argument("--root", default=".")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--tag", default="new")
-    ap.add_argument("--sections", default="pieces,warm,cold,native")
+    ap.add_argument("--sections", default="pieces,warm,cold,cold_parts,configs")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.root))
     from kernels import maxsim as km
@@ -317,8 +297,6 @@ def main():
             cold(sm, StoredDocuments, args.tag)
         if "cold_parts" in sections:
             cold_parts(sm)
-        if "native" in sections:
-            native(km, sm, StoredDocuments)
         if "configs" in sections:
             configs(km, sm)
     finally:

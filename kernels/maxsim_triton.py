@@ -11,7 +11,9 @@ streaming each document in BLOCK_D-row tiles (cp.async pipelined by Triton, `num
 - PAGE > 0: paged (the document store's arena): logical row x lives at row `pages[x // PAGE] * PAGE + x % PAGE`.
 Compressed documents (float8_e4m3 or int8, CONVERT) are widened to the query's float16 in registers (exact), and
 SCALED multiplies each document token's similarities by its float32 scale before the max: the dequantisation,
-inside the kernel.
+inside the kernel. NATIVE (int8 documents, grouped form): the query comes quantised the same way (int8 rows, one
+float32 scale a row, `q_scales`), the dot runs on int8 tensor cores with exact int32 sums (NATIVE == 1; == 2 is the
+same arithmetic in fp32, for the interpreter), and each query row's max is multiplied by its scale.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLO
     `[BLOCK_D, BLOCK_Q]` when SWAP, else `[BLOCK_Q, BLOCK_D]`. Every document row of the tile is valid (the caller
     repeats a document's last row past its end: a repeated row cannot change a max), so the loads are unmasked in
     that dimension."""
-    if NATIVE == 2:  # int8 x int8: exact int32 sums
+    if NATIVE == 1:  # int8 x int8 on the tensor cores: exact int32 sums
         if SWAP:
             acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.int32)
         else:
@@ -80,31 +82,19 @@ def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLO
                 acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
             else:
                 acc = tl.dot(qt, tl.trans(dt), acc, out_dtype=acc.dtype)
-    if NATIVE == 2:
+    if NATIVE == 1:
         acc = acc.to(tl.float32)
     return acc
 
 
-@triton.jit
-def _quantized_query(q0, row_valid, QMAX: tl.constexpr, ROUND: tl.constexpr, dtype: tl.constexpr):
-    """(the query block in the documents' dtype, one float32 scale a row: amax|row| / QMAX), for NATIVE dots."""
-    x = q0.to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)
-    scale = tl.where(amax > 0, tl.math.div_rn(amax, QMAX + 0.0 * amax), 1.0)
-    x = tl.minimum(tl.maximum(tl.math.div_rn(x, scale[:, None] + 0.0 * x), -QMAX), QMAX)
-    if ROUND:
-        x = tl.floor(x + 0.5)
-    return x.to(dtype), scale
-
-
 @triton.jit(do_not_specialize=["n_docs", "n_queries", "q_len", "n_chunks", "n_jobs"])
 def maxsim_kernel(
-    Q, D, scales, pages, d_start, d_end, cu_q, doc_group, out,
+    Q, D, scales, q_scales, pages, d_start, d_end, cu_q, doc_group, out,
     n_docs, n_queries, q_len, n_chunks, n_jobs,
     D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     QPB: tl.constexpr, LQP: tl.constexpr, GROUPED: tl.constexpr, SWAP: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, CONVERT: tl.constexpr, DPP: tl.constexpr,
-    PAGE: tl.constexpr, SCALED: tl.constexpr, NATIVE: tl.constexpr = 0,
+    PAGE: tl.constexpr, SCALED: tl.constexpr, NATIVE: tl.constexpr,
 ):
     """Rows of a query block: QPB queries of LQP rows each (QPB > 1 packs several short queries of the multi-query
     form), or chunk `c` of one long query (n_chunks > 1, QPB == 1). Programs of one document are adjacent, so a
@@ -153,9 +143,6 @@ def maxsim_kernel(
             q0 = _query_tile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
         else:
             loop_end = s_end
-        if NATIVE > 0:  # the query quantised like the documents (one K block only): the dot in their dtype
-            q0, q_scale = _quantized_query(q0, row_valid, 127.0 if NATIVE == 2 else 448.0, NATIVE == 2,
-                                           D.dtype.element_ty)
 
         if SWAP:
             best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
@@ -182,8 +169,8 @@ def maxsim_kernel(
                 best_row = tl.maximum(best_row, tl.max(acc, axis=1))
         if SWAP:
             best_row = tl.max(best, axis=0)
-        if NATIVE > 0:
-            best_row = best_row * q_scale
+        if NATIVE > 0:  # the query's own scale a row (grouped form only)
+            best_row = best_row * tl.load(q_scales + q_rows, mask=row_valid, other=0.0)
 
         best_row = tl.where(row_valid & (s_end > s_start), best_row, 0.0)
         per_query = tl.sum(tl.reshape(best_row, [QPB, LQP]), axis=1)  # [QPB]

@@ -4,11 +4,13 @@ one grouped launch of the paged kernel on CUDA, the exact fp32 path on CPU.
 A group's documents are either already in the store (`StoredDocuments`: slots that `DocumentStore.lookup` or
 `insert` pinned) or a packed host buffer + lengths. On CUDA a packed buffer is written to the store for the call
 (one staged copy) and dropped after it; on CPU it is read in place. A CUDA call then copies the queries and the
-metadata (each document's start and end in the store's page list, its group) in one pinned host-to-device copy,
-launches once for every group and copies the scores back: nothing loops over documents in Python and a stored
-document costs no copy. The CPU path gathers stored rows a chunk of whole documents at a time into a cache-sized
-buffer, widens them to fp32 (and applies the per-token scales of compressed storage after the GEMM) and reduces
-per document. No Ray or vLLM import here.
+metadata (each document's start and end in the store's page list, its group) in one pinned host-to-device copy and
+launches once for every group; the kernel writes the scores straight into the pinned buffer: nothing loops over
+documents in Python and a stored document costs no copy. The CPU path gathers stored rows a chunk of whole
+documents at a time into a cache-sized buffer, widens them to fp32 (and applies the per-token scales of compressed
+storage after the GEMM) and reduces per document. Against int8 documents the query is quantised the same way
+(`quantize_int8`) on both paths: int8 tensor cores on CUDA, exact fp32 sums of the integers on CPU. No Ray or vLLM
+import here.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from kernels import maxsim as kmaxsim
 from scoring.store import INTEGER_VIEWS, DocumentStore, StoredDocuments
 
 _ALIGN = 256  # bytes: the queries and the metadata start aligned in the call's buffers
-_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.int8: np.int8}
 _CPU_CHUNK_ROWS = 4096  # document rows widened to fp32 at a time on the CPU path (6 MB at d 384; v3: 2048-8192 best)
 
 
@@ -45,6 +47,16 @@ def _cu_seqlens(lengths: np.ndarray) -> np.ndarray:
     cu = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
     return cu
+
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `x` as int8 with one float32 scale each (amax|row| / 127, 1 for a zero row), rounded half up: the
+    store's int8 format (`scoring.store.quantize`, the same float32 arithmetic), in numpy, for queries scored
+    against int8 documents."""
+    x = np.asarray(x, dtype=np.float32)
+    amax = np.abs(x).max(axis=1)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    return np.floor(np.clip(x / scale[:, None], -127, 127) + np.float32(0.5)).astype(np.int8), scale
 
 
 def _validate(groups: Sequence[ScoreGroup], dim: int) -> None:
@@ -77,7 +89,10 @@ class MaxSimScorer:
                               ) if self._device.type == "cuda" else -1
         self.store = DocumentStore(dim, store_bytes, self._device, dtype, headroom_bytes,
                                    staging_threads=staging_threads)
-        qdtype = torch.float16 if self.store.compressed else self.store.dtype
+        # the query as the kernel reads it: int8 (quantised like the documents) for int8 storage, float16 for
+        # float8, else the storage dtype
+        self._native = self.store.dtype == torch.int8
+        qdtype = torch.int8 if self._native else torch.float16 if self.store.compressed else self.store.dtype
         self._qdtype = qdtype
         self._qsize = torch.empty(0, dtype=qdtype).element_size()
         self._host: torch.Tensor | None = None  # pinned uint8: queries, metadata, scores
@@ -148,7 +163,13 @@ class MaxSimScorer:
         out = np.zeros(n_docs, dtype=np.float32)
         if n_docs == 0 or g.query.shape[0] == 0:
             return out
-        q_t = torch.from_numpy(np.ascontiguousarray(g.query, dtype=np.float32)).T.contiguous()  # [d, Lq]
+        q_scale = None
+        if stored and self._native:  # int8 documents: the query quantised like them, as on CUDA
+            q_int, q_scale = quantize_int8(g.query)
+            q_t = torch.from_numpy(q_int.astype(np.float32)).T.contiguous()  # [d, Lq]: exact products and sums
+            q_scale = torch.from_numpy(q_scale)
+        else:
+            q_t = torch.from_numpy(np.ascontiguousarray(g.query, dtype=np.float32)).T.contiguous()  # [d, Lq]
         lq, dim = q_t.shape[1], self.dim
         chunk = max(_CPU_CHUNK_ROWS, int(lengths.max()))  # a chunk holds whole documents, at least one
         widened = torch.empty(chunk, dim, dtype=torch.float32)
@@ -180,12 +201,12 @@ class MaxSimScorer:
                 if stored and scales is not None:
                     s.mul_(torch.index_select(scales, 0, idx, out=row_scales[:t1 - t0])[:, None])
                 if uniform:  # equal lengths: one reshape, no scatter
-                    out_t[b0:b1] = s.view(b1 - b0, int(lengths[0]), lq).amax(1).sum(1)
+                    best = s.view(b1 - b0, int(lengths[0]), lq).amax(1)
                 else:
                     ids = torch.from_numpy(np.repeat(np.arange(b1 - b0), lengths[b0:b1]))
                     best = torch.zeros(b1 - b0, lq, dtype=torch.float32)
                     best.scatter_reduce_(0, ids[:, None].expand_as(s), s, reduce="amax", include_self=False)
-                    out_t[b0:b1] = best.sum(1)
+                out_t[b0:b1] = (best if q_scale is None else best * q_scale).sum(1)
             b0 = b1
         return out
 
@@ -202,6 +223,7 @@ class MaxSimScorer:
                 self._dev = torch.empty(size, dtype=torch.uint8, device=self._device)
             self._host_f32 = self._host.view(torch.float32)
             self._dev_i32 = self._dev.view(torch.int32)
+            self._dev_f32 = self._dev.view(torch.float32)
             self._dev_q = self._dev.view(self._qdtype)
         return self._host, self._host_np, self._dev
 
@@ -216,7 +238,8 @@ class MaxSimScorer:
         if b == 0:
             return [np.zeros(0, dtype=np.float32) for _ in groups]
         all_slots = slots[0] if n_groups == 1 else np.concatenate(slots)
-        o_cu = _align(tq * dim * self._qsize) // 4  # int32 offsets from here on
+        o_qs = _align(tq * dim * self._qsize) // 4  # 4-byte offsets from here on; the queries' scales (int8)
+        o_cu = o_qs + (_align(4 * tq) // 4 if self._native else 0)
         o_start = o_cu + _align(4 * (n_groups + 1)) // 4
         o_end = o_start + _align(4 * b) // 4
         o_group = o_end + _align(4 * b) // 4
@@ -233,7 +256,12 @@ class MaxSimScorer:
             ints[o_group:o_group + b] = np.repeat(np.arange(n_groups, dtype=np.int32), n_docs)
             ints[o_cu] = 0
             np.cumsum(q_lens, out=ints[o_cu + 1:o_cu + 1 + n_groups])
-        if self._qdtype == torch.bfloat16:  # no numpy bfloat16: through torch
+        if self._native:  # int8 documents: the queries quantised like them, with their scales
+            quantized = [quantize_int8(g.query) for g in groups]
+            host_np[4 * o_qs:4 * o_qs + 4 * tq].view(np.float32)[:] = np.concatenate([qs for _, qs in quantized])
+            rows = [qi for qi, _ in quantized]
+            q_host = host_np[:tq * dim].view(np.int8).reshape(tq, dim)
+        elif self._qdtype == torch.bfloat16:  # no numpy bfloat16: through torch
             q_host = host[:tq * dim * self._qsize].view(torch.bfloat16).view(tq, dim)
             rows = [torch.from_numpy(np.ascontiguousarray(g.query)) for g in groups]
         else:
@@ -253,7 +281,8 @@ class MaxSimScorer:
             scores = kmaxsim.maxsim_paged(
                 self._dev_q[:tq * dim].view(tq, dim), d32[o_cu:o_cu + n_groups + 1], store.arena, store.log,
                 store.page_tokens, d32[o_start:o_start + b], d32[o_end:o_end + b], d32[o_group:o_group + b],
-                max_lq=max(q_lens), mean_ld=mean_ld, scales=store.scales, out=pinned_out)
+                max_lq=max(q_lens), mean_ld=mean_ld, scales=store.scales, out=pinned_out,
+                q_scales=self._dev_f32[o_qs:o_qs + tq] if self._native else None)
             if scores is not pinned_out:  # queries longer than one block: summed on the GPU, then copied back
                 pinned_out.copy_(scores, non_blocking=True)
         store.stream.synchronize()

@@ -222,6 +222,29 @@ def test_paged_documents(dtype, d, page_tokens):
         check(out, km.maxsim_grouped_reference(Q, cq, exact, cu, group, torch.float64), dtype)
 
 
+@pytest.mark.parametrize("d,page_tokens", [(128, 16), (96, 64), (384, 16)])
+def test_paged_int8_documents_against_int8_queries(d, page_tokens):
+    """The scorer's int8 form: queries quantised like the documents (`q_scales`), int8 dots (the same arithmetic in
+    fp32 here), each query row's max times its scale: against float64 on both dequantised sides, short and long
+    queries (d 384: the query read a K block at a time)."""
+    gen = torch.Generator().manual_seed(d + 1)
+    lengths = [300, 1, 0, 16, 17, 65, 130]
+    arena, scales, pages, start, end, exact, cu = paged_case(gen, lengths, d, torch.int8, page_tokens)
+    for q_lengths in ([32, 7], [1, 150]):
+        Q, cq = packed(q_lengths, d, torch.float32, gen)
+        Q[3] = 0.0  # a zero row: scale 1, contributes 0
+        q_int, q_scales = quantize(Q, torch.int8)
+        group = torch.tensor([b % 2 for b in range(len(lengths))], dtype=torch.int32)
+        out = km.maxsim_paged(q_int, cq, arena, pages, page_tokens, start, end, group, max(q_lengths), 100.0,
+                              scales=scales, q_scales=q_scales)
+        want = km.maxsim_grouped_reference(km.dequantize(q_int, q_scales, torch.float64), cq, exact, cu, group,
+                                           torch.float64)
+        check(out, want, torch.int8)
+    with pytest.raises(ValueError, match="q_scales go with an int8 query"):
+        km.maxsim_paged(Q.half(), cq, arena, pages, page_tokens, start, end, group, 150, 100.0, scales=scales,
+                        q_scales=q_scales)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "float8_e4m3", "int8"])
 def test_kernel_reads_the_store_in_place(dtype):
     """The paged kernel on a real (CPU) store's arena and page list, after evictions reused pages and the page

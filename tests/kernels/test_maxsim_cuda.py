@@ -76,6 +76,13 @@ def test_every_form_against_float64(dtype, d):
     end = start + torch.tensor(lengths, dtype=torch.int32, device="cuda")
     out = km.maxsim_paged(Qg, cq, arena, perm, 16, start, end, group, 300, 150.0, scales=arena_scales)
     assert rel(out, ref) < tol
+    if dtype == torch.int8:  # the scorer's int8 form: int8 queries with their scales, on int8 tensor cores
+        q_int, q_scales = quantize(Qg.float().cpu(), torch.int8)
+        want = km.maxsim_grouped_reference(km.dequantize(q_int, q_scales, torch.float64).cuda(), cq, exact, cu,
+                                           group, torch.float64)
+        out = km.maxsim_paged(q_int.cuda(), cq, arena, perm, 16, start, end, group, 300, 150.0,
+                              scales=arena_scales, q_scales=q_scales.cuda())
+        assert rel(out, want) < tol
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

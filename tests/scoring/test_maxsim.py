@@ -6,6 +6,8 @@ import torch
 from kernels import maxsim as km
 from scoring.maxsim import MaxSimScorer, ScoreGroup
 from scoring.store import StoredDocuments
+from scoring import maxsim as sm
+from scoring import store as st
 
 
 def reference(query, docs, lengths):
@@ -84,7 +86,10 @@ def stored_reference(scorer: MaxSimScorer, g: ScoreGroup) -> np.ndarray:
     arena = store.arena.view(torch.uint8)[rows].view(store.dtype) if store.compressed else store.arena[rows]
     values = km.dequantize(arena, None if store.scales is None else store.scales[rows], torch.float64).cpu()
     query = g.query
-    if store.device.type == "cuda":  # the kernel computes in the query's float16 (bfloat16, float32 storage: those)
+    if store.dtype == torch.int8:  # queries against int8 documents are quantised like them, on every device
+        q_int, q_scale = sm.quantize_int8(query)
+        query = q_int.astype(np.float64) * q_scale[:, None].astype(np.float64)
+    elif store.device.type == "cuda":  # the kernel computes in the query's float16 (bfloat16, float32: those)
         query = torch.from_numpy(query).to(scorer._qdtype).double().numpy()
     return reference(query, values.numpy(), np.diff(cu))
 
@@ -126,3 +131,17 @@ def test_a_request_mixing_stored_and_fresh_documents():
                             scorer.score([ScoreGroup(first.query, fresh.docs, fresh.lengths)])[0]])
     np.testing.assert_allclose(got, alone[[1, 4, 3, 5, 0]], rtol=1e-6, atol=1e-5)
     scorer.store.release(slots)
+
+
+def test_int8_queries_are_quantised_as_the_store_quantises_documents():
+    """The scorer's numpy quantiser is the store's int8 format bit for bit (zero rows, halves, clipping)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 96)).astype(np.float32)
+    x[3] = 0.0
+    x[5, :4] = [127.5, -127.5, 0.5, -0.5]  # rounding half up after the division
+    x[6] = np.linspace(-3, 3, 96)
+    values, scales = sm.quantize_int8(x)
+    want_values, want_scales = st.quantize(torch.from_numpy(x), torch.int8)
+    np.testing.assert_array_equal(values, want_values.numpy())
+    np.testing.assert_array_equal(scales, want_scales.numpy())
+    assert values.dtype == np.int8 and scales.dtype == np.float32 and scales[3] == 1.0

@@ -76,8 +76,9 @@ def test_eviction_while_in_use_and_a_mixed_request(dtype):
     np.testing.assert_array_equal(got, [before[1], alone[0], before[0], alone[1]])
 
 
-def test_warmup_compiles_what_a_call_uses():
-    scorer = sm.MaxSimScorer(dim=64, device="cuda", dtype="float8_e4m3")
+@pytest.mark.parametrize("dtype", ["float8_e4m3", "int8"])
+def test_warmup_compiles_what_a_call_uses(dtype):
+    scorer = sm.MaxSimScorer(dim=64, device="cuda", dtype=dtype)
     assert scorer.warmup() > 0
     g = group(np.random.default_rng(6), 1, [1], 64)  # one-token query and document (a bi-encoder's rows)
     s = sm.ScoreGroup(g.query, StoredDocuments(scorer.store.insert(["one"], [g.docs], g.lengths)))
