@@ -73,15 +73,16 @@ def warm(sm, StoredDocuments, tag):
             if dtype == "float16" and n == 1000:
                 groups = [sm.ScoreGroup(query, StoredDocuments(s)) for s in np.array_split(slots, 8)]
                 record(f"{tag} {dtype} {n} warm score(), 8 groups", wall_us(lambda: scorer.score(groups), n=200))
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(300):
-                    scorer.score([g])
-                prof.disable()
-                text = io.StringIO()
-                pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
-                RESULTS[f"{tag} warm profile"] = text.getvalue()
-                print(text.getvalue(), flush=True)
+                for name, call in (("1 group", [g]), ("8 groups", groups)):
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    for _ in range(300):
+                        scorer.score(call)
+                    prof.disable()
+                    text = io.StringIO()
+                    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+                    RESULTS[f"{tag} warm profile, {name}"] = text.getvalue()
+                    print(text.getvalue(), flush=True)
             store.release(slots)
         del scorer, store
         torch.cuda.empty_cache()
