@@ -14,9 +14,8 @@ length): a stored document costs no gather and no copy when it is scored (`kerne
 - Pins: `lookup` and `insert` pin the entries they return and `release` unpins them; a pinned entry is never evicted,
   so a launch never reads a page that was given to another document.
 - Writes: one `insert` per batch of encoder outputs: their packed buffers go through a small ring of pinned slots
-  into one device staging buffer (the copy to the GPU of one slot overlapping the host-side copy into the next), in
-  the store's staging thread while the calling thread does the bookkeeping, and one kernel writes every page
-  (`kernels.maxsim.write_pages`), quantising on the way for compressed storage.
+  into one device staging buffer (one host-to-device copy stream, overlapping the host-side copy) and one kernel
+  writes every page (`kernels.maxsim.write_pages`), quantising on the way for compressed storage.
 - Storage dtypes: float16, bfloat16, float32, and float8_e4m3 / int8 with one float32 scale per token (row / scale
   stored, scale = amax|row| / 448 or / 127).
 
@@ -27,7 +26,6 @@ after it.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import itertools
 import os
 import threading
@@ -148,7 +146,6 @@ class DocumentStore:
         if cuda:  # the arena was allocated on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
         self._ring: list[torch.Tensor] = []
-        self._stager: concurrent.futures.ThreadPoolExecutor | None = None  # the staging thread (CUDA)
         self._staged: torch.Tensor | None = None
         self._meta_host: torch.Tensor | None = None
         self._meta_dev: torch.Tensor | None = None
@@ -297,48 +294,37 @@ class DocumentStore:
         if len(keys) != lengths.size or sum(p.shape[0] for p in parts) != int(lengths.sum()):
             raise ValueError("keys, parts and lengths disagree")
         with self.lock:
-            # on CUDA the staging of the rows starts first, in the store's staging thread (torch's copies leave the
-            # GIL), and overlaps the bookkeeping below; the insert never returns before it has finished
-            staging = self._start_staging(parts, int(lengths.sum())) if self.device.type == "cuda" else None
-            try:
-                return self._insert(keys, parts, lengths, staging)
-            finally:
-                if staging is not None:
-                    concurrent.futures.wait([staging[0]])
-
-    def _insert(self, keys, parts, lengths, staging) -> np.ndarray:
-        """`insert` under the lock; `staging` (CUDA): the staging of the rows, already under way."""
-        slots = np.fromiter(map(self._index.get, keys, itertools.repeat(-1)), np.int64, count=len(keys))
-        new = np.flatnonzero(slots < 0)
-        n_pages = -(-lengths[new] // self.page_tokens)
-        need = int(n_pages.sum())
-        self._pin(slots[slots >= 0])
-        ok = self._evict_until(need, new.size)
-        if not ok:
-            self.release(slots[slots >= 0])
-            raise StoreFull(f"the document store is full: {need} pages asked, {self._free_page_count} free and "
-                            "every other page is in use by calls in flight")
-        taken = self._take_pages(need)
-        pos = self._append_log(taken)
-        fresh = self._take_slots(new.size)
-        cu_pages = _cu(n_pages)
-        self._log_pos[fresh] = pos + cu_pages[:-1]
-        self._n_pages[fresh] = n_pages
-        self._length[fresh] = lengths[new]
-        self._set_rows(fresh)
-        self._live[fresh] = True
-        self._pins[fresh] = 0
-        self._index_new(keys if new.size == len(keys) else [keys[i] for i in new.tolist()], fresh)
-        slots[new] = fresh
-        self._pin(fresh)
-        try:
-            self._write(parts, lengths, new, n_pages, taken, pos, staging)
-        except BaseException:  # entries whose pages were not written must not be found
+            slots = np.fromiter(map(self._index.get, keys, itertools.repeat(-1)), np.int64, count=len(keys))
+            new = np.flatnonzero(slots < 0)
+            n_pages = -(-lengths[new] // self.page_tokens)
+            need = int(n_pages.sum())
+            self._pin(slots[slots >= 0])
+            ok = self._evict_until(need, new.size)
+            if not ok:
+                self.release(slots[slots >= 0])
+                raise StoreFull(f"the document store is full: {need} pages asked, {self._free_page_count} free and "
+                                "every other page is in use by calls in flight")
+            taken = self._take_pages(need)
+            pos = self._append_log(taken)
+            fresh = self._take_slots(new.size)
+            cu_pages = _cu(n_pages)
+            self._log_pos[fresh] = pos + cu_pages[:-1]
+            self._n_pages[fresh] = n_pages
+            self._length[fresh] = lengths[new]
+            self._set_rows(fresh)
+            self._live[fresh] = True
             self._pins[fresh] = 0
-            self._drop(fresh)
-            self.release(slots[np.isin(slots, fresh, invert=True)])
-            raise
-        return slots
+            self._index_new(keys if new.size == len(keys) else [keys[i] for i in new.tolist()], fresh)
+            slots[new] = fresh
+            self._pin(fresh)
+            try:
+                self._write(parts, lengths, new, n_pages, taken, pos)
+            except BaseException:  # entries whose pages were not written must not be found
+                self._pins[fresh] = 0
+                self._drop(fresh)
+                self.release(slots[np.isin(slots, fresh, invert=True)])
+                raise
+            return slots
 
     def _index_new(self, keys: list, fresh: np.ndarray) -> None:
         """Index new entries by key. No key, or the same key twice in one call (the first is kept): an entry
@@ -379,7 +365,7 @@ class DocumentStore:
         self._log_end += pages.size
         return pos
 
-    def _write(self, parts, lengths, new, n_pages, pages, log_pos, staging=None) -> None:
+    def _write(self, parts, lengths, new, n_pages, pages, log_pos) -> None:
         """Rows of the new documents (positions `new` of `lengths`) into their pages; the page list's new run."""
         cu = _cu(lengths)
         # one entry a page: the source row of its first token, how many rows it takes, the page
@@ -388,7 +374,7 @@ class DocumentStore:
         ends = np.repeat(cu[new] + lengths[new], n_pages)
         page_rows = np.minimum(ends - starts, self.page_tokens)
         if self.device.type == "cuda":
-            self._write_cuda(staging, starts, page_rows, pages, log_pos)
+            self._write_cuda(parts, int(cu[-1]), starts, page_rows, pages, log_pos)
         else:
             self._write_cpu(parts, starts, page_rows, pages)
 
@@ -410,36 +396,25 @@ class DocumentStore:
     def _stage_dtype(self) -> torch.dtype:
         return self.dtype if not self.compressed else torch.float16
 
-    def _start_staging(self, parts, total_rows: int) -> tuple[concurrent.futures.Future, torch.Tensor]:
-        """The rows of `parts` on their way into the device staging buffer, in the staging thread: (its future,
-        the buffer)."""
+    def _write_cuda(self, parts, total_rows, starts, page_rows, pages, log_pos) -> None:
+        dim = self.dim
         dtype = self._stage_dtype()
-        row_bytes = self.dim * torch.empty(0, dtype=dtype).element_size()
+        row_bytes = dim * torch.empty(0, dtype=dtype).element_size()
         if self._staged is None or self._staged.numel() < total_rows * row_bytes:
             size = max(total_rows * row_bytes, 2 * (0 if self._staged is None else self._staged.numel()), 1 << 20)
             self._staged = None
             with torch.cuda.stream(self._stream):
                 self._staged = torch.empty(size, dtype=torch.uint8, device=self.device)
-        staged = self._staged[:total_rows * row_bytes].view(dtype).view(total_rows, self.dim)
-        if self._stager is None:
-            self._stager = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="document-store-staging")
-        return self._stager.submit(self._stage_in_thread, parts, staged, row_bytes), staged
-
-    def _stage_in_thread(self, parts, staged: torch.Tensor, row_bytes: int) -> None:
-        if torch.get_num_threads() != self.staging_threads:  # a per-thread setting (an actor starts with 1)
-            torch.set_num_threads(self.staging_threads)
-        with torch.cuda.stream(self._stream):
-            self._stage(parts, staged, row_bytes)
-
-    def _write_cuda(self, staging, starts, page_rows, pages, log_pos) -> None:
-        future, staged = staging
+        staged = self._staged[:total_rows * row_bytes].view(dtype).view(total_rows, dim)
         meta = np.concatenate([starts, page_rows, pages]).astype(np.int32)
         n = pages.size
         meta_host, meta_dev = self._metadata(4 * meta.size)
         meta_host[:4 * meta.size].view(torch.int32).copy_(torch.from_numpy(meta))
+        if torch.get_num_threads() != self.staging_threads:  # a per-thread setting: calls run in worker threads
+            torch.set_num_threads(self.staging_threads)
         with torch.cuda.stream(self._stream):
+            self._stage(parts, staged, row_bytes)
             meta_dev[:4 * meta.size].copy_(meta_host[:4 * meta.size], non_blocking=True)
-            future.result()  # every chunk's copy to the GPU issued, on this stream (or the staging's error)
             m = meta_dev[:4 * meta.size].view(torch.int32)
             kmaxsim.write_pages(staged, self.arena, self.scales, m[:n], m[n:2 * n], m[2 * n:3 * n], self.page_tokens)
             self.log[log_pos:log_pos + n].copy_(m[2 * n:3 * n])  # the same pages, in the same order

@@ -92,6 +92,6 @@ def test_staging_threads_replace_the_actors_one_thread():
         scorer = sm.MaxSimScorer(dim=64, device="cuda", staging_threads=3)
         g = group(np.random.default_rng(5), 8, [10, 20], 64)
         np.testing.assert_allclose(scorer.score([g])[0], rounded_reference(g, torch.float16), rtol=1e-4, atol=1e-3)
-        assert scorer.store._stager.submit(torch.get_num_threads).result() == 3  # the staging thread's setting
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
