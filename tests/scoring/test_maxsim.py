@@ -108,7 +108,8 @@ def test_stored_documents_match_float64_on_their_stored_values(monkeypatch, dtyp
             assert got.dtype == np.float32 and got.shape == (len(g.lengths),)
             np.testing.assert_allclose(got, stored_reference(scorer, s), rtol=1e-5, atol=1e-4)
             if dtype in ("float32", "float16"):  # lossless for these inputs: the packed path's scores
-                np.testing.assert_array_equal(got, scorer.score([g])[0]) if dtype == "float32" else None
+                if dtype == "float32":  # to an ulp or two: the stored path's GEMM runs over whole pages
+                    np.testing.assert_allclose(got, scorer.score([g])[0], rtol=1e-6, atol=1e-6)
                 np.testing.assert_allclose(got, reference(g.query, g.docs.astype(dtype), g.lengths),
                                            rtol=1e-5, atol=1e-4)
             scorer.store.release(s.docs.slots)
