@@ -301,7 +301,9 @@ class CacheConfig(_Strict):
         default="float16",
         description="dtype documents are stored and scored in; every document is rounded to it, cached or not, "
         "so a score does not depend on whether its document was cached. `float8_e4m3` and `int8` keep one "
-        "float32 scale per token (half the bytes of float16; the kernel dequantises).",
+        "float32 scale per token (half the bytes of float16; the kernel dequantises); int8 documents are scored "
+        "against the query quantised the same way (int8 tensor cores on CUDA; int8 keeps rankings closer to fp16 "
+        "than float8 does, docs/benchmarks.md).",
     )
 
 
