@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from kernels import maxsim as km  # noqa: E402
 from scoring import maxsim as sm  # noqa: E402
 from scoring.store import DocumentStore, StoredDocuments, quantize  # noqa: E402
+from timing import request, wall_us  # noqa: E402  (benchmarks/, the script's own folder)
 
 BW = 3.0e12  # B/s, device-to-device copy on our H100 (ANCHORS.md)
 PEAK = 696e12  # FLOP/s, bf16 matrix product on our H100 (ANCHORS.md)
@@ -269,28 +270,6 @@ def kernel_table(args, found):
 
 
 # -- the scorer's path --------------------------------------------------------------------------------------------
-
-def wall_us(fn, n=30):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t0) * 1e6)
-    return round(statistics.median(ts), 1)
-
-
-def request(n, d=128, seed=1):
-    """n documents of 85-512 tokens as the encoder hands them over (one packed float16 buffer + lengths), a
-    32-token query."""
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(85, 513, (n,), generator=g).numpy()
-    docs = torch.nn.functional.normalize(torch.randn(int(lens.sum()), d, generator=g), dim=-1).half().numpy()
-    query = torch.nn.functional.normalize(torch.randn(32, d, generator=g), dim=-1).numpy()
-    return lens, docs, query
-
 
 def encoder_calls(docs, lens, chunk_tokens=8192):
     """The packed buffer cut at document boundaries into the deployment's encoder calls of ~chunk_tokens."""

@@ -23,6 +23,9 @@ import time
 import numpy as np
 import torch
 
+import timing  # benchmarks/timing.py (the script's own folder)
+from timing import request
+
 RESULTS: dict = {}
 
 
@@ -32,24 +35,7 @@ def record(name: str, value) -> None:
 
 
 def wall_us(fn, n=200) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t0) * 1e6)
-    return round(statistics.median(ts), 1)
-
-
-def request(n, d=128, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(85, 513, (n,), generator=g).numpy()
-    docs = torch.nn.functional.normalize(torch.randn(int(lens.sum()), d, generator=g), dim=-1).half().numpy()
-    query = torch.nn.functional.normalize(torch.randn(32, d, generator=g), dim=-1).numpy()
-    return lens, docs, query
+    return timing.wall_us(fn, n, warmup=5)
 
 
 def warm(sm, StoredDocuments, tag):

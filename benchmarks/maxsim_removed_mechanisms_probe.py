@@ -15,27 +15,18 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
 import triton
 
+import timing  # benchmarks/timing.py (the script's own folder)
 from kernels import maxsim as km
 from scoring import maxsim as sm
 
 
 def wall_us(fn, n=50):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t0) * 1e6)
-    return round(statistics.median(ts), 1)
+    return timing.wall_us(fn, n)
 
 
 def flags(l2: bool, direct: bool, f):

@@ -65,6 +65,25 @@ def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.int8), scale
 
 
+def _chunks(cu: np.ndarray, size: int):
+    """(b0, b1): runs of whole documents whose rows (or pages; offsets `cu`) fit `size`, at least one a run."""
+    n, b0 = cu.size - 1, 0
+    while b0 < n:
+        b1 = min(max(int(np.searchsorted(cu, cu[b0] + size, side="right")) - 1, b0 + 1), n)
+        yield b0, b1
+        b0 = b1
+
+
+def _segment_max(x: torch.Tensor, counts: np.ndarray, uniform: bool) -> torch.Tensor:
+    """Max over consecutive runs of `counts` rows of x [sum(counts), Lq] -> [len(counts), Lq] (an empty run: 0);
+    `uniform` (every count equal) takes one reshape instead of a scatter."""
+    if uniform:
+        return x.view(counts.size, int(counts[0]), x.shape[1]).amax(1)
+    ids = torch.from_numpy(np.repeat(np.arange(counts.size), counts))
+    best = torch.zeros(counts.size, x.shape[1], dtype=torch.float32)
+    return best.scatter_reduce_(0, ids[:, None].expand_as(x), x, reduce="amax", include_self=False)
+
+
 def _validate(groups: Sequence[ScoreGroup], dim: int) -> None:
     for i, g in enumerate(groups):
         if g.query.ndim != 2 or g.query.shape[1] != dim:
@@ -179,23 +198,13 @@ class MaxSimScorer:
         docs = torch.from_numpy(np.ascontiguousarray(g.docs))
         out_t = torch.from_numpy(out)
         uniform = bool((lengths == lengths[0]).all())
-        b0 = 0
-        while b0 < n_docs:
-            b1 = int(np.searchsorted(cu, cu[b0] + chunk, side="right")) - 1
-            b1 = min(max(b1, b0 + 1), n_docs)
+        for b0, b1 in _chunks(cu, chunk):
             t0, t1 = int(cu[b0]), int(cu[b1])
             if t1 > t0:
                 w = widened[:t1 - t0]
                 w.copy_(docs[t0:t1])
                 s = torch.mm(w, q_t, out=sims[:t1 - t0])
-                if uniform:  # equal lengths: one reshape, no scatter
-                    best = s.view(b1 - b0, int(lengths[0]), lq).amax(1)
-                else:
-                    ids = torch.from_numpy(np.repeat(np.arange(b1 - b0), lengths[b0:b1]))
-                    best = torch.zeros(b1 - b0, lq, dtype=torch.float32)
-                    best.scatter_reduce_(0, ids[:, None].expand_as(s), s, reduce="amax", include_self=False)
-                out_t[b0:b1] = best.sum(1)
-            b0 = b1
+                out_t[b0:b1] = _segment_max(s, lengths[b0:b1], uniform).sum(1)
         return out
 
     def _score_cpu_stored(self, g: ScoreGroup) -> np.ndarray:
@@ -227,10 +236,7 @@ class MaxSimScorer:
         sims = torch.empty(chunk * p, lq, dtype=torch.float32)
         out_t = torch.from_numpy(out)
         uniform = bool((n_pages == n_pages[0]).all())
-        b0 = 0
-        while b0 < n_docs:
-            b1 = int(np.searchsorted(cu_p, cu_p[b0] + chunk, side="right")) - 1
-            b1 = min(max(b1, b0 + 1), n_docs)
+        for b0, b1 in _chunks(cu_p, chunk):
             p0, p1 = int(cu_p[b0]), int(cu_p[b1])
             if p1 > p0:
                 n = p1 - p0
@@ -241,16 +247,8 @@ class MaxSimScorer:
                 if scale_pages is not None:
                     s.mul_(torch.index_select(scale_pages, 0, pages_t[p0:p1]).view(n * p, 1))
                 s3 = s.view(n, p, lq).masked_fill_(stale[p0:p1, :, None], float("-inf"))
-                page_best = s3.amax(1)  # [n, Lq]
-                if uniform:
-                    best = page_best.view(b1 - b0, int(n_pages[0]), lq).amax(1)
-                else:
-                    ids = torch.from_numpy(np.repeat(np.arange(b1 - b0), n_pages[b0:b1]))
-                    best = torch.zeros(b1 - b0, lq, dtype=torch.float32)
-                    best.scatter_reduce_(0, ids[:, None].expand_as(page_best), page_best, reduce="amax",
-                                         include_self=False)
+                best = _segment_max(s3.amax(1), n_pages[b0:b1], uniform)  # pages' maxima, then documents'
                 out_t[b0:b1] = (best if q_scale is None else best * q_scale).sum(1)
-            b0 = b1
         return out
 
     # -- CUDA: one metadata copy, one grouped launch over the store's pages -------------------------------------
