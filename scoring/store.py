@@ -19,9 +19,9 @@ length): a stored document costs no gather and no copy when it is scored (`kerne
 - Storage dtypes: float16, bfloat16, float32, and float8_e4m3 / int8 with one float32 scale per token (row / scale
   stored, scale = amax|row| / 448 or / 127).
 
-On CUDA every write and every launch runs on the store's one stream, in the order the host issues them, and the
-host issues them under one lock (`lock`), so a page list rewritten by a compaction is only read by launches issued
-after it.
+On CUDA every write and every launch runs on the store's one stream (the device's default stream), in the order
+the host issues them, and the host issues them under one lock (`lock`), so a page list rewritten by a compaction is
+only read by launches issued after it.
 """
 from __future__ import annotations
 
