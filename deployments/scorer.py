@@ -1,14 +1,16 @@
-"""MaxSim scorer deployment: the query and document embedding caches, encoder batching, the MaxSim kernel.
+"""MaxSim scorer deployment: the query cache, the document store, encoder batching, the MaxSim kernel.
 
 The ingress sends text; the scorer finds embeddings in its caches or asks the encoders for them, so
 embeddings cross a process boundary once (encoder → scorer) and cached ones not at all.
 - Queries: a byte-bounded LRU keyed by (model, query text, query options). A miss is encoded once,
   even when several requests ask for the same query at the same time. Requests are routed to scorer
   replicas by query key (`QueryAffinityRouter`), so the hit rate holds as replicas are added.
-- Documents: a byte-bounded LRU keyed by content hash (+ model + options), stored as `document_dtype`.
-  Misses of concurrent requests are gathered (`@serve.batch`, token budget) and sent to the encoder
-  replicas in parallel calls of about `chunk_tokens` tokens.
-- MaxSim: concurrent score calls are batched into one kernel call.
+- Documents: the MaxSim scorer's document store (`scoring/store.py`: pages on the scoring device, GPU memory on
+  CUDA), keyed by content hash (+ model + options), stored as `document_dtype`, byte-bounded, LRU. A request pins
+  its documents from lookup until its scores are back. Misses of concurrent requests are gathered (`@serve.batch`,
+  token budget), sent to the encoder replicas in parallel calls of about `chunk_tokens` tokens, and the encoders'
+  packed outputs go into the store in one write (one staged copy per encoder call, none per document).
+- MaxSim: concurrent score calls are batched into one kernel call over the store's pages.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from ray.serve.handle import DeploymentHandle
 from deployments.metrics import service_metrics
 from deployments.routing import QueryAffinityRouter
 from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results, split_rows
-from scoring.cache import ByteBoundedLRU, content_key
+from scoring.cache import ByteBoundedLRU, CacheStats, content_key
 from scoring.config import AppConfig
 from scoring.maxsim import MaxSimScorer, ScoreGroup
 from scoring.messages import DocumentSpec, EncodeJob, QuerySpec, ScoreOutcome
+from scoring.store import DocumentStore, StoredDocuments
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,10 +59,7 @@ class Scorer:
         self._queries: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(
             config.cache.query_cache_bytes, sizeof=lambda a: a.nbytes
         )
-        self._documents: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(
-            config.cache.document_cache_bytes, sizeof=lambda a: a.nbytes
-        )
-        self._document_dtype = np.dtype(config.cache.document_dtype)
+        self._model_dims: dict[str, int] = {}  # learned from each model's first encoder output
         self._in_flight: dict[str, asyncio.Future] = {}
         self._kernels: dict[int, MaxSimScorer] = {}
         self._encode_batch.set_max_batch_size(config.batching.max_batch_tokens)
@@ -70,15 +70,23 @@ class Scorer:
         return list(await asyncio.gather(*(self._score_one(q, d) for q, d in zip(queries, documents))))
 
     async def _score_one(self, query: QuerySpec, documents: DocumentSpec) -> ScoreOutcome:
-        (embedding, hit), (rows, document_hits) = await asyncio.gather(
-            self._query_embedding(query), self._document_embeddings(query.model, documents)
+        query_result, documents_result = await asyncio.gather(
+            self._query_embedding(query), self._document_embeddings(query.model, documents), return_exceptions=True
         )
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        document_tokens = int(lengths.sum())
-        # the rows go to the kernel as they are (cached arrays and views of the encoder's output): the scorer
-        # reads them in place a chunk at a time, so they are never packed into one buffer first
-        scores = await self._score_batch(ScoreGroup(query=embedding, docs=rows, lengths=lengths))
-        service_metrics().scored(query.model, len(rows), int(embedding.shape[0]) + document_tokens)
+        store = self._store(query.model)
+        if isinstance(query_result, BaseException) or isinstance(documents_result, BaseException):
+            if not isinstance(documents_result, BaseException) and store is not None:
+                store.release(documents_result[0].slots)  # pinned by the lookup
+            raise query_result if isinstance(query_result, BaseException) else documents_result
+        (embedding, hit), (stored, document_hits) = query_result, documents_result
+        try:
+            # the documents are read where the store keeps them: no gather, no copy
+            scores = await self._score_batch(ScoreGroup(query=embedding, docs=stored))
+            document_tokens = int(store.lengths(stored.slots).sum()) if store is not None else 0
+        finally:
+            if store is not None:
+                store.release(stored.slots)
+        service_metrics().scored(query.model, stored.slots.size, int(embedding.shape[0]) + document_tokens)
         return ScoreOutcome(
             scores=scores,
             query_tokens=int(embedding.shape[0]),
@@ -91,7 +99,7 @@ class Scorer:
         """Cache counters of this replica."""
         return {
             "query_cache": asdict(self._queries.stats()),
-            "document_cache": asdict(self._documents.stats()),
+            "document_cache": asdict(self._document_stats()),
             "device": self._device_name(),
             "rss_bytes": resident_bytes(),
         }
@@ -142,32 +150,57 @@ class Scorer:
                 results[i] = np.ascontiguousarray(rows)
         return results
 
-    async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[list[np.ndarray], int]:
-        """Each document's token embeddings ([L_i, d], `document_dtype`), in order, and how many came from the
-        cache."""
+    async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[StoredDocuments, int]:
+        """Each document's entry in the store, in order, pinned for the caller (who releases them), and how many
+        were there already."""
         keys = [content_key(model, text, documents.max_tokens) for text in documents.texts]
-        rows, missing = self._documents.get_many(keys)
-        service_metrics().cache_lookups("document", hits=len(rows) - len(missing), misses=len(missing))
-        if missing:
+        store = self._store(model)
+        slots = store.lookup(keys) if store is not None else np.full(len(keys), -1, dtype=np.int64)
+        missing = np.flatnonzero(slots < 0)
+        service_metrics().cache_lookups("document", hits=len(keys) - missing.size, misses=missing.size)
+        if missing.size:
             texts = [documents.texts[i] for i in missing]
             # A job larger than the whole budget counts as the budget: it runs in a batch of its own.
             tokens = min(
                 sum(estimate_tokens(t, documents.max_tokens) for t in texts), self._config.batching.max_batch_tokens
             )
-            fresh = await self._encode_batch(EncodeJob(model, texts, documents.max_tokens, tokens))
-            for i, embedding in zip(missing, fresh):
-                rows[i] = embedding = embedding.astype(self._document_dtype, copy=False)
-                self._documents.put(keys[i], embedding)
-        return rows, len(rows) - len(missing)
+            try:
+                fresh = await self._encode_batch(EncodeJob(model, texts, documents.max_tokens, tokens))
+            except BaseException:
+                if store is not None:
+                    store.release(slots)
+                raise
+            slots[missing] = fresh
+        return StoredDocuments(slots), len(keys) - missing.size
 
     @serve.batch(max_batch_size=65536, batch_wait_timeout_s=0.004, max_concurrent_batches=4, batch_size_fn=_job_tokens)
-    async def _encode_batch(self, jobs: list[EncodeJob]) -> list[list[np.ndarray]]:
+    async def _encode_batch(self, jobs: list[EncodeJob]) -> list[np.ndarray]:
+        """Per job, its documents' entries in the store (pinned): every encoder output of the batch goes into
+        the store in one write."""
         service_metrics().batch("encode_documents", len(jobs))
         calls = plan_encode_calls(jobs, self._config.batching.chunk_tokens)
         results = await asyncio.gather(
             *(self._encoders[c.model].encode_documents.remote(c.texts, c.max_tokens) for c in calls)
         )
-        return scatter_results(jobs, calls, results)
+        per_call: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(calls)
+        by_model: dict[str, list[int]] = {}
+        for i, call in enumerate(calls):
+            by_model.setdefault(call.model, []).append(i)
+        written: list[tuple[DocumentStore, np.ndarray]] = []
+        try:
+            for model, indices in by_model.items():
+                store = self._kernel(results[indices[0]].dim, model).store
+                keys = [content_key(model, text, calls[i].max_tokens) for i in indices for text in calls[i].texts]
+                lengths = np.concatenate([results[i].lengths for i in indices])
+                slots = await asyncio.to_thread(store.insert, keys, [results[i].data for i in indices], lengths)
+                written.append((store, slots))
+                for i, call_slots in zip(indices, np.split(slots, np.cumsum([len(calls[i].texts) for i in indices]))):
+                    per_call[i] = call_slots
+        except BaseException:
+            for store, slots in written:  # nobody will score these
+                store.release(slots)
+            raise
+        return [np.array(slots, dtype=np.int64) for slots in scatter_results(jobs, calls, per_call)]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, groups: list[ScoreGroup]) -> list[np.ndarray]:
@@ -185,13 +218,30 @@ class Scorer:
                 results[i] = group_scores
         return results
 
-    def _kernel(self, dim: int) -> MaxSimScorer:
+    def _kernel(self, dim: int, model: str | None = None) -> MaxSimScorer:
+        """The MaxSim scorer (and document store) of this dim, made on first use; `model` records the model's dim."""
+        if model is not None:
+            self._model_dims[model] = dim
         kernel = self._kernels.get(dim)
         if kernel is None:
-            kernel = self._kernels[dim] = MaxSimScorer(dim=dim, device=self._device)
+            cache = self._config.cache
+            kernel = self._kernels[dim] = MaxSimScorer(
+                dim=dim, device=self._device, dtype=cache.document_dtype, store_bytes=cache.document_cache_bytes
+            )
             seconds = kernel.warmup()
             logger.info("MaxSim kernel for dim %d on %s warmed in %.2fs", dim, kernel.device, seconds)
         return kernel
+
+    def _store(self, model: str) -> DocumentStore | None:
+        """The store holding `model`'s documents; None until the model's first documents were encoded."""
+        dim = self._model_dims.get(model)
+        return None if dim is None else self._kernels[dim].store
+
+    def _document_stats(self) -> CacheStats:
+        stats = [kernel.store.stats() for kernel in self._kernels.values()]
+        if not stats:
+            return CacheStats(0, 0, 0, 0, 0, self._config.cache.document_cache_bytes)
+        return CacheStats(*(sum(getattr(s, f) for s in stats) for f in CacheStats.__dataclass_fields__))
 
     def _device_name(self) -> str:
         return next(iter(self._kernels.values())).device if self._kernels else self._device

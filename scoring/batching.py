@@ -8,12 +8,14 @@ that every encoder replica gets a share, and hands each request back its own doc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 
 from scoring.embeddings import PackedEmbeddings
 from scoring.messages import EncodeJob
+
+T = TypeVar("T")
 
 
 def estimate_tokens(text: str, max_tokens: int | None) -> int:
@@ -56,11 +58,12 @@ def split_rows(packed: PackedEmbeddings) -> list[np.ndarray]:
 
 
 def scatter_results(
-    jobs: Sequence[EncodeJob], calls: Sequence[EncodeCall], results: Sequence[PackedEmbeddings]
-) -> list[list[np.ndarray]]:
-    """Per job, its documents' token embeddings in the job's order."""
-    out: list[list[np.ndarray]] = [[None] * len(job.texts) for job in jobs]  # type: ignore[list-item]
-    for call, packed in zip(calls, results):
-        for (j, i), rows in zip(call.origins, split_rows(packed)):
-            out[j][i] = rows
+    jobs: Sequence[EncodeJob], calls: Sequence[EncodeCall], results: Sequence[Sequence[T]]
+) -> list[list[T]]:
+    """Per job, what each of its documents got from the calls (one value a text of each call: its rows, its entry
+    in the document store), in the job's order."""
+    out: list[list[T]] = [[None] * len(job.texts) for job in jobs]  # type: ignore[list-item]
+    for call, values in zip(calls, results):
+        for (j, i), value in zip(call.origins, values):
+            out[j][i] = value
     return out

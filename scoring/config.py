@@ -286,7 +286,9 @@ class CacheConfig(_Strict):
     document_cache_bytes: int = Field(
         default=1024 * 2**20,
         ge=0,
-        description="Bytes of document token embeddings kept per scorer replica (0 turns the cache off).",
+        description="Bytes of document token embeddings kept per scorer replica (0 turns the cache off), in its "
+        "document store on the scoring device: GPU memory on CUDA (allocated when the replica starts), host memory "
+        "on CPU. The store has 256 MiB more on CUDA for documents of requests in flight.",
     )
     encoder_document_cache_bytes: int = Field(
         default=256 * 2**20,
@@ -295,10 +297,13 @@ class CacheConfig(_Strict):
         "a scorer replica has not cached but this encoder encoded before skips the model; every scorer replica "
         "calling the encoder shares it, so documents stay cached as scorer replicas are added.",
     )
-    document_dtype: Literal["float16", "float32"] = Field(
+    document_dtype: Literal["float16", "float32", "float8_e4m3", "int8"] = Field(
         default="float16",
         description="dtype documents are stored and scored in; every document is rounded to it, cached or not, "
-        "so a score does not depend on whether its document was cached.",
+        "so a score does not depend on whether its document was cached. `float8_e4m3` and `int8` keep one "
+        "float32 scale per token (half the bytes of float16; the kernel dequantises); int8 documents are scored "
+        "against the query quantised the same way (int8 tensor cores on CUDA; int8 keeps rankings closer to fp16 "
+        "than float8 does, docs/benchmarks.md).",
     )
 
 

@@ -5,14 +5,15 @@ it is first imported, and other tests in the main pytest process may import it f
 Every run starts from a NaN-poisoned output, so an element the kernel fails to write cannot pass.
 """
 import os
-import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
 from kernels import maxsim as km  # noqa: E402
+from scoring.store import DocumentStore, quantize  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def poisoned_outputs(monkeypatch):
     monkeypatch.setattr(km, "_POISON_OUTPUTS", True)
 
 
-TOL = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 1e-5}
+TOL = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 1e-5, torch.float8_e4m3fn: 1e-5, torch.int8: 1e-5}
 
 
 def packed(lengths, d, dtype, gen):
@@ -94,19 +95,6 @@ def test_grouped(q_lengths, doc_groups, d, dtype):
             assert abs(out[b].item() - single.item()) <= 1e-5 * max(1.0, abs(single.item()))
 
 
-@pytest.mark.parametrize("nsplit", [2, 8])
-def test_documents_split_over_programs(nsplit):
-    gen = torch.Generator().manual_seed(nsplit)
-    D, cu = packed([300, 1, 0, 64, 65], 64, torch.float16, gen)
-    Q = torch.randn(20, 64, generator=gen).half()
-    cfg = dataclasses.replace(km._config(20, 100, 64, 2), nsplit=nsplit)
-    ref = km.maxsim_reference(Q, D, cu, torch.float64)
-    for _ in range(2):  # the per-document counters must be back at 0 for the next launch
-        check(km.maxsim_packed(Q, D, cu, config=cfg), ref, torch.float16)
-    cq = torch.tensor([0, 20], dtype=torch.int32)
-    check(km.maxsim_grouped(Q, cq, D, cu, torch.zeros(5, dtype=torch.int32), config=cfg), ref, torch.float16)
-
-
 def test_block_configs_agree():
     gen = torch.Generator().manual_seed(3)
     D, cu = packed([70, 130, 1], 64, torch.float16, gen)
@@ -124,38 +112,6 @@ def test_empty_batch():
     assert out.shape == (0,)
 
 
-@pytest.mark.parametrize("lq,lengths,d,dtype", [
-    (32, [300, 5, 1, 77, 0], 128, torch.float16),
-    (200, [10, 150, 3], 96, torch.bfloat16),  # long query: chunks summed
-    (7, [9, 40], 32, torch.float32),
-])
-def test_list_of_separate_tensors(lq, lengths, d, dtype):
-    gen = torch.Generator().manual_seed(lq + d)
-    docs = [torch.randn(n, d, generator=gen).to(dtype) for n in lengths]  # separate allocations, any order
-    Q = torch.randn(lq, d, generator=gen).to(dtype)
-    D = torch.cat(docs)
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    assert km._list_layout(docs, d) is not None  # the pointer form, not the cat fallback
-    check(km.maxsim_list(Q, docs), km.maxsim_reference(Q, D, cu, torch.float64), dtype)
-    check(km.maxsim_list(Q, docs[::-1]), km.maxsim_reference(Q, D, cu, torch.float64).flip(0), dtype)
-
-
-def test_list_views_multi_query_and_fallback():
-    gen = torch.Generator().manual_seed(11)
-    lengths = [33, 1, 64, 65]
-    D, cu = packed(lengths, 64, torch.float16, gen)
-    views = list(torch.split(D, lengths))
-    Q = torch.randn(5, 9, 64, generator=gen).half()
-    ref = km.maxsim_reference(Q, D, cu, torch.float64)
-    check(km.maxsim_list(Q, views), ref, torch.float16)
-    mixed = views[:-1] + [views[-1].float()]  # mixed dtypes: packed by the fallback
-    assert km._list_layout(mixed, 64) is None
-    check(km.maxsim_list(Q, mixed), ref, torch.float16)
-    strided = [torch.randn(64, 2 * n, generator=gen).half()[:, :n].T for n in (64, 64)]  # not row-contiguous
-    assert km._list_layout(strided, 64) is None
-
-
 def test_multi_query_large_blocks():
     gen = torch.Generator().manual_seed(12)
     D, cu = packed([40, 1, 70], 32, torch.float16, gen)
@@ -164,29 +120,6 @@ def test_multi_query_large_blocks():
     for swap in (True, False):
         cfg = km.KernelConfig(block_q=256, block_d=32, block_k=32, swap=swap, num_warps=8, num_stages=2)
         check(km.maxsim_packed(Q, D, cu, config=cfg), ref, torch.float16)
-
-
-@pytest.mark.parametrize("lq,lengths,d,dtype,per_sm", [
-    (32, [300, 5, 1, 77, 0, 200, 64, 63, 65], 128, torch.float16, 1),  # 4 programs: documents cut at boundaries
-    (17, [0, 0, 130, 0, 1, 2, 3, 129, 0, 0], 96, torch.float16, 2),  # empty documents at start, middle, end
-    (5, [700], 64, torch.bfloat16, 1),  # one document over every program
-    (9, [3, 0, 9, 40], 31, torch.float32, 4),  # more programs than tiles: idle programs
-    (1, [0, 0], 32, torch.float16, 1),  # no tokens at all
-    (64, [90] * 13 + [1] * 40, 64, torch.float16, 1),  # many tiny documents in one program
-])
-def test_flat_persistent(lq, lengths, d, dtype, per_sm):
-    gen = torch.Generator().manual_seed(lq * 31 + d)
-    D, cu = packed(lengths, d, dtype, gen)
-    Q = torch.randn(lq, d, generator=gen).to(dtype)
-    base = km._config(lq, 100, d, D.element_size())
-    ref = km.maxsim_reference(Q, D, cu, torch.float64)
-    for block_d in (16, 64):
-        cfg = dataclasses.replace(base, flat=per_sm, block_d=block_d)
-        for _ in range(2):  # counters and row buffers must be restored for the next launch
-            check(km.maxsim_packed(Q, D, cu, config=cfg), ref, dtype)
-    check(km.maxsim_packed(Q[None], D, cu, config=cfg), ref[None], dtype)
-    assert bool((km._ROWBUFS[("cpu", 0, base.block_q)] == float("-inf")).all())
-    assert int(km._COUNTERS[("cpu", 0)].abs().sum()) == 0
 
 
 @pytest.mark.parametrize("dpp", [2, 3, 8])
@@ -208,33 +141,168 @@ def test_several_documents_per_program(dpp):
     group = torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.int32)
     check(km.maxsim_grouped(Qg, cq, D, cu, group, config=cfg),
           km.maxsim_grouped_reference(Qg, cq, D, cu, group, torch.float64), torch.float16)
-    docs = [D[cu[b]:cu[b + 1]].clone() for b in range(len(lengths))]  # the pointer form
-    check(km.maxsim_list(Q, docs, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), torch.float16)
 
 
-@pytest.mark.parametrize("clamp", [False, True])
-def test_tile_loop_clamped_or_masked(clamp):
-    """Last tiles clamped to the document's last row (the default) or masked, in both orientations and every form:
-    documents shorter than a tile, one row past a tile, empty, and split documents (clamped within their piece)."""
-    gen = torch.Generator().manual_seed(50 + clamp)
-    lengths = [300, 5, 1, 0, 33, 64, 65]
-    for d, dtype in ((64, torch.float16), (48, torch.bfloat16)):  # d 48: the row-unmasked load keeps its K mask
-        D, cu = packed(lengths, d, dtype, gen)
-        for swap, dpp, nsplit in ((True, 1, 1), (False, 1, 1), (False, 3, 1), (True, 1, 4)):
-            cfg = km.KernelConfig(block_q=32, block_d=32, block_k=32, swap=swap, num_warps=4, num_stages=2,
-                                  dpp=dpp, nsplit=nsplit, clamp=clamp)
-            Q = torch.randn(20, d, generator=gen).to(dtype)
-            check(km.maxsim_packed(Q, D, cu, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), dtype)
-            if nsplit > 1:
-                continue
-            Qm = torch.randn(5, 9, d, generator=gen).to(dtype)
-            check(km.maxsim_packed(Qm, D, cu, config=cfg), km.maxsim_reference(Qm, D, cu, torch.float64), dtype)
-            Ql = torch.randn(70, d, generator=gen).to(dtype)
-            check(km.maxsim_packed(Ql, D, cu, config=cfg), km.maxsim_reference(Ql, D, cu, torch.float64), dtype)
-            cq = torch.tensor([0, 20, 29], dtype=torch.int32)
-            Qg = torch.randn(29, d, generator=gen).to(dtype)
-            group = torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.int32)
-            check(km.maxsim_grouped(Qg, cq, D, cu, group, config=cfg),
-                  km.maxsim_grouped_reference(Qg, cq, D, cu, group, torch.float64), dtype)
-            docs = [D[cu[b]:cu[b + 1]].clone() for b in range(len(lengths))]
-            check(km.maxsim_list(Q, docs, config=cfg), km.maxsim_reference(Q, D, cu, torch.float64), dtype)
+def compressed(lengths, d, dtype, gen):
+    """Packed documents in `dtype` with their per-token scales, and their dequantised float64 values."""
+    D, cu = packed(lengths, d, torch.float32, gen)
+    if dtype not in km.COMPRESSED:
+        D = D.to(dtype)
+        return D, None, cu, D.double()
+    values, scales = quantize(D, dtype)
+    return values, scales, cu, km.dequantize(values, scales, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int8])
+@pytest.mark.parametrize("lq,lengths,d", [(32, [300, 5, 1, 77, 0], 128), (200, [10, 150], 96), (7, [9, 40], 48)])
+def test_compressed_documents_against_their_dequantised_values(dtype, lq, lengths, d):
+    """float8 / int8 rows with one scale a token, dequantised inside the kernel: against float64 on the values the
+    stored bytes stand for (the query in float16, as the kernel computes it), packed and grouped."""
+    gen = torch.Generator().manual_seed(lq + d)
+    D, scales, cu, exact = compressed(lengths, d, dtype, gen)
+    Q = torch.randn(lq, d, generator=gen).half()
+    check(km.maxsim_packed(Q, D, cu, scales=scales), km.maxsim_reference(Q, exact, cu, torch.float64), dtype)
+    Qm = torch.randn(3, 9, d, generator=gen).half()  # several short queries share a program
+    check(km.maxsim_packed(Qm, D, cu, scales=scales), km.maxsim_reference(Qm, exact, cu, torch.float64), dtype)
+    cq = torch.tensor([0, lq, lq + 5], dtype=torch.int32)
+    Qg = torch.randn(lq + 5, d, generator=gen).half()
+    group = torch.tensor([i % 2 for i in range(len(lengths))], dtype=torch.int32)
+    check(km.maxsim_grouped(Qg, cq, D, cu, group, scales=scales),
+          km.maxsim_grouped_reference(Qg, cq, exact, cu, group, torch.float64), dtype)
+
+
+def paged_case(gen, lengths, d, dtype, page_tokens, spare_pages=5):
+    """An arena of pages holding `lengths` in shuffled pages, the rest of the arena poisoned: (arena, scales,
+    page list, doc start, doc end, float64 packed documents, cu_seqlens)."""
+    n_pages = [-(-n // page_tokens) for n in lengths]
+    total = sum(n_pages) + spare_pages
+    order = torch.randperm(total, generator=gen)[:sum(n_pages)].to(torch.int32)
+    arena = torch.full((total * page_tokens, d), float("nan"))
+    D, scales, cu, exact = compressed(lengths, d, dtype, gen)
+    arena = arena.to(D.dtype) if dtype not in km.COMPRESSED else torch.zeros(total * page_tokens, d, dtype=dtype)
+    arena_scales = torch.full((total * page_tokens,), float("nan")) if scales is not None else None
+    start, end, p = [], [], 0
+    gap = 3  # pages of the page list no document uses: a document's start is its own
+    pages = torch.zeros(sum(n_pages) + gap * len(lengths), dtype=torch.int32)
+    q = 0
+    for b, n in enumerate(lengths):
+        q += gap
+        start.append(q * page_tokens)
+        end.append(q * page_tokens + n)
+        for j in range(n_pages[b]):
+            page = int(order[p])
+            pages[q + j] = page
+            rows = slice(int(cu[b]) + j * page_tokens, min(int(cu[b]) + (j + 1) * page_tokens, int(cu[b + 1])))
+            k = rows.stop - rows.start
+            arena[page * page_tokens:page * page_tokens + k] = D[rows]
+            if scales is not None:
+                arena_scales[page * page_tokens:page * page_tokens + k] = scales[rows]
+            p += 1
+        q += n_pages[b]
+    as_t = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    return arena, arena_scales, pages, as_t(start), as_t(end), exact, cu
+
+
+@pytest.mark.parametrize("dtype,d,page_tokens", [
+    (torch.float16, 128, 16), (torch.float32, 48, 16), (torch.bfloat16, 64, 32), (torch.float8_e4m3fn, 128, 16),
+    (torch.int8, 96, 64), (torch.float16, 384, 128),
+])
+def test_paged_documents(dtype, d, page_tokens):
+    """Documents in pages scattered over an arena whose other rows are NaN: the kernel reads only their pages
+    (tiles cross page boundaries; pages larger and smaller than a tile), grouped with a long query too."""
+    gen = torch.Generator().manual_seed(d + page_tokens)
+    lengths = [300, 1, 0, 16, 17, 65, 130]
+    arena, scales, pages, start, end, exact, cu = paged_case(gen, lengths, d, dtype, page_tokens)
+    qdtype = torch.float16 if dtype in km.COMPRESSED else dtype
+    for q_lengths in ([32, 7], [1, 150]):
+        Q, cq = packed(q_lengths, d, qdtype, gen)
+        group = torch.tensor([b % 2 for b in range(len(lengths))], dtype=torch.int32)
+        out = km.maxsim_paged(Q, cq, arena, pages, page_tokens, start, end, group, max(q_lengths), 100.0,
+                              scales=scales)
+        check(out, km.maxsim_grouped_reference(Q, cq, exact, cu, group, torch.float64), dtype)
+
+
+@pytest.mark.parametrize("d,page_tokens", [(128, 16), (96, 64), (384, 16)])
+def test_paged_int8_documents_against_int8_queries(d, page_tokens):
+    """The scorer's int8 form: queries quantised like the documents (`q_scales`), int8 dots (the same arithmetic in
+    fp32 here), each query row's max times its scale: against float64 on both dequantised sides, short and long
+    queries (d 384: the query read a K block at a time)."""
+    gen = torch.Generator().manual_seed(d + 1)
+    lengths = [300, 1, 0, 16, 17, 65, 130]
+    arena, scales, pages, start, end, exact, cu = paged_case(gen, lengths, d, torch.int8, page_tokens)
+    for q_lengths in ([32, 7], [1, 150]):
+        Q, cq = packed(q_lengths, d, torch.float32, gen)
+        Q[3] = 0.0  # a zero row: scale 1, contributes 0
+        q_int, q_scales = quantize(Q, torch.int8)
+        group = torch.tensor([b % 2 for b in range(len(lengths))], dtype=torch.int32)
+        out = km.maxsim_paged(q_int, cq, arena, pages, page_tokens, start, end, group, max(q_lengths), 100.0,
+                              scales=scales, q_scales=q_scales)
+        want = km.maxsim_grouped_reference(km.dequantize(q_int, q_scales, torch.float64), cq, exact, cu, group,
+                                           torch.float64)
+        check(out, want, torch.int8)
+    with pytest.raises(ValueError, match="q_scales go with an int8 query"):
+        km.maxsim_paged(Q.half(), cq, arena, pages, page_tokens, start, end, group, 150, 100.0, scales=scales,
+                        q_scales=q_scales)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float8_e4m3", "int8"])
+def test_kernel_reads_the_store_in_place(dtype):
+    """The paged kernel on a real (CPU) store's arena and page list, after evictions reused pages and the page
+    list was compacted, one entry pinned throughout: every entry scores as float64 on its stored values."""
+    rng = np.random.default_rng(0)
+    d = 64
+    store = DocumentStore(d, capacity_bytes=40 * 16 * (d * 2 + 4), device="cpu", dtype=dtype, headroom_bytes=0)
+    pinned_doc = rng.standard_normal((70, d)).astype(np.float32)
+    pinned = store.insert(["pinned"], [pinned_doc], np.array([70]))
+    for step in range(400):  # fill, evict and refill: pages reused, the page list compacted
+        lengths = rng.integers(0, 40, 4)
+        data = rng.standard_normal((int(lengths.sum()), d)).astype(np.float32)
+        store.release(store.insert([f"{step}-{i}" for i in range(4)], [data], lengths))
+    assert store.stats().evictions > 0 and store.compactions > 0 and store.lookup(["pinned"])[0] == pinned[0]
+    slots = store.lookup([f"399-{i}" for i in range(4)] + ["pinned"])
+    assert (slots >= 0).all()
+    Q = torch.randn(20, d, generator=torch.Generator().manual_seed(1)).half()
+    start, end = store.rows(slots)
+    as_t = lambda x: torch.from_numpy(np.asarray(x, dtype=np.int32))  # noqa: E731
+    out = km.maxsim_paged(Q, torch.tensor([0, 20], dtype=torch.int32), store.arena, store.log, store.page_tokens,
+                          as_t(start), as_t(end), torch.zeros(len(slots), dtype=torch.int32), 20, 30.0,
+                          scales=store.scales)
+    rows, cu = store.arena_rows(slots)
+    rows = torch.from_numpy(rows)
+    exact = km.dequantize(store.arena.view(torch.uint8)[rows].view(store.dtype) if store.compressed
+                          else store.arena[rows], None if store.scales is None else store.scales[rows], torch.float64)
+    check(out, km.maxsim_reference(Q, exact, torch.from_numpy(cu), torch.float64), torch.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float8_e4m3fn, torch.int8])
+def test_page_writer_matches_the_cpu_store(dtype):
+    """The page-writing kernel (the store's CUDA write) against the CPU store's write of the same rows: the same
+    values and scales in the same pages, rows past a document's end in its last page left alone."""
+    gen = torch.Generator().manual_seed(7)
+    d, page_tokens = 48, 16
+    src = torch.randn(60, d, generator=gen).half()
+    src[5] = 0  # a zero row: scale 1
+    page_src = torch.tensor([0, 16, 40, 56], dtype=torch.int32)
+    page_rows = torch.tensor([16, 9, 16, 4], dtype=torch.int32)
+    page_dst = torch.tensor([3, 0, 5, 1], dtype=torch.int32)
+    arena = torch.zeros(6 * page_tokens, d, dtype=dtype)
+    scales = torch.full((6 * page_tokens,), -1.0) if dtype in km.COMPRESSED else None
+    km.write_pages(src, arena, scales, page_src, page_rows, page_dst, page_tokens)
+    for s, n, p in zip(page_src.tolist(), page_rows.tolist(), page_dst.tolist()):
+        got = arena[p * page_tokens:p * page_tokens + n].float()
+        if dtype in km.COMPRESSED:
+            want, want_scales = quantize(src[s:s + n], dtype)
+            assert torch.equal(scales[p * page_tokens:p * page_tokens + n], want_scales)
+            assert (scales[p * page_tokens + n:(p + 1) * page_tokens] == -1).all()
+            want = want.float()
+            if dtype == torch.float8_e4m3fn:
+                # Triton 3.9's interpreter rounds float32 into float8e4nv its own way (ties away from even, and a
+                # value just below a power of two a binade too low: -127.9 -> -64 where torch and the GPU give
+                # -128), so here values agree to one float8 step or that binade; tests/kernels/test_maxsim_cuda.py
+                # compares them exactly on the GPU
+                assert (((got - want).abs() <= want.abs() / 8) | (got * 2 == want)).all()
+            else:
+                assert torch.equal(got, want)
+        else:
+            assert torch.equal(got, src[s:s + n].to(dtype).float())
+        assert (arena[p * page_tokens + n:(p + 1) * page_tokens].float() == 0).all()

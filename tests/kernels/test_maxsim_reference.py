@@ -1,7 +1,7 @@
 """The exact reference against a per-document float64 loop (no Triton involved)."""
 import torch
 
-from kernels import maxsim as km
+from kernels import reference as km
 
 
 def loop_reference(Q, docs):
@@ -10,7 +10,7 @@ def loop_reference(Q, docs):
 
 
 def test_reference_matches_loop_across_chunks(monkeypatch):
-    monkeypatch.setattr(km, "_REF_CHUNK_ELEMS", 600)  # force many chunks, and documents larger than one chunk
+    monkeypatch.setattr(km, "_CHUNK_ELEMS", 600)  # force many chunks, and documents larger than one chunk
     gen = torch.Generator().manual_seed(0)
     lengths = [1, 0, 40, 3, 500, 17]
     D = torch.randn(sum(lengths), 24, generator=gen)

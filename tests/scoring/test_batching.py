@@ -1,7 +1,7 @@
 import numpy as np
 
 from scoring.affinity import rendezvous_order
-from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results
+from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results, split_rows
 from scoring.embeddings import PackedEmbeddings
 from scoring.messages import EncodeJob
 
@@ -29,7 +29,7 @@ def test_calls_respect_chunk_budget_and_options():
 def test_scatter_returns_each_job_its_documents_in_order():
     jobs = [job("m", ["ab", "xyz", "q"]), job("m", ["hello"]), job("n", ["zz", "k"])]
     calls = plan_encode_calls(jobs, chunk_tokens=3)
-    out = scatter_results(jobs, calls, [fake_encode(c.texts) for c in calls])
+    out = scatter_results(jobs, calls, [split_rows(fake_encode(c.texts)) for c in calls])
     for j, jb in enumerate(jobs):
         assert [(len(r), int(r[0, 0])) for r in out[j]] == [(len(t), ord(t[0])) for t in jb.texts]
 

@@ -1,8 +1,13 @@
 """MaxSimScorer on the CPU: the exact path the service uses without a GPU, against a float64 reference."""
 import numpy as np
 import pytest
+import torch
 
+from kernels import maxsim as km
 from scoring.maxsim import MaxSimScorer, ScoreGroup
+from scoring.store import StoredDocuments
+from scoring import maxsim as sm
+from scoring import store as st
 
 
 def reference(query, docs, lengths):
@@ -52,6 +57,8 @@ def test_rejects_inconsistent_groups():
         scorer.score([bad])
     with pytest.raises(ValueError):
         scorer.score([group(rng, 2, [3], 9)])
+    with pytest.raises(ValueError):  # one array per document: the store takes packed buffers
+        scorer.score([ScoreGroup(bad.query, [bad.docs[:3], bad.docs[3:]], np.array([3, 4]))])
     assert scorer.score([]) == []
 
 
@@ -65,51 +72,77 @@ def test_cpu_chunks_hold_whole_documents(monkeypatch):
         np.testing.assert_allclose(scorer.score([g])[0], reference(g.query, g.docs, g.lengths), rtol=1e-5, atol=1e-4)
 
 
-def per_document(g: ScoreGroup) -> ScoreGroup:
-    """The same group with one array per document (views of the packed one), as a document cache hands them over."""
-    cu = np.concatenate([[0], np.cumsum(g.lengths)])
-    return ScoreGroup(query=g.query, docs=[g.docs[cu[i]:cu[i + 1]] for i in range(len(g.lengths))],
-                      lengths=g.lengths)
+def stored(scorer: MaxSimScorer, g: ScoreGroup, keys=None) -> ScoreGroup:
+    """The same group with its documents written to the scorer's store (pinned), as the scorer deployment sends it."""
+    keys = keys if keys is not None else [None] * len(g.lengths)
+    return ScoreGroup(g.query, StoredDocuments(scorer.store.insert(keys, [g.docs], g.lengths)))
 
 
-def test_per_document_arrays_score_as_the_packed_buffer(monkeypatch):
+def stored_reference(scorer: MaxSimScorer, g: ScoreGroup) -> np.ndarray:
+    """float64 MaxSim on the values the store holds for g's documents (dequantised for compressed storage)."""
+    store = scorer.store
+    rows, cu = store.arena_rows(g.docs.slots)
+    rows = torch.from_numpy(rows).to(store.device)
+    arena = store.arena.view(torch.uint8)[rows].view(store.dtype) if store.compressed else store.arena[rows]
+    values = km.dequantize(arena, None if store.scales is None else store.scales[rows], torch.float64).cpu()
+    query = g.query
+    if store.dtype == torch.int8:  # queries against int8 documents are quantised like them, on every device
+        q_int, q_scale = sm.quantize_int8(query)
+        query = q_int.astype(np.float64) * q_scale[:, None].astype(np.float64)
+    elif store.device.type == "cuda":  # the kernel computes in the query's float16 (bfloat16, float32: those)
+        query = torch.from_numpy(query).to(scorer._qdtype).double().numpy()
+    return reference(query, values.numpy(), np.diff(cu))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16", "float8_e4m3", "int8"])
+def test_stored_documents_match_float64_on_their_stored_values(monkeypatch, dtype):
     import scoring.maxsim as sm
     rng = np.random.default_rng(5)
-    scorer = MaxSimScorer(dim=24, device="cpu")
+    scorer = MaxSimScorer(dim=24, device="cpu", dtype=dtype, store_bytes=1 << 20)
     for chunk_rows in (4096, 64):  # one chunk; many chunks, a document longer than one
         monkeypatch.setattr(sm, "_CPU_CHUNK_ROWS", chunk_rows)
-        for g in (group(rng, 11, [1, 0, 200, 63, 64, 65, 2], 24), group(rng, 5, [7], 24, np.float32),
-                  group(rng, 3, [0, 0], 24), group(rng, 2, [], 24)):
-            rows = per_document(g)
-            rows.docs = [np.array(a) for a in rows.docs]  # separate arrays, not views of one buffer
-            np.testing.assert_array_equal(scorer.score([rows])[0], scorer.score([g])[0])
-            np.testing.assert_allclose(scorer.score([rows])[0], reference(g.query, g.docs, g.lengths),
-                                       rtol=1e-5, atol=1e-4)
+        for g in (group(rng, 11, [1, 0, 200, 63, 64, 65, 2], 24, np.float32), group(rng, 5, [7], 24),
+                  group(rng, 3, [0, 0], 24), group(rng, 2, [], 24), group(rng, 1, [1, 1, 1], 24)):
+            s = stored(scorer, g)
+            got = scorer.score([s])[0]
+            assert got.dtype == np.float32 and got.shape == (len(g.lengths),)
+            np.testing.assert_allclose(got, stored_reference(scorer, s), rtol=1e-5, atol=1e-4)
+            if dtype in ("float32", "float16"):  # lossless for these inputs: the packed path's scores
+                if dtype == "float32":  # to an ulp or two: the stored path's GEMM runs over whole pages
+                    np.testing.assert_allclose(got, scorer.score([g])[0], rtol=1e-6, atol=1e-6)
+                np.testing.assert_allclose(got, reference(g.query, g.docs.astype(dtype), g.lengths),
+                                           rtol=1e-5, atol=1e-4)
+            scorer.store.release(s.docs.slots)
 
 
-def test_rows_gather_cuts_through_documents():
-    import scoring.maxsim as sm
-    rng = np.random.default_rng(6)
-    g = group(rng, 1, [5, 0, 3, 9, 1, 0], 4)
-    src = sm._Rows(per_document(g).docs, g.lengths)
-    out = np.full((20, 4), np.nan, dtype=np.float16)
-    total = int(g.lengths.sum())
-    for r0 in range(total):
-        for r1 in range(r0 + 1, total + 1):
-            np.testing.assert_array_equal(src.gather(r0, r1, out), g.docs[r0:r1])
+def test_a_request_mixing_stored_and_fresh_documents():
+    """Some documents found in the store, the others written by this call, in request order: every score is the
+    one the document has alone."""
+    rng = np.random.default_rng(8)
+    scorer = MaxSimScorer(dim=16, device="cpu", store_bytes=1 << 20)
+    first = group(rng, 4, [5, 30, 1, 17], 16)
+    scorer.store.release(scorer.store.insert(["a", "b", "c", "d"], [first.docs], first.lengths))
+    fresh = group(rng, 4, [9, 2], 16)
+    keys = ["b", "x", "d", "y", "a"]
+    slots = scorer.store.lookup(keys)
+    assert (slots >= 0).tolist() == [True, False, True, False, True]
+    slots[slots < 0] = scorer.store.insert(["x", "y"], [fresh.docs], fresh.lengths)
+    got = scorer.score([ScoreGroup(first.query, StoredDocuments(slots))])[0]
+    alone = np.concatenate([scorer.score([ScoreGroup(first.query, first.docs, first.lengths)])[0],
+                            scorer.score([ScoreGroup(first.query, fresh.docs, fresh.lengths)])[0]])
+    np.testing.assert_allclose(got, alone[[1, 4, 3, 5, 0]], rtol=1e-6, atol=1e-5)
+    scorer.store.release(slots)
 
 
-def test_rejects_inconsistent_per_document_arrays():
+def test_int8_queries_are_quantised_as_the_store_quantises_documents():
+    """The scorer's numpy quantiser is the store's int8 format bit for bit (zero rows, halves, clipping)."""
     rng = np.random.default_rng(7)
-    scorer = MaxSimScorer(dim=8, device="cpu")
-    good = per_document(group(rng, 2, [3, 4], 8))
-    cases = [
-        ScoreGroup(good.query, good.docs[:1], good.lengths),  # one array short
-        ScoreGroup(good.query, [good.docs[0], np.zeros((4, 9), np.float16)], good.lengths),  # wrong d
-        ScoreGroup(good.query, [good.docs[0], np.zeros(4, np.float16)], good.lengths),  # not 2-D
-        ScoreGroup(good.query, good.docs, np.array([4, 3])),  # rows differ from lengths
-        ScoreGroup(good.query, [good.docs[0], good.docs[1].astype(np.float32)], good.lengths),  # mixed dtypes
-    ]
-    for bad in cases:
-        with pytest.raises(ValueError):
-            scorer.score([bad])
+    x = rng.standard_normal((40, 96)).astype(np.float32)
+    x[3] = 0.0
+    x[5, :4] = [127.5, -127.5, 0.5, -0.5]  # rounding half up after the division
+    x[6] = np.linspace(-3, 3, 96)
+    values, scales = sm.quantize_int8(x)
+    want_values, want_scales = st.quantize(torch.from_numpy(x), torch.int8)
+    np.testing.assert_array_equal(values, want_values.numpy())
+    np.testing.assert_array_equal(scales, want_scales.numpy())
+    assert values.dtype == np.int8 and scales.dtype == np.float32 and scales[3] == 1.0

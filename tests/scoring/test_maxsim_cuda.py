@@ -1,46 +1,88 @@
-"""MaxSimScorer on CUDA (skipped without a GPU, as in CI): documents staged through pinned memory in chunks and
-scored by the Triton kernel, against a float64 reference of the fp16-rounded inputs."""
+"""MaxSimScorer and its document store on CUDA (skipped without a GPU, as in CI): documents written through the
+pinned ring into GPU pages and scored there by the paged kernel, against float64 on the values the store holds."""
 import numpy as np
 import pytest
 import torch
 
 from scoring import maxsim as sm
-from tests.scoring.test_maxsim import group, per_document, reference
+from scoring import store as st
+from scoring.store import StoredDocuments
+from tests.scoring.test_maxsim import group, reference, stored_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def rounded_reference(g: sm.ScoreGroup) -> np.ndarray:
-    return reference(g.query.astype(np.float16), g.docs.astype(np.float16), g.lengths)
+def rounded_reference(g: sm.ScoreGroup, dtype) -> np.ndarray:
+    cast = torch.from_numpy(np.ascontiguousarray(g.docs)).to(dtype).double().numpy()
+    return reference(torch.from_numpy(g.query).to(dtype).double().numpy(), cast, g.lengths)
 
 
 # the default chunks and ring; small chunks that cut through documents and groups, through rings of 2 slots and
 # of 1 (every chunk waits for the previous one's copy to the GPU before it overwrites the slot)
 @pytest.mark.parametrize("first, chunk, slots", [(2 << 20, 8 << 20, 4), (4096, 12288, 2), (8192, 65536, 1)])
-def test_cuda_scores_match_float64_reference(monkeypatch, first, chunk, slots):
-    monkeypatch.setattr(sm, "_FIRST_CHUNK_BYTES", first)
-    monkeypatch.setattr(sm, "_STAGE_CHUNK_BYTES", chunk)
-    monkeypatch.setattr(sm, "_RING_SLOTS", slots)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16", "float8_e4m3", "int8"])
+def test_cuda_scores_match_float64(monkeypatch, first, chunk, slots, dtype):
+    if dtype != "float16" and slots != 4:
+        pytest.skip("the ring's chunking is the same for every dtype: run once, with float16")
+    monkeypatch.setattr(st, "_FIRST_CHUNK_BYTES", first)
+    monkeypatch.setattr(st, "_STAGE_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(st, "_RING_SLOTS", slots)
     rng = np.random.default_rng(4)
-    for d in (128, 96, 384):
-        scorer = sm.MaxSimScorer(dim=d, device="cuda")
+    for d in (128, 96, 384) if dtype == "float16" else (128,):
+        scorer = sm.MaxSimScorer(dim=d, device="cuda", dtype=dtype, store_bytes=64 << 20)
         groups = [group(rng, 32, rng.integers(1, 400, 300), d), group(rng, 1, [5], d, np.float32),
-                  group(rng, 9, [], d), group(rng, 70, [0, 4, 1], d)]
-        for call in range(2):  # the second call reuses the slots and buffers the first one left
-            results = scorer.score(groups if call == 0 else groups[::-1])
-            for g, got in zip(groups if call == 0 else groups[::-1], results):
-                assert got.dtype == np.float32 and got.shape == (len(g.lengths),)
-                np.testing.assert_allclose(got, rounded_reference(g), rtol=1e-4, atol=1e-3)
-            # the same documents as one array per document (separate arrays; fp16 straight into the slots, fp32
-            # through the converting copy), beside packed groups in one call
-            rows = [per_document(g) for g in groups]
-            for r in rows:
-                r.docs = [np.array(a) for a in r.docs]
-            mixed = [rows[0], groups[1], rows[1], rows[2], groups[3], rows[3]]
-            want = [rounded_reference(g) for g in (groups[0], groups[1], groups[1], groups[2], groups[3], groups[3])]
+                  group(rng, 9, [], d), group(rng, 70, [0, 4, 1], d), group(rng, 1, [1, 1], d)]
+        stored = [sm.ScoreGroup(g.query, StoredDocuments(scorer.store.insert(
+            [f"{d}-{i}-{b}" for b in range(len(g.lengths))], [g.docs], g.lengths))) for i, g in enumerate(groups)]
+        for call in range(2):  # the second call reuses the buffers the first one left
+            order = stored if call == 0 else stored[::-1]
+            for s, got in zip(order, scorer.score(order)):
+                assert got.dtype == np.float32 and got.shape == (s.docs.slots.size,)
+                np.testing.assert_allclose(got, stored_reference(scorer, s), rtol=1e-4, atol=1e-3)
+        if dtype in ("float16", "float32", "bfloat16"):  # packed host groups, written for the call, beside stored
+            mixed = [groups[0], stored[1], groups[2], stored[3], groups[4]]
+            torch_dtype = st.STORAGE_DTYPES[dtype]
+            want = [rounded_reference(groups[i], torch_dtype) for i in range(5)]
             for got, w in zip(scorer.score(mixed), want):
                 np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-3)
-        assert len(scorer._ring) == slots and all(s.is_pinned() for s in scorer._ring)
+        for s in stored:
+            scorer.store.release(s.docs.slots)
+        assert scorer.store.used_pages * scorer.store.page_bytes <= scorer.store.capacity_bytes
+        assert len(scorer.store._ring) in (0, slots) and all(r.is_pinned() for r in scorer.store._ring)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_eviction_while_in_use_and_a_mixed_request(dtype):
+    """A document pinned by a call survives a flood of writes (evictions, reused pages, a compacted page list) and
+    scores the same; a request mixing stored and fresh documents scores each as alone."""
+    rng = np.random.default_rng(5)
+    d = 128
+    scorer = sm.MaxSimScorer(dim=d, device="cuda", dtype=dtype, store_bytes=2 << 20, headroom_bytes=1 << 20)
+    keep = group(rng, 32, [300, 1, 50], d)
+    pinned = scorer.store.insert(["a", "b", "c"], [keep.docs], keep.lengths)
+    before = scorer.score([sm.ScoreGroup(keep.query, StoredDocuments(pinned))])[0]
+    for i in range(300):
+        g = group(rng, 1, rng.integers(1, 200, 8), d)
+        scorer.store.release(scorer.store.insert([f"{i}-{b}" for b in range(8)], [g.docs], g.lengths))
+    assert scorer.store.stats().evictions > 0 and scorer.store.compactions > 0
+    again = scorer.score([sm.ScoreGroup(keep.query, StoredDocuments(pinned))])[0]
+    np.testing.assert_array_equal(again, before)
+    fresh = group(rng, 32, [7, 120], d)
+    slots = scorer.store.lookup(["b", "new1", "a", "new2"])
+    assert (slots >= 0).tolist() == [True, False, True, False]
+    slots[slots < 0] = scorer.store.insert(["new1", "new2"], [fresh.docs], fresh.lengths)
+    got = scorer.score([sm.ScoreGroup(keep.query, StoredDocuments(slots))])[0]
+    alone = scorer.score([sm.ScoreGroup(keep.query, StoredDocuments(scorer.store.lookup(["new1", "new2"])))])[0]
+    np.testing.assert_array_equal(got, [before[1], alone[0], before[0], alone[1]])
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3", "int8"])
+def test_warmup_compiles_what_a_call_uses(dtype):
+    scorer = sm.MaxSimScorer(dim=64, device="cuda", dtype=dtype)
+    assert scorer.warmup() > 0
+    g = group(np.random.default_rng(6), 1, [1], 64)  # one-token query and document (a bi-encoder's rows)
+    s = sm.ScoreGroup(g.query, StoredDocuments(scorer.store.insert(["one"], [g.docs], g.lengths)))
+    np.testing.assert_allclose(scorer.score([s])[0], stored_reference(scorer, s), rtol=1e-4, atol=1e-3)
 
 
 def test_staging_threads_replace_the_actors_one_thread():
@@ -49,7 +91,7 @@ def test_staging_threads_replace_the_actors_one_thread():
     try:
         scorer = sm.MaxSimScorer(dim=64, device="cuda", staging_threads=3)
         g = group(np.random.default_rng(5), 8, [10, 20], 64)
-        np.testing.assert_allclose(scorer.score([g])[0], rounded_reference(g), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(scorer.score([g])[0], rounded_reference(g, torch.float16), rtol=1e-4, atol=1e-3)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

@@ -1,0 +1,295 @@
+"""Probe of the scorer's path on a GPU: where a warm and a cold `MaxSimScorer.score` spend their time (the CUDA
+calls around a launch, the staging of a cold insert against its floor), and the paged kernel of each storage dtype
+under other block shapes.
+
+    python benchmarks/maxsim_path_probe.py --root . --out OUT            # this tree
+    python benchmarks/maxsim_path_probe.py --root OLD --out OUT --tag old  # another tree (its scoring/, kernels/)
+
+Prints one JSON line a measurement and writes OUT/maxsim_path_probe[_TAG].json. Wall µs are medians of many
+calls, each synchronised; the kernel rows use triton's do_bench (L2 flushed between calls).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+import timing  # benchmarks/timing.py (the script's own folder)
+from timing import request
+
+RESULTS: dict = {}
+
+
+def record(name: str, value) -> None:
+    RESULTS[name] = value
+    print(json.dumps({name: value}), flush=True)
+
+
+def wall_us(fn, n=200) -> float:
+    return timing.wall_us(fn, n, warmup=5)
+
+
+def warm(sm, StoredDocuments, tag):
+    for dtype in ("float16", "float8_e4m3", "int8"):
+        scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=2 << 30)
+        scorer.warmup()
+        store = scorer.store
+        for n in (1000, 10000) if dtype == "float16" else (1000,):
+            lens, docs, query = request(n, seed=n)
+            keys = [f"w{n}-{i}" for i in range(n)]
+            store.release(store.insert(keys, [docs], lens))
+            slots = store.lookup(keys)
+            g = sm.ScoreGroup(query, StoredDocuments(slots))
+            got = torch.from_numpy(scorer.score([g])[0]).double()
+            cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)]))
+            ref = torch.stack([(torch.from_numpy(query).half().double() @ torch.from_numpy(
+                docs[cu[i]:cu[i + 1]]).double().T).amax(1).sum() for i in range(n)])
+            record(f"{tag} {dtype} {n} max |score - float64 of fp16|", round((got - ref).abs().max().item(), 5))
+            record(f"{tag} {dtype} {n} warm score()", wall_us(lambda: scorer.score([g]), n=300 if n <= 1000 else 50))
+            record(f"{tag} {dtype} {n} lookup + release", wall_us(lambda: store.release(store.lookup(keys)), n=100))
+            if dtype == "float16" and n == 1000:
+                groups = [sm.ScoreGroup(query, StoredDocuments(s)) for s in np.array_split(slots, 8)]
+                record(f"{tag} {dtype} {n} warm score(), 8 groups", wall_us(lambda: scorer.score(groups), n=200))
+                for name, call in (("1 group", [g]), ("8 groups", groups)):
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    for _ in range(300):
+                        scorer.score(call)
+                    prof.disable()
+                    text = io.StringIO()
+                    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+                    RESULTS[f"{tag} warm profile, {name}"] = text.getvalue()
+                    print(text.getvalue(), flush=True)
+            store.release(slots)
+        del scorer, store
+        torch.cuda.empty_cache()
+
+
+def pieces():
+    """What the CUDA calls around a launch cost on this host."""
+    s = torch.cuda.Stream()
+    h = torch.empty(1 << 20, dtype=torch.uint8, pin_memory=True)
+    d = torch.empty(1 << 20, dtype=torch.uint8, device="cuda")
+
+    def ctx():
+        with torch.cuda.stream(s):
+            pass
+    record("stream context enter+exit (host us)", round(1e6 * timeit(ctx), 2))
+    record("slice of a CUDA tensor (host us)", round(1e6 * timeit(lambda: d[256:4096]), 2))
+    record("H2D copy_ 24 KB, non_blocking (host us, no sync)", round(1e6 * timeit(
+        lambda: d[:24576].copy_(h[:24576], non_blocking=True)), 2))
+    record("H2D 24 KB + sync (wall us)", wall_us(lambda: d[:24576].copy_(h[:24576], non_blocking=True)))
+    record("stream sync, nothing queued (us)", round(1e6 * timeit(lambda: s.synchronize()), 2))
+    record("H2D 24 KB + D2H 4 KB + sync (wall us)", wall_us(
+        lambda: (d[:24576].copy_(h[:24576], non_blocking=True), h[65536:69632].copy_(d[4096:8192], non_blocking=True))))
+
+
+def timeit(fn, n=2000):
+    for _ in range(50):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def cold(sm, StoredDocuments, tag):
+    for n in (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        nbytes = docs.nbytes
+        src = torch.from_numpy(docs).view(torch.uint8).view(-1)
+        pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        reps = 20 if n <= 1000 else 5
+        record(f"{n} ({nbytes / 1e6:.0f} MB) pinned H2D", wall_us(lambda: dst.copy_(pinned, non_blocking=True), reps))
+        for threads in (1, 4, 8, 16):
+            torch.set_num_threads(threads)
+            record(f"{n} host copy pageable->pinned, {threads} threads", wall_us(lambda: pinned.copy_(src), reps))
+        torch.set_num_threads(16)
+        cudart = torch.cuda.cudart()
+
+        def registered():
+            assert cudart.cudaHostRegister(src.data_ptr(), nbytes, 0) == 0
+            dst.copy_(src, non_blocking=True)
+            torch.cuda.synchronize()
+            assert cudart.cudaHostUnregister(src.data_ptr()) == 0
+
+        def register_only():
+            assert cudart.cudaHostRegister(src.data_ptr(), nbytes, 0) == 0
+            assert cudart.cudaHostUnregister(src.data_ptr()) == 0
+        try:
+            record(f"{n} cudaHostRegister + unregister", wall_us(register_only, reps))
+            record(f"{n} cudaHostRegister + H2D + unregister", wall_us(registered, reps))
+        except Exception as exc:  # noqa: BLE001
+            record(f"{n} cudaHostRegister", repr(exc))
+        record(f"{n} pageable H2D (.cuda())", wall_us(lambda: src.cuda(), reps))
+        scorer = sm.MaxSimScorer(128, device="cuda", dtype="float16", store_bytes=4 << 30)
+        scorer.warmup()
+        store = scorer.store
+        count = [0]
+
+        def insert_score_release():
+            count[0] += 1
+            s = store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], [docs], lens)
+            scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
+            store.release(s)
+
+        def insert_only():
+            count[0] += 1
+            store.release(store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], [docs], lens))
+        record(f"{tag} {n} cold insert + score() + release", wall_us(insert_score_release, reps))
+        record(f"{tag} {n} cold insert + release", wall_us(insert_only, reps))
+        keys = [[f"k{n}-{j}-{i}" for i in range(n)] for j in range(reps + 5)]
+        record(f"{n} building the keys (host us)", round(1e6 * timeit(lambda: [f"x{i}" for i in range(n)], 20), 1))
+        prof = cProfile.Profile()
+        prof.enable()
+        for j in range(5):
+            store.release(store.insert(keys[j], [docs], lens))
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
+        RESULTS[f"{tag} {n} cold profile"] = text.getvalue()
+        print(text.getvalue(), flush=True)
+        del scorer, store, pinned, dst
+        torch.cuda.empty_cache()
+
+
+def cold_parts(sm):
+    """The staging of one insert against the floor of staging it: one pinned buffer, each chunk's host copy
+    followed by its copy to the GPU, no ring."""
+    scorer = sm.MaxSimScorer(128, device="cuda", dtype="float16", store_bytes=4 << 30)
+    scorer.warmup()
+    store = scorer.store
+    for n in (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        nbytes = docs.nbytes
+        staged = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        view = staged.view(torch.float16).view(-1, 128)
+        reps = 20 if n <= 1000 else 5
+        record(f"{n} store._stage alone (+ sync)", wall_us(lambda: store._stage([docs], view, 256), reps))
+        src = torch.from_numpy(docs).view(torch.uint8).view(-1)
+        big = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        for chunk in (2 << 20, 8 << 20, 32 << 20):
+            def floor():
+                for a in range(0, nbytes, chunk):
+                    big[a:a + chunk].copy_(src[a:a + chunk])
+                    staged[a:a + chunk].copy_(big[a:a + chunk], non_blocking=True)
+            record(f"{n} staging floor, {chunk >> 20} MB chunks", wall_us(floor, reps))
+        count = [0]
+
+        def keys_and_insert():
+            count[0] += 1
+            store.release(store.insert([f"p{n}-{count[0]}-{i}" for i in range(n)], [docs], lens))
+        record(f"{n} insert + release (keys made in the call)", wall_us(keys_and_insert, reps))
+        # where an insert's time goes: each method's wall time (synchronised where it ends on the GPU)
+        spent: dict = {}
+
+        def timed(name, fn, sync=False):
+            def wrapper(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    if sync:
+                        torch.cuda.synchronize()
+                    spent.setdefault(name, []).append((time.perf_counter() - t0) * 1e6)
+            return wrapper
+        originals = {m: getattr(store, m) for m in ("insert", "release", "_write", "_stage", "_evict_until",
+                                                     "_append_log", "_index_new", "_take_pages", "_take_slots")}
+        for m, fn in originals.items():
+            setattr(store, m, timed(m, fn, sync=m == "_stage"))
+        for _ in range(reps):
+            keys_and_insert()
+        for m in originals:
+            delattr(store, m)
+        record(f"{n} insert's parts (median us a call)", {m: round(statistics.median(v), 1) for m, v in spent.items()})
+        del staged, big
+        torch.cuda.empty_cache()
+
+
+def configs(km, sm):
+    """Kernel rows of each storage dtype under other block shapes: compressed tiles carry half or a quarter of the
+    bytes of a float16 tile, so the same tile keeps fewer bytes in flight."""
+    import triton
+    shapes = {"default": None}
+    for block_d, warps, stages in ((128, 4, 4), (64, 4, 8), (128, 8, 3), (256, 8, 3), (128, 4, 6)):
+        shapes[f"d{block_d} w{warps} s{stages}"] = km.KernelConfig(block_q=32, block_d=block_d, block_k=128,
+                                                                    swap=True, num_warps=warps, num_stages=stages)
+    for n in (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        for dtype in ("float16", "float8_e4m3", "int8"):
+            scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=1 << 30 if n <= 1000 else 8 << 30)
+            store = scorer.store
+            slots = store.insert([f"n{i}" for i in range(n)], [docs], lens)
+            start, end = store.rows(slots)
+            ds, de = torch.from_numpy(start).cuda(), torch.from_numpy(end).cuda()
+            grp = torch.zeros(n, dtype=torch.int32, device="cuda")
+            cq = torch.tensor([0, 32], dtype=torch.int32, device="cuda")
+            Qg = torch.from_numpy(query).half().cuda()
+            ref = None
+            forms = {"": (Qg, None)}
+            if dtype == "int8":  # the scorer's form (int8 query) and the float16 query widened in the kernel
+                q_int, q_scales = sm.quantize_int8(query)
+                forms = {" int8 query": (torch.from_numpy(q_int).cuda(), torch.from_numpy(q_scales).cuda()),
+                         " fp16 query": (Qg, None)}
+            for form, (Qf, q_scales) in forms.items():
+                ref = None
+                for name, cfg in shapes.items():
+                    def call():
+                        return km.maxsim_paged(Qf, cq, store.arena, store.log, store.page_tokens, ds, de, grp, 32,
+                                               float(lens.mean()), scales=store.scales, config=cfg,
+                                               q_scales=q_scales)
+                    try:
+                        got = call()
+                        ref = got if ref is None else ref
+                        us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
+                        record(f"config {n} {dtype}{form} {name}",
+                               {"us": round(us, 1), "max diff vs default": round((got - ref).abs().max().item(), 5)})
+                    except Exception as exc:  # noqa: BLE001
+                        record(f"config {n} {dtype}{form} {name}", repr(exc)[:200])
+            store.release(slots)
+            del scorer, store
+            torch.cuda.empty_cache()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", default=".")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--tag", default="new")
+    ap.add_argument("--sections", default="pieces,warm,cold,cold_parts,configs")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.abspath(args.root))
+    from kernels import maxsim as km
+    from scoring import maxsim as sm
+    from scoring.store import StoredDocuments
+    record("device", torch.cuda.get_device_name())
+    sections = args.sections.split(",")
+    try:
+        if "pieces" in sections:
+            pieces()
+        if "warm" in sections:
+            warm(sm, StoredDocuments, args.tag)
+        if "cold" in sections:
+            cold(sm, StoredDocuments, args.tag)
+        if "cold_parts" in sections:
+            cold_parts(sm)
+        if "configs" in sections:
+            configs(km, sm)
+    finally:
+        with open(os.path.join(args.out, f"maxsim_path_probe_{args.tag}.json"), "w") as fh:
+            json.dump(RESULTS, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
