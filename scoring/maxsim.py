@@ -116,8 +116,8 @@ class MaxSimScorer:
                                    staging_threads=staging_threads)
         # the query as the kernel reads it: int8 (quantised like the documents) for int8 storage, float16 for
         # float8, else the storage dtype
-        self._native = self.store.dtype == torch.int8
-        qdtype = torch.int8 if self._native else torch.float16 if self.store.compressed else self.store.dtype
+        self._int8_queries = self.store.dtype == torch.int8
+        qdtype = torch.int8 if self._int8_queries else torch.float16 if self.store.compressed else self.store.dtype
         self._qdtype = qdtype
         self._qsize = torch.empty(0, dtype=qdtype).element_size()
         self._host: torch.Tensor | None = None  # pinned uint8: queries, metadata, scores
@@ -173,7 +173,7 @@ class MaxSimScorer:
     # -- CPU: exact, fp32 accumulation, in cache-sized chunks of whole documents --------------------------------
     def _query_t(self, g: ScoreGroup, stored: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The query as the CPU path multiplies it, [d, Lq] fp32, and its per-row scales (int8 documents only)."""
-        if stored and self._native:  # int8 documents: the query quantised like them, as on CUDA
+        if stored and self._int8_queries:  # int8 documents: the query quantised like them, as on CUDA
             q_int, q_scale = quantize_int8(g.query)
             return torch.from_numpy(q_int.astype(np.float32)).T.contiguous(), torch.from_numpy(q_scale)
         return torch.from_numpy(np.ascontiguousarray(g.query, dtype=np.float32)).T.contiguous(), None
@@ -281,7 +281,7 @@ class MaxSimScorer:
             return [np.zeros(0, dtype=np.float32) for _ in groups]
         all_slots = slots[0] if n_groups == 1 else np.concatenate(slots)
         o_qs = _align(tq * dim * self._qsize) // 4  # 4-byte offsets from here on; the queries' scales (int8)
-        o_cu = o_qs + (_align(4 * tq) // 4 if self._native else 0)
+        o_cu = o_qs + (_align(4 * tq) // 4 if self._int8_queries else 0)
         o_start = o_cu + _align(4 * (n_groups + 1)) // 4
         o_end = o_start + _align(4 * b) // 4
         o_group = o_end + _align(4 * b) // 4
@@ -299,7 +299,7 @@ class MaxSimScorer:
             ints[o_cu] = 0
             np.cumsum(q_lens, out=ints[o_cu + 1:o_cu + 1 + n_groups])
         queries = [g.query for g in groups]
-        if self._native:  # int8 documents: the queries quantised like them, with their scales
+        if self._int8_queries:  # int8 documents: the queries quantised like them, with their scales
             quantized = [quantize_int8(q) for q in queries]
             q_int = quantized[0][0] if n_groups == 1 else np.concatenate([qi for qi, _ in quantized])
             host_np[:tq * dim].view(np.int8).reshape(tq, dim)[:] = q_int
@@ -319,7 +319,7 @@ class MaxSimScorer:
                 self._dev_q[:tq * dim].view(tq, dim), d32[o_cu:o_cu + n_groups + 1], store.arena, store.log,
                 store.page_tokens, d32[o_start:o_start + b], d32[o_end:o_end + b], d32[o_group:o_group + b],
                 max_lq=max(q_lens), mean_ld=mean_ld, scales=store.scales, out=pinned_out,
-                q_scales=self._dev_f32[o_qs:o_qs + tq] if self._native else None)
+                q_scales=self._dev_f32[o_qs:o_qs + tq] if self._int8_queries else None)
             if scores is not pinned_out:  # queries longer than one block: summed on the GPU, then copied back
                 pinned_out.copy_(scores, non_blocking=True)
         store.stream.synchronize()
