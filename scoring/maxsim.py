@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from kernels import maxsim as kmaxsim
-from scoring.store import INTEGER_VIEWS, DocumentStore, StoredDocuments
+from scoring.store import INTEGER_VIEWS, DocumentStore, StoredDocuments, cu_seqlens
 
 _ALIGN = 256  # bytes: the queries and the metadata start aligned in the call's buffers
 _CPU_CHUNK_ROWS = 4096  # document rows widened to fp32 at a time on the CPU path (6 MB at d 384; v3: 2048-8192 best)
@@ -40,12 +40,6 @@ class ScoreGroup:
 
 def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-def _cu_seqlens(lengths: np.ndarray) -> np.ndarray:
-    cu = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=cu[1:])
-    return cu
 
 
 def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +179,7 @@ class MaxSimScorer:
         if isinstance(g.docs, StoredDocuments):
             return self._score_cpu_stored(g)
         lengths = np.asarray(g.lengths, dtype=np.int64)
-        cu = _cu_seqlens(lengths)
+        cu = cu_seqlens(lengths)
         n_docs = lengths.size
         out = np.zeros(n_docs, dtype=np.float32)
         if n_docs == 0 or g.query.shape[0] == 0:
@@ -214,8 +208,8 @@ class MaxSimScorer:
         the max."""
         store = self.store
         with store.lock:
-            pages, n_pages, lengths = store.arena_pages(g.docs.slots)
-        n_docs = lengths.size
+            pages, page_rows, n_pages = store.arena_pages(g.docs.slots)
+        n_docs = n_pages.size
         out = np.zeros(n_docs, dtype=np.float32)
         if n_docs == 0 or g.query.shape[0] == 0 or pages.size == 0:
             return out
@@ -224,11 +218,9 @@ class MaxSimScorer:
         arena, scales = store.arena, store.scales
         arena_pages = arena.view(INTEGER_VIEWS[arena.dtype]).view(-1, p, dim)  # no float8 CPU index_select
         scale_pages = scales.view(-1, p) if scales is not None else None
-        cu_p = _cu_seqlens(n_pages)
-        # rows of each page that belong to its document (the last page of a document is partly stale)
-        within = np.arange(pages.size, dtype=np.int64) - np.repeat(cu_p[:-1], n_pages)
-        page_rows = np.minimum(p, np.repeat(lengths, n_pages) - within * p)
-        stale = torch.from_numpy(np.arange(p)[None, :] >= page_rows[:, None])  # [P, page_tokens]
+        cu_p = cu_seqlens(n_pages)
+        # rows past their document's end (in its last page): [P, page_tokens]
+        stale = torch.from_numpy(np.arange(p)[None, :] >= page_rows[:, None])
         pages_t = torch.from_numpy(pages)
         chunk = max(_CPU_CHUNK_ROWS // p, int(n_pages.max()))  # pages a chunk; whole documents, at least one
         gathered = torch.empty(chunk, p, dim, dtype=arena_pages.dtype)

@@ -62,10 +62,17 @@ class StoredDocuments:
     slots: np.ndarray  # [B] int64
 
 
-def _cu(lengths: np.ndarray) -> np.ndarray:
+def cu_seqlens(lengths: np.ndarray) -> np.ndarray:
+    """[0, l0, l0+l1, ...]: the offsets of runs of `lengths` laid one after another."""
     cu = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=cu[1:])
     return cu
+
+
+def _runs(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """starts[i], starts[i] + 1, ..., starts[i] + counts[i] - 1 for every i, one run after another (int64)."""
+    cu = cu_seqlens(counts)
+    return np.repeat(starts - cu[:-1], counts) + np.arange(int(cu[-1]), dtype=np.int64)
 
 
 def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,21 +227,25 @@ class DocumentStore:
         return slots
 
     def arena_rows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(arena rows of the documents' tokens, one after another; cu_seqlens [B+1]): the CPU path's gather."""
+        """(arena rows of the documents' tokens, one after another; cu_seqlens [B+1]): the layout read row by row,
+        for readers outside the kernel and the CPU path (the tests' float64 references)."""
         lengths = self._length[slots]
-        cu = _cu(lengths)
-        start = self._log_pos[slots] * self.page_tokens
-        logical = np.repeat(start - cu[:-1], lengths) + np.arange(int(cu[-1]), dtype=np.int64)
+        logical = _runs(self.row_start[slots].astype(np.int64), lengths)
         p = self.page_tokens
-        return self._log[logical // p].astype(np.int64) * p + logical % p, cu
+        return self._log[logical // p].astype(np.int64) * p + logical % p, cu_seqlens(lengths)
 
     def arena_pages(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(the arena pages of the documents, one document's after another, [P] int64; pages per document [B];
-        tokens per document [B]): the CPU path's gather, a page at a time."""
-        counts, lengths = self._n_pages[slots], self._length[slots]
-        cu = _cu(counts)
-        runs = np.repeat(self._log_pos[slots] - cu[:-1], counts) + np.arange(int(cu[-1]), dtype=np.int64)
-        return self._log[runs].astype(np.int64), counts, lengths
+        """(the arena pages of the documents, one document's after another, [P] int64; the rows of each page that
+        belong to its document, [P]; pages per document [B]): the CPU path's gather, a page at a time."""
+        counts = self._n_pages[slots]
+        return (self._log[_runs(self._log_pos[slots], counts)].astype(np.int64),
+                self._page_rows(self._length[slots], counts)[1], counts)
+
+    def _page_rows(self, lengths: np.ndarray, n_pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For every page of documents of `lengths` taking `n_pages` each: (its index within its document, how
+        many of its rows the document fills: page_tokens but for a last page)."""
+        within = _runs(np.zeros_like(n_pages), n_pages)
+        return within, np.minimum(self.page_tokens, np.repeat(lengths, n_pages) - within * self.page_tokens)
 
     def stats(self) -> CacheStats:
         with self.lock:
@@ -257,9 +268,7 @@ class DocumentStore:
         counts = self._n_pages[slots]
         n = int(counts.sum())
         if n:
-            cu = _cu(counts)
-            runs = np.repeat(self._log_pos[slots] - cu[:-1], counts) + np.arange(n)
-            self._free_pages[self._n_free:self._n_free + n] = self._log[runs]
+            self._free_pages[self._n_free:self._n_free + n] = self._log[_runs(self._log_pos[slots], counts)]
             self._n_free += n
         self._live[slots] = False
         self._n_pages[slots] = 0
@@ -316,7 +325,7 @@ class DocumentStore:
             taken = self._take_pages(need)
             pos = self._append_log(taken)
             fresh = self._take_slots(new.size)
-            cu_pages = _cu(n_pages)
+            cu_pages = cu_seqlens(n_pages)
             self._log_pos[fresh] = pos + cu_pages[:-1]
             self._n_pages[fresh] = n_pages
             self._length[fresh] = lengths[new]
@@ -358,8 +367,8 @@ class DocumentStore:
         if self._log_end + pages.size > self._log.size:
             live = np.flatnonzero(self._live & (self._n_pages > 0))
             counts = self._n_pages[live]
-            new_pos = _cu(counts)
-            src = np.repeat(self._log_pos[live] - new_pos[:-1], counts) + np.arange(int(new_pos[-1]))
+            new_pos = cu_seqlens(counts)
+            src = _runs(self._log_pos[live], counts)
             self._log[:src.size] = self._log[src]
             self._log_pos[live] = new_pos[:-1]
             self._set_rows(live)
@@ -376,12 +385,10 @@ class DocumentStore:
 
     def _write(self, parts, lengths, new, n_pages, pages, log_pos) -> None:
         """Rows of the new documents (positions `new` of `lengths`) into their pages; the page list's new run."""
-        cu = _cu(lengths)
+        cu = cu_seqlens(lengths)
         # one entry a page: the source row of its first token, how many rows it takes, the page
-        starts = np.repeat(cu[new] - _cu(n_pages)[:-1] * self.page_tokens, n_pages) + \
-            np.arange(pages.size, dtype=np.int64) * self.page_tokens
-        ends = np.repeat(cu[new] + lengths[new], n_pages)
-        page_rows = np.minimum(ends - starts, self.page_tokens)
+        within, page_rows = self._page_rows(lengths[new], n_pages)
+        starts = np.repeat(cu[new], n_pages) + within * self.page_tokens
         if self.device.type == "cuda":
             self._write_cuda(parts, int(cu[-1]), starts, page_rows, pages, log_pos)
         else:
