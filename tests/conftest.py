@@ -69,6 +69,31 @@ def default_app(serve_instance):
     serve.delete("reranker")
 
 
+@pytest.fixture(scope="session")
+def hf_token_embeddings():
+    """The default model's token embeddings through HF transformers (float32, float64 out, L2-normalised per token,
+    as the encoder returns them): `embed(text, kind)`, kind "query" or "document" (its token limit)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from scoring.config import resolve_model_path
+
+    model_cfg = default_app_args()["models"][0]
+    path = resolve_model_path(model_cfg["model"])
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+
+    def embed(text: str, kind: str) -> np.ndarray:
+        limit = model_cfg["max_tokens_per_query" if kind == "query" else "max_tokens_per_doc"]
+        ids = tokenizer(text, truncation=True, max_length=limit, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**ids).last_hidden_state[0].double()
+        return torch.nn.functional.normalize(hidden, dim=-1).numpy()
+
+    return embed
+
+
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ change what a test needs, and hand it to the Serve controller as a config.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from pathlib import Path
@@ -38,6 +39,24 @@ def deploy(*apps: dict) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": list(apps)}))
+
+
+@contextlib.contextmanager
+def serving(app: dict, base_url: str, **client_options):
+    """`app` deployed from config and running; an httpx client on its route (`client_options`: headers, ...);
+    the application deleted afterwards."""
+    import httpx
+    from ray import serve
+
+    from tests.conftest import wait_until
+
+    deploy(app)
+    try:
+        wait_until(lambda: app_running(app["name"]), timeout=600, interval=1)
+        with httpx.Client(base_url=base_url + app["route_prefix"], timeout=120, **client_options) as client:
+            yield client
+    finally:
+        serve.delete(app["name"])
 
 
 def replica_states(app: str, deployment: str) -> dict[str, int]:

@@ -7,14 +7,11 @@ The app `int8` is serve_config.yaml's application with `cache.document_dtype: in
 
 from __future__ import annotations
 
-import httpx
 import numpy as np
 import pytest
 import torch
-from ray import serve
 
-from tests.conftest import wait_until
-from tests.e2e.serve_configs import app_from_serve_config, app_running, deploy
+from tests.e2e.serve_configs import app_from_serve_config, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -34,26 +31,23 @@ def int8_app(serve_instance):
     fixed = {"autoscaling_config": None, "num_replicas": 1}
     app = app_from_serve_config(APP, PREFIX, {"Encoder-minilm-colbert": fixed, "Scorer": fixed})
     app["args"].setdefault("cache", {})["document_dtype"] = "int8"
-    deploy(app)
-    wait_until(lambda: app_running(APP), timeout=600, interval=1)
-    with httpx.Client(base_url=serve_instance + PREFIX, timeout=120) as client:
+    with serving(app, serve_instance) as client:
         yield client
-    serve.delete(APP)
 
 
-def test_int8_scores_are_maxsim_of_the_quantised_embeddings(int8_app, hf_embeddings):
+def test_int8_scores_are_maxsim_of_the_quantised_embeddings(int8_app, hf_token_embeddings):
     from scoring.maxsim import quantize_int8
     from scoring.store import quantize
 
     r = int8_app.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS})
     assert r.status_code == 200, r.text
     got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
-    q = hf_embeddings(QUERY, "query")
+    q = hf_token_embeddings(QUERY, "query")
     q_int, q_scale = quantize_int8(q.astype(np.float32))
     q_values = q_int.astype(np.float64) * q_scale[:, None]
     exact = {}
     for i, text in enumerate(DOCUMENTS):
-        d = hf_embeddings(text, "document")
+        d = hf_token_embeddings(text, "document")
         d_int, d_scale = quantize(torch.from_numpy(d.astype(np.float32)), torch.int8)
         d_values = d_int.double().numpy() * d_scale.double().numpy()[:, None]
         assert got[i] == pytest.approx(float((q_values @ d_values.T).max(axis=1).sum()), rel=1e-3, abs=1e-3), i
@@ -65,25 +59,3 @@ def test_int8_scores_are_maxsim_of_the_quantised_embeddings(int8_app, hf_embeddi
             if exact[i] > exact[j] + margin:
                 assert got[i] > got[j], (i, j, got, exact)
     assert max(got, key=got.get) == max(exact, key=exact.get) == 0
-
-
-@pytest.fixture(scope="module")
-def hf_embeddings():
-    from transformers import AutoModel, AutoTokenizer
-
-    from scoring.config import resolve_model_path
-    from tests.conftest import default_app_args
-
-    model_cfg = default_app_args()["models"][0]
-    path = resolve_model_path(model_cfg["model"])
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
-
-    def embed(text: str, kind: str) -> np.ndarray:
-        limit = model_cfg["max_tokens_per_query" if kind == "query" else "max_tokens_per_doc"]
-        ids = tokenizer(text, truncation=True, max_length=limit, return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(**ids).last_hidden_state[0].double()
-        return torch.nn.functional.normalize(hidden, dim=-1).numpy()
-
-    return embed

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import httpx
-import numpy as np
 import pytest
-import torch
 
 pytestmark = pytest.mark.e2e
 
@@ -21,26 +19,10 @@ DOCUMENTS = [
 
 
 @pytest.fixture(scope="module")
-def hf_reference():
-    from transformers import AutoModel, AutoTokenizer
-
-    from scoring.config import resolve_model_path
-    from tests.conftest import default_app_args
-
-    model_cfg = default_app_args()["models"][0]
-    path = resolve_model_path(model_cfg["model"])
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path, torch_dtype=torch.float32).eval()
-
-    def embed(text: str, max_tokens: int) -> np.ndarray:
-        ids = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(**ids).last_hidden_state[0].double()
-        return torch.nn.functional.normalize(hidden, dim=-1).numpy()
-
+def hf_reference(hf_token_embeddings):
     def maxsim(query: str, document: str) -> float:
-        q = embed(query, model_cfg["max_tokens_per_query"])
-        d = embed(document, model_cfg["max_tokens_per_doc"])
+        q = hf_token_embeddings(query, "query")
+        d = hf_token_embeddings(document, "document")
         return float((q @ d.T).max(axis=1).sum())
 
     return maxsim

@@ -12,8 +12,7 @@ import httpx
 import pytest
 from ray import serve
 
-from tests.conftest import wait_until
-from tests.e2e.serve_configs import app_from_serve_config, app_running, deploy
+from tests.e2e.serve_configs import app_from_serve_config, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -36,11 +35,8 @@ def doccache(serve_instance):
         APP, PREFIX, {ENCODER: {**fixed, "num_replicas": 1}, "Scorer": {**fixed, "num_replicas": 2}}
     )
     app["args"]["cache"] = {"document_cache_bytes": 0}
-    deploy(app)
-    wait_until(lambda: app_running(APP), timeout=600, interval=1)
-    with httpx.Client(base_url=serve_instance + PREFIX, timeout=120) as client:
+    with serving(app, serve_instance) as client:
         yield client
-    serve.delete(APP)
 
 
 def encoder_cache() -> dict:

@@ -15,7 +15,7 @@ import ray
 from ray import serve
 
 from tests.conftest import wait_until
-from tests.e2e.serve_configs import app_from_serve_config, app_running, deploy, replica_states
+from tests.e2e.serve_configs import app_from_serve_config, replica_states, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -40,12 +40,9 @@ def strict(serve_instance):
     app["args"]["limits"].update(max_concurrent_requests=4, request_timeout_s=20)
     app["args"]["cache"] = {"query_cache_bytes": QUERY_CACHE_BYTES, "document_cache_bytes": DOCUMENT_CACHE_BYTES}
     app["args"]["auth"] = {"api_keys": [KEY]}
-    deploy(app)
-    wait_until(lambda: app_running(APP), timeout=600, interval=1)
-    with httpx.Client(base_url=serve_instance + PREFIX, timeout=120, headers=AUTH) as client:
+    with serving(app, serve_instance, headers=AUTH) as client:
         expected = client.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}).json()["results"]
         yield client, expected
-    serve.delete(APP)
 
 
 def scorer_stats() -> dict:
