@@ -108,6 +108,12 @@ def _config_bucketed(q_rows: int, long_docs: bool, d: int, elem_bytes: int) -> K
     return _config(q_rows, 2 * _LONG_DOCS if long_docs else 1, d, elem_bytes)
 
 
+def paged_config(max_lq: int, mean_ld: float, d: int, q_elem_bytes: int) -> KernelConfig:
+    """The block configuration `maxsim_paged` launches for these lengths (its queries' element size: 1 for the
+    int8 queries of int8 documents, 2 for float16 queries); callers that replay a launch key it by this."""
+    return _config_bucketed(max_lq, mean_ld > _LONG_DOCS, d, q_elem_bytes)
+
+
 @functools.lru_cache(maxsize=4096)
 def _plan(nq: int, lq: int, long_docs: bool, d: int, esize: int, config: KernelConfig | None):
     """(config, queries per block, rows per query in a block, query chunks, programs per document)."""
@@ -274,7 +280,7 @@ def _grouped(Q, cu_seqlens_q, D, scales, pages, page_tokens, doc_start, doc_end,
         q_scales = _same(q_scales, torch.float32)
     else:
         Q = _same(Q, _query_dtype(D.dtype))
-    cfg = config or _config_bucketed(max_lq, mean_ld > _LONG_DOCS, D.shape[1], Q.element_size())
+    cfg = config or paged_config(max_lq, mean_ld, D.shape[1], Q.element_size())
     n_chunks = max(1, math.ceil(max_lq / cfg.block_q))
     if out is not None and n_chunks == 1:
         if out.dtype != torch.float32 or out.numel() != n_docs or not out.is_contiguous():
