@@ -1,12 +1,12 @@
 """Probe of the scorer's path on a GPU: where a warm and a cold `MaxSimScorer.score` spend their time (the CUDA
-calls around a launch, the staging of a cold insert against its floor), and the paged kernel of each storage dtype
-under other block shapes.
+calls around a launch, the staging of a cold insert against its floor). The block shapes of compressed tiles:
+`maxsim_compressed_probe.py`.
 
     python benchmarks/maxsim_path_probe.py --root . --out OUT            # this tree
     python benchmarks/maxsim_path_probe.py --root OLD --out OUT --tag old  # another tree (its scoring/, kernels/)
 
 Prints one JSON line a measurement and writes OUT/maxsim_path_probe[_TAG].json. Wall µs are medians of many
-calls, each synchronised; the kernel rows use triton's do_bench (L2 flushed between calls).
+calls, each synchronised.
 """
 from __future__ import annotations
 
@@ -217,60 +217,14 @@ def cold_parts(sm):
         torch.cuda.empty_cache()
 
 
-def configs(km, sm):
-    """Kernel rows of each storage dtype under other block shapes: compressed tiles carry half or a quarter of the
-    bytes of a float16 tile, so the same tile keeps fewer bytes in flight."""
-    import triton
-    shapes = {"default": None}
-    for block_d, warps, stages in ((128, 4, 4), (64, 4, 8), (128, 8, 3), (256, 8, 3), (128, 4, 6)):
-        shapes[f"d{block_d} w{warps} s{stages}"] = km.KernelConfig(block_q=32, block_d=block_d, block_k=128,
-                                                                    swap=True, num_warps=warps, num_stages=stages)
-    for n in (1000, 10000):
-        lens, docs, query = request(n, seed=n)
-        for dtype in ("float16", "float8_e4m3", "int8"):
-            scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=1 << 30 if n <= 1000 else 8 << 30)
-            store = scorer.store
-            slots = store.insert([f"n{i}" for i in range(n)], [docs], lens)
-            start, end = store.rows(slots)
-            ds, de = torch.from_numpy(start).cuda(), torch.from_numpy(end).cuda()
-            grp = torch.zeros(n, dtype=torch.int32, device="cuda")
-            cq = torch.tensor([0, 32], dtype=torch.int32, device="cuda")
-            Qg = torch.from_numpy(query).half().cuda()
-            ref = None
-            forms = {"": (Qg, None)}
-            if dtype == "int8":  # the scorer's form (int8 query) and the float16 query widened in the kernel
-                q_int, q_scales = sm.quantize_int8(query)
-                forms = {" int8 query": (torch.from_numpy(q_int).cuda(), torch.from_numpy(q_scales).cuda()),
-                         " fp16 query": (Qg, None)}
-            for form, (Qf, q_scales) in forms.items():
-                ref = None
-                for name, cfg in shapes.items():
-                    def call():
-                        return km.maxsim_paged(Qf, cq, store.arena, store.log, store.page_tokens, ds, de, grp, 32,
-                                               float(lens.mean()), scales=store.scales, config=cfg,
-                                               q_scales=q_scales)
-                    try:
-                        got = call()
-                        ref = got if ref is None else ref
-                        us = triton.testing.do_bench(call, warmup=50, rep=300, return_mode="median") * 1e3
-                        record(f"config {n} {dtype}{form} {name}",
-                               {"us": round(us, 1), "max diff vs default": round((got - ref).abs().max().item(), 5)})
-                    except Exception as exc:  # noqa: BLE001
-                        record(f"config {n} {dtype}{form} {name}", repr(exc)[:200])
-            store.release(slots)
-            del scorer, store
-            torch.cuda.empty_cache()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default=".")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--tag", default="new")
-    ap.add_argument("--sections", default="pieces,warm,cold,cold_parts,configs")
+    ap.add_argument("--sections", default="pieces,warm,cold,cold_parts")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.root))
-    from kernels import maxsim as km
     from scoring import maxsim as sm
     from scoring.store import StoredDocuments
     record("device", torch.cuda.get_device_name())
@@ -284,8 +238,6 @@ def main():
             cold(sm, StoredDocuments, args.tag)
         if "cold_parts" in sections:
             cold_parts(sm)
-        if "configs" in sections:
-            configs(km, sm)
     finally:
         with open(os.path.join(args.out, f"maxsim_path_probe_{args.tag}.json"), "w") as fh:
             json.dump(RESULTS, fh, indent=1)

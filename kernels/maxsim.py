@@ -9,8 +9,9 @@ documents' dtype (the query is cast to it); fp32 inputs use IEEE fp32 products; 
 
 Compilation: the kernels are specialised only on the model dimension, the dtypes and a block configuration chosen
 from length buckets (`_config`), never on exact lengths or counts, so a replica that ran `warmup` for its `d`
-never compiles while serving. On CUDA a launch after the first of its key calls the compiled kernel directly
-(`DIRECT_LAUNCH`); under TRITON_INTERPRET the Triton kernels run through Triton; elsewhere the exact reference.
+never compiles while serving. Under TRITON_INTERPRET the Triton kernels run through Triton on the CPU; elsewhere
+without CUDA, the exact reference. (The scorer replays its launches as CUDA graphs, `scoring/maxsim.py`: what a
+launch costs the host is paid once per call shape.)
 """
 from __future__ import annotations
 
@@ -79,22 +80,22 @@ def _pow2_at_least(n: int, lo: int) -> int:
 _LONG_DOCS = 512  # mean document tokens above which `_config` picks the long-document blocks
 
 
-def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfig:
-    """Block shape for programs of `q_rows` query rows (bucketed to a power of two) — measured on the H100,
-    docs/kernel_notes.md. `elem_bytes`: the query's element size (2 for the float16 queries of float8 documents, 1
-    for the int8 queries of int8 documents)."""
+def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int, fp8_docs: bool = False) -> KernelConfig:
+    """Block shape for programs of `q_rows` query rows (bucketed to a power of two) — measured on the H100 and the
+    H200, docs/kernel_notes.md. `elem_bytes`: the query's element size (2 for the float16 queries of float8
+    documents, 1 for the int8 queries of int8 documents); `fp8_docs`: float8 documents, widened in the kernel."""
     block_k = min(128, _pow2_at_least(d, 16))
     if elem_bytes == 4:
         block_k = min(block_k, 64)
-    if q_rows <= 64 and elem_bytes == 1:
-        # int8 x int8: a tile of 128 document rows keeps a float16 tile's bytes in flight (H200, 10,000 documents
-        # of 85-512 tokens: 178 µs against 208 with 64 rows; 1,000: 31 against 35)
-        return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=128, block_k=block_k, swap=True,
-                            num_warps=4, num_stages=4)
+    if q_rows <= 64 and fp8_docs:
+        # float8 documents widened to float16 in the tile: 2 warps (H200, 10,000 documents of 85-512 tokens, v13:
+        # 158 µs against 185 with 4 warps; 1,000: 30.6 against 32)
+        return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=64, block_k=block_k, swap=True,
+                            num_warps=2, num_stages=4)
     if q_rows <= 64:
         # memory-bound: stream the document, doc tokens on the MMA's M side
         return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=64, block_k=block_k, swap=True,
-                            num_warps=4, num_stages=4 if elem_bytes == 2 else 3)
+                            num_warps=4, num_stages=3 if elem_bytes == 4 else 4)
     if mean_ld > _LONG_DOCS and q_rows > 128 and elem_bytes == 2:
         # long queries against long documents: compute-bound, 256 query rows a program
         return KernelConfig(block_q=256, block_d=64, block_k=block_k, swap=False, num_warps=8, num_stages=3)
@@ -103,19 +104,19 @@ def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int) -> KernelConfi
 
 
 @functools.lru_cache(maxsize=4096)
-def _config_bucketed(q_rows: int, long_docs: bool, d: int, elem_bytes: int) -> KernelConfig:
+def _config_bucketed(q_rows: int, long_docs: bool, d: int, elem_bytes: int, fp8_docs: bool = False) -> KernelConfig:
     """`_config` memoised on the length bucket (host work on every launch: 10-17 µs on a slow host)."""
-    return _config(q_rows, 2 * _LONG_DOCS if long_docs else 1, d, elem_bytes)
+    return _config(q_rows, 2 * _LONG_DOCS if long_docs else 1, d, elem_bytes, fp8_docs)
 
 
-def paged_config(max_lq: int, mean_ld: float, d: int, q_elem_bytes: int) -> KernelConfig:
-    """The block configuration `maxsim_paged` launches for these lengths (its queries' element size: 1 for the
-    int8 queries of int8 documents, 2 for float16 queries); callers that replay a launch key it by this."""
-    return _config_bucketed(max_lq, mean_ld > _LONG_DOCS, d, q_elem_bytes)
+def paged_config(max_lq: int, mean_ld: float, d: int, q_elem_bytes: int, doc_dtype: torch.dtype) -> KernelConfig:
+    """The block configuration `maxsim_paged` launches for these lengths and dtypes (the queries' element size: 1
+    for the int8 queries of int8 documents, 2 for float16 queries); callers that replay a launch key it by this."""
+    return _config_bucketed(max_lq, mean_ld > _LONG_DOCS, d, q_elem_bytes, doc_dtype == torch.float8_e4m3fn)
 
 
 @functools.lru_cache(maxsize=4096)
-def _plan(nq: int, lq: int, long_docs: bool, d: int, esize: int, config: KernelConfig | None):
+def _plan(nq: int, lq: int, long_docs: bool, d: int, esize: int, config: KernelConfig | None, fp8_docs: bool):
     """(config, queries per block, rows per query in a block, query chunks, programs per document)."""
     if nq > 1 and lq <= 64:
         # several short queries share one program (the compute-bound many-queries case); the config is chosen
@@ -128,12 +129,12 @@ def _plan(nq: int, lq: int, long_docs: bool, d: int, esize: int, config: KernelC
             # d fits one K block: above, the pipelined 256-row query tiles need more shared memory than an H100 has
             config = KernelConfig(block_q=256, block_d=64, block_k=min(128, _pow2_at_least(d, 16)), swap=False,
                                   num_warps=8, num_stages=3, dpp=4)
-        cfg = config or _config_bucketed(max(16, qpb * lqp), long_docs, d, esize)
+        cfg = config or _config_bucketed(max(16, qpb * lqp), long_docs, d, esize, fp8_docs)
         qpb = max(1, min(_pow2_at_least(nq, 1), cfg.block_q // lqp))
         lqp = cfg.block_q // qpb
         n_chunks = 1
     else:
-        cfg = config or _config_bucketed(lq, long_docs, d, esize)
+        cfg = config or _config_bucketed(lq, long_docs, d, esize, fp8_docs)
         qpb, lqp = 1, cfg.block_q
         n_chunks = max(1, math.ceil(lq / cfg.block_q))
     return cfg, qpb, lqp, n_chunks, math.ceil(nq / qpb) * n_chunks
@@ -181,28 +182,6 @@ def _same(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-# Direct launches. Triton's `JITFunction.run` binds and specialises every argument on every call; in the scorer's
-# own call (1,000 documents on the GPU, wall µs with the synchronisation) launching the compiled kernel directly
-# measured 68-97 against 92-115 through `run` (benchmarks/results/removed_mechanisms_probe.json). A launch is
-# determined by what Triton specialises this kernel on: the constexprs, warps and stages, each tensor's dtype and
-# 16-byte alignment, each scalar's integer width (the scalars are `do_not_specialize`), and the device; the
-# compiled kernel the first launch of such a key returns is called directly afterwards. Launch hooks (a profiler)
-# and the CPU interpreter always go through `run`.
-DIRECT_LAUNCH = True
-_DIRECT: dict = {}  # launch key -> Triton's CompiledKernel
-_NAMES = ("D_MODEL", "BLOCK_Q", "BLOCK_D", "BLOCK_K", "QPB", "LQP", "GROUPED", "SWAP", "IEEE", "UPCAST", "CONVERT",
-          "DPP", "PAGE", "SCALED", "NATIVE")  # the kernel's constexprs, in its parameter order
-
-
-def _hooked() -> bool:
-    runtime = getattr(getattr(maxsim_triton.triton, "knobs", None), "runtime", None)
-    if runtime is None:
-        return True
-    hooks = (runtime.launch_enter_hook, runtime.launch_exit_hook)
-    return any(h is not None and (bool(h.calls) if isinstance(getattr(h, "calls", None), list) else True)
-               for h in hooks)
-
-
 def _launch(Q, D, scales, q_scales, pages, page_tokens, d_start, d_end, cu_q, doc_group, out, n_docs, n_queries, q_len,
             n_chunks, n_jobs, qpb, lqp, grouped, cfg: KernelConfig):
     if n_docs == 0 or n_jobs == 0:
@@ -217,30 +196,17 @@ def _launch(Q, D, scales, q_scales, pages, page_tokens, d_start, d_end, cu_q, do
     tensors = (Q, D, placeholder if scales is None else scales, placeholder if q_scales is None else q_scales,
                placeholder if pages is None else pages, d_start, d_end, cu_q, doc_group, out)
     scalars = (n_docs, n_queries, q_len, n_chunks, n_jobs)
-    consts = (D.shape[1], cfg.block_q, cfg.block_d, cfg.block_k, qpb, lqp, grouped, cfg.swap,
-              D.dtype == torch.float32 or upcast, upcast, D.dtype in COMPRESSED, max(1, cfg.dpp), page_tokens,
-              scales is not None, native)
+    consts = dict(D_MODEL=D.shape[1], BLOCK_Q=cfg.block_q, BLOCK_D=cfg.block_d, BLOCK_K=cfg.block_k, QPB=qpb,
+                  LQP=lqp, GROUPED=grouped, SWAP=cfg.swap, IEEE=D.dtype == torch.float32 or upcast, UPCAST=upcast,
+                  CONVERT=D.dtype in COMPRESSED, DPP=max(1, cfg.dpp), PAGE=page_tokens, SCALED=scales is not None,
+                  NATIVE=native)
     fit_key = (D.shape[1], D.dtype, cfg)
-    direct = D.is_cuda and DIRECT_LAUNCH and not _hooked()
-    if direct:
-        device = torch.cuda.current_device()  # where Triton's own launch would go
-        key = (device, _FITTING_STAGES.get(fit_key), cfg.num_warps, consts, tuple(t.dtype for t in tensors),
-               tuple(t.data_ptr() % 16 == 0 for t in tensors), tuple(-(1 << 31) <= v < (1 << 31) for v in scalars))
-        kernel = _DIRECT.get(key)
-        if kernel is not None:
-            kernel.run(grid, 1, 1, torch._C._cuda_getCurrentRawStream(device), kernel.function,
-                       kernel.packed_metadata, None, None, None, *tensors, *scalars, *consts)
-            return
-    compiled = {}
 
     def launch(stages: int) -> None:
-        compiled[stages] = maxsim_triton.maxsim_kernel[(grid,)](
-            *tensors, *scalars, **dict(zip(_NAMES, consts)), num_warps=cfg.num_warps, num_stages=stages)
+        maxsim_triton.maxsim_kernel[(grid,)](
+            *tensors, *scalars, **consts, num_warps=cfg.num_warps, num_stages=stages)
 
     _with_fitting_stages(fit_key, cfg.num_stages, launch)
-    kernel = compiled.get(_FITTING_STAGES[fit_key])
-    if direct and all(hasattr(kernel, a) for a in ("run", "function", "packed_metadata")):
-        _DIRECT[(device, _FITTING_STAGES[fit_key], *key[2:])] = kernel
 
 
 def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor, config: KernelConfig | None = None,
@@ -260,7 +226,8 @@ def maxsim_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor, co
     n_docs = cu_seqlens.numel() - 1
     cu = _same(cu_seqlens, torch.int32)
     long_docs = D.shape[0] / max(1, n_docs) > _LONG_DOCS
-    cfg, qpb, lqp, n_chunks, n_jobs = _plan(nq, lq, long_docs, d, Qf.element_size(), config)
+    cfg, qpb, lqp, n_chunks, n_jobs = _plan(nq, lq, long_docs, d, Qf.element_size(), config,
+                                            D.dtype == torch.float8_e4m3fn)
     out_shape = (nq, n_chunks, n_docs) if n_chunks > 1 else ((n_docs,) if Q.dim() == 2 else (nq, n_docs))
     out = _new_output(*out_shape, device=D.device)
     _launch(Qf, D, scales, None, None, 0, cu[:-1], cu[1:], cu, cu, out, n_docs, nq, lq, n_chunks, n_jobs, qpb, lqp,
@@ -280,7 +247,7 @@ def _grouped(Q, cu_seqlens_q, D, scales, pages, page_tokens, doc_start, doc_end,
         q_scales = _same(q_scales, torch.float32)
     else:
         Q = _same(Q, _query_dtype(D.dtype))
-    cfg = config or paged_config(max_lq, mean_ld, D.shape[1], Q.element_size())
+    cfg = config or paged_config(max_lq, mean_ld, D.shape[1], Q.element_size(), D.dtype)
     n_chunks = max(1, math.ceil(max_lq / cfg.block_q))
     if out is not None and n_chunks == 1:
         if out.dtype != torch.float32 or out.numel() != n_docs or not out.is_contiguous():
@@ -289,9 +256,9 @@ def _grouped(Q, cu_seqlens_q, D, scales, pages, page_tokens, doc_start, doc_end,
             out.fill_(float("nan"))
     else:
         out = _new_output(*((n_chunks, n_docs) if n_chunks > 1 else (n_docs,)), device=D.device)
-    _launch(Q, D, scales, q_scales, pages, page_tokens, _same(doc_start, torch.int32), _same(doc_end, torch.int32),
-            _same(cu_seqlens_q, torch.int32), _same(doc_group, torch.int32), out, n_docs, 1, 0, n_chunks, n_chunks,
-            1, cfg.block_q, True, cfg)
+    args = (Q, D, scales, q_scales, pages, page_tokens, _same(doc_start, torch.int32), _same(doc_end, torch.int32),
+            _same(cu_seqlens_q, torch.int32), _same(doc_group, torch.int32), out, n_docs)
+    _launch(*args, 1, 0, n_chunks, n_chunks, 1, cfg.block_q, True, cfg)
     return out.sum(0) if n_chunks > 1 else out
 
 
@@ -384,7 +351,7 @@ def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.devic
     for lq in query_lengths:
         for ld in doc_lengths:
             qsize = 1 if dtype == torch.int8 else torch.empty(0, dtype=qdtype).element_size()
-            cfg = _config_bucketed(lq, ld > _LONG_DOCS, d, qsize)
+            cfg = paged_config(lq, ld, d, qsize, dtype)
             if (cfg, math.ceil(lq / cfg.block_q) > 1) in seen:
                 continue
             seen.add((cfg, math.ceil(lq / cfg.block_q) > 1))

@@ -87,6 +87,16 @@ def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLO
     return acc
 
 
+@triton.jit
+def _rows64(pages, rows, end, PAGE: tl.constexpr, valid=True):
+    """Where logical rows (clamped to the document's last, end - 1) live: arena rows of the page list (PAGE > 0),
+    else the rows themselves; int64. `valid` False (an empty document): no page-list read, row 0."""
+    rows = tl.maximum(tl.minimum(rows, end - 1), 0)
+    if PAGE > 0:
+        return tl.load(pages + rows // PAGE, mask=valid, other=0).to(tl.int64) * PAGE + rows % PAGE
+    return rows.to(tl.int64)
+
+
 @triton.jit(do_not_specialize=["n_docs", "n_queries", "q_len", "n_chunks", "n_jobs"])
 def maxsim_kernel(
     Q, D, scales, q_scales, pages, d_start, d_end, cu_q, doc_group, out,
@@ -148,17 +158,22 @@ def maxsim_kernel(
             best = tl.full([BLOCK_D, BLOCK_Q], float("-inf"), dtype=tl.float32)
         else:
             best_row = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+        if SCALED:  # the first tile's scales, requested with the pipeline's first tiles
+            first_valid = s_start + offs_d * 0 < loop_end
+            scale_next = tl.load(scales + _rows64(pages, s_start + offs_d, loop_end, PAGE, first_valid),
+                                 mask=first_valid, other=0.0)
         for start in range(s_start, loop_end, BLOCK_D):
-            rows = tl.minimum(start + offs_d, loop_end - 1)
-            if PAGE > 0:
-                rows64 = tl.load(pages + rows // PAGE).to(tl.int64) * PAGE + rows % PAGE
-            else:
-                rows64 = rows.to(tl.int64)
+            rows64 = _rows64(pages, start + offs_d, loop_end, PAGE)
             d_ptrs = D + rows64[:, None] * D_MODEL + offs_k[None, :]
+            if SCALED:  # this tile's scales were requested a tile ago; request the next tile's (an H200, 10,000
+                # documents: int8 124 -> 120 µs, float8 204 -> 185, against loading them in the tile)
+                scale = scale_next
+                nxt = start + BLOCK_D
+                scale_next = tl.load(scales + _rows64(pages, nxt + offs_d, loop_end, PAGE),
+                                     mask=nxt + offs_d * 0 < loop_end, other=0.0)
             acc = _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
                              NUM_K, EVEN_K, UPCAST, IEEE, SWAP, CONVERT, NATIVE)
             if SCALED:
-                scale = tl.load(scales + rows64)
                 if SWAP:
                     acc = acc * scale[:, None]
                 else:

@@ -291,7 +291,8 @@ class MaxSimScorer:
             rows = queries[0] if n_groups == 1 else np.concatenate(queries)
             lay.q_host[:tq].copy_(torch.from_numpy(np.ascontiguousarray(rows)))
         max_lq = max(q_lens)
-        cfg = kmaxsim.paged_config(max_lq, float(end[:b].sum() - start[:b].sum()) / b, dim, self._qsize)
+        cfg = kmaxsim.paged_config(max_lq, float(end[:b].sum() - start[:b].sum()) / b, dim, self._qsize,
+                                   store.dtype)
         n_chunks = -(-max_lq // cfg.block_q)
         # the store's stream is the device's default one: a thread that set no other issues on it without a switch
         on_store = torch._C._cuda_getCurrentRawStream(self._device_index) == store.stream.cuda_stream
