@@ -129,3 +129,20 @@ def test_replayed_calls_score_what_they_are_given(dtype):
     for call in calls:
         for got, g in zip(scorer.score(call), call):
             np.testing.assert_allclose(got, stored_reference(scorer, g), rtol=1e-4, atol=1e-3)
+
+
+def test_a_shape_whose_capture_fails_stays_eager(monkeypatch):
+    """Where a CUDA graph cannot be captured (a driver or build without stream capture), the shape is issued
+    eagerly on every call, with the same scores."""
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("stream capture is not supported here")
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", refuse)
+    rng = np.random.default_rng(9)
+    scorer = sm.MaxSimScorer(dim=128, device="cuda", store_bytes=8 << 20)
+    g = group(rng, 32, rng.integers(1, 300, 50), 128)
+    s = sm.ScoreGroup(g.query, StoredDocuments(scorer.store.insert([f"e{i}" for i in range(50)], [g.docs], g.lengths)))
+    for _ in range(3):
+        np.testing.assert_allclose(scorer.score([s])[0], stored_reference(scorer, s), rtol=1e-4, atol=1e-3)
+    graphs = [gr for lay in scorer._layouts.values() for gr in lay.graphs.values()]
+    assert graphs and all(gr is False for gr in graphs)
