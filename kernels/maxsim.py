@@ -256,9 +256,9 @@ def _grouped(Q, cu_seqlens_q, D, scales, pages, page_tokens, doc_start, doc_end,
             out.fill_(float("nan"))
     else:
         out = _new_output(*((n_chunks, n_docs) if n_chunks > 1 else (n_docs,)), device=D.device)
-    args = (Q, D, scales, q_scales, pages, page_tokens, _same(doc_start, torch.int32), _same(doc_end, torch.int32),
-            _same(cu_seqlens_q, torch.int32), _same(doc_group, torch.int32), out, n_docs)
-    _launch(*args, 1, 0, n_chunks, n_chunks, 1, cfg.block_q, True, cfg)
+    _launch(Q, D, scales, q_scales, pages, page_tokens, _same(doc_start, torch.int32), _same(doc_end, torch.int32),
+            _same(cu_seqlens_q, torch.int32), _same(doc_group, torch.int32), out, n_docs, 1, 0, n_chunks, n_chunks,
+            1, cfg.block_q, True, cfg)
     return out.sum(0) if n_chunks > 1 else out
 
 

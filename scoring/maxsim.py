@@ -6,13 +6,13 @@ A group's documents are either already in the store (`StoredDocuments`: slots th
 (one staged copy) and dropped after it; on CPU it is read in place. A CUDA call then copies the queries and the
 metadata (each document's start and end in the store's page list, its group) in one pinned host-to-device copy and
 launches once for every group; the kernel writes the scores straight into the pinned buffer: nothing loops over
-documents in Python and a stored document costs no copy. Those two steps are a CUDA graph per call shape (query rows,
-groups and documents rounded up to powers of two, the block configuration), captured the first time a shape is
-seen and replayed after: a warm call's host work is the writes into the pinned buffer and one replay. The CPU path gathers stored rows a chunk of whole
-documents at a time into a cache-sized buffer, widens them to fp32 (and applies the per-token scales of compressed
-storage after the GEMM) and reduces per document. Against int8 documents the query is quantised the same way
-(`quantize_int8`) on both paths: int8 tensor cores on CUDA, exact fp32 sums of the integers on CPU. No Ray or vLLM
-import here.
+documents in Python and a stored document costs no copy. Those two steps are a CUDA graph per call shape (query
+rows, groups and documents rounded up to powers of two, the block configuration), captured the first time a shape
+is seen and replayed after: a warm call's host work is the writes into the pinned buffer and one replay. The CPU
+path gathers stored rows a chunk of whole documents at a time into a cache-sized buffer, widens them to fp32 (and
+applies the per-token scales of compressed storage after the GEMM) and reduces per document. Against int8
+documents the query is quantised the same way (`quantize_int8`) on both paths: int8 tensor cores on CUDA, exact
+fp32 sums of the integers on CPU. No Ray or vLLM import here.
 """
 from __future__ import annotations
 
@@ -245,8 +245,8 @@ class MaxSimScorer:
 
     # -- CUDA: one metadata copy and one launch, replayed as a CUDA graph ---------------------------------------
     def _layout(self, tq: int, n_groups: int, b: int) -> "_Layout":
-        """The buffers of calls of up to (tq, n_groups, b) rounded up to powers of two; a few such layouts are kept,
-        most recently used first."""
+        """The buffers of calls of up to (tq, n_groups, b) rounded up to powers of two; `_LAYOUTS` of them are kept,
+        the least recently used dropped first."""
         caps = (_pow2(max(tq, 32)), _pow2(n_groups), _pow2(max(b, 64)))
         lay = self._layouts.pop(caps, None)
         if lay is None:
@@ -338,9 +338,8 @@ class MaxSimScorer:
                 finally:
                     graph.capture_end()
         except RuntimeError:
-            graph = None
-        self.store.stream.wait_stream(stream)
-        return graph if graph is not None else False
+            return False
+        return graph
 
 
 def _pow2(n: int) -> int:
