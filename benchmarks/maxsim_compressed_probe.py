@@ -29,7 +29,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--shapes", default="", help="block_d/stages/warps triples to try, e.g. 64/3/4,128/2/4 "
+                    "(default: the sweep above)")
+    ap.add_argument("--ahead", action="store_true", help="the experiment kernels.maxsim.ROWS_AHEAD: a tile's rows "
+                    "computed a tile ahead")
+    ap.add_argument("--tag", default="")
     args = ap.parse_args()
+    km.ROWS_AHEAD = args.ahead
+    shapes = tuple(tuple(map(int, t.split("/"))) for t in args.shapes.split(",")) if args.shapes else SHAPES
     results: dict = {"device": torch.cuda.get_device_name()}
     for n in (1000, 10000):
         lens, docs, query = request(n, seed=n)
@@ -47,7 +54,7 @@ def main() -> None:
             else:
                 Q, q_scales = torch.from_numpy(query).half().cuda(), None
             configs = {"default": km.paged_config(32, float(lens.mean()), 128, Q.element_size(), store.dtype)}
-            for block_d, stages, warps in SHAPES if dtype != "float16" else SHAPES[:2]:
+            for block_d, stages, warps in shapes if dtype != "float16" else shapes[:2]:
                 configs[f"d{block_d} s{stages} w{warps}"] = km.KernelConfig(
                     block_q=32, block_d=block_d, block_k=128, swap=True, num_warps=warps, num_stages=stages)
             times: dict = {}
@@ -65,12 +72,13 @@ def main() -> None:
                     row["us"].append(round(us, 1))
                     row["max diff vs default"] = max(row["max diff vs default"], (got - ref).abs().max().item())
             for name, row in times.items():
-                results[f"{n} {dtype} {name}"] = row
-                print(json.dumps({f"{n} {dtype} {name}": row}), flush=True)
+                results[f"{args.tag}{n} {dtype} {name}"] = row
+                print(json.dumps({f"{args.tag}{n} {dtype} {name}": row}), flush=True)
             store.release(slots)
             scorer = store = None  # the next store's arena replaces this one's
             torch.cuda.empty_cache()
-    with open(os.path.join(args.out, "maxsim_compressed_probe.json"), "w") as fh:
+    with open(os.path.join(args.out, f"maxsim_compressed_probe{'_' + args.tag.strip() if args.tag else ''}.json"),
+              "w") as fh:
         json.dump(results, fh, indent=1)
 
 

@@ -38,6 +38,19 @@ def wall_us(fn, n=200) -> float:
     return timing.wall_us(fn, n, warmup=5)
 
 
+def profiled(name: str, fn, reps: int, lines: int) -> None:
+    """cProfile of `reps` calls of fn, its top `lines` functions by own time recorded under `name`."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(reps):
+        fn()
+    prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(lines)
+    RESULTS[name] = text.getvalue()
+    print(text.getvalue(), flush=True)
+
+
 def warm(sm, StoredDocuments, tag):
     for dtype in ("float16", "float8_e4m3", "int8"):
         scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=2 << 30)
@@ -60,15 +73,7 @@ def warm(sm, StoredDocuments, tag):
                 groups = [sm.ScoreGroup(query, StoredDocuments(s)) for s in np.array_split(slots, 8)]
                 record(f"{tag} {dtype} {n} warm score(), 8 groups", wall_us(lambda: scorer.score(groups), n=200))
                 for name, call in (("1 group", [g]), ("8 groups", groups)):
-                    prof = cProfile.Profile()
-                    prof.enable()
-                    for _ in range(300):
-                        scorer.score(call)
-                    prof.disable()
-                    text = io.StringIO()
-                    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
-                    RESULTS[f"{tag} warm profile, {name}"] = text.getvalue()
-                    print(text.getvalue(), flush=True)
+                    profiled(f"{tag} warm profile, {name}", lambda call=call: scorer.score(call), 300, 18)
             store.release(slots)
         del scorer, store
         torch.cuda.empty_cache()
@@ -103,7 +108,16 @@ def timeit(fn, n=2000):
     return (time.perf_counter() - t0) / n
 
 
+def encoder_calls(docs, lens, chunk_tokens=8192):
+    """The packed buffer cut at document boundaries into the deployment's encoder calls of ~chunk_tokens."""
+    cu = np.concatenate([[0], np.cumsum(lens)])
+    cuts = np.searchsorted(cu, np.arange(chunk_tokens, cu[-1], chunk_tokens))
+    return np.split(docs, np.unique(cu[cuts]))
+
+
 def cold(sm, StoredDocuments, tag):
+    """A cold call as the deployment makes it (insert of the encoder's buffers, score, release), its floor, and a
+    profile of the inserts."""
     for n in (1000, 10000):
         lens, docs, query = request(n, seed=n)
         nbytes = docs.nbytes
@@ -111,55 +125,40 @@ def cold(sm, StoredDocuments, tag):
         pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
         dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         reps = 20 if n <= 1000 else 5
-        record(f"{n} ({nbytes / 1e6:.0f} MB) pinned H2D", wall_us(lambda: dst.copy_(pinned, non_blocking=True), reps))
-        for threads in (1, 4, 8, 16):
+        record(f"{tag} {n} ({nbytes / 1e6:.0f} MB) pinned H2D", wall_us(lambda: dst.copy_(pinned, non_blocking=True),
+                                                                        reps))
+        for threads in (8, 16):
             torch.set_num_threads(threads)
-            record(f"{n} host copy pageable->pinned, {threads} threads", wall_us(lambda: pinned.copy_(src), reps))
+            record(f"{tag} {n} host copy pageable->pinned, {threads} threads", wall_us(lambda: pinned.copy_(src), reps))
         torch.set_num_threads(16)
-        cudart = torch.cuda.cudart()
-
-        def registered():
-            assert cudart.cudaHostRegister(src.data_ptr(), nbytes, 0) == 0
-            dst.copy_(src, non_blocking=True)
-            torch.cuda.synchronize()
-            assert cudart.cudaHostUnregister(src.data_ptr()) == 0
-
-        def register_only():
-            assert cudart.cudaHostRegister(src.data_ptr(), nbytes, 0) == 0
-            assert cudart.cudaHostUnregister(src.data_ptr()) == 0
-        try:
-            record(f"{n} cudaHostRegister + unregister", wall_us(register_only, reps))
-            record(f"{n} cudaHostRegister + H2D + unregister", wall_us(registered, reps))
-        except Exception as exc:  # noqa: BLE001
-            record(f"{n} cudaHostRegister", repr(exc))
-        record(f"{n} pageable H2D (.cuda())", wall_us(lambda: src.cuda(), reps))
         scorer = sm.MaxSimScorer(128, device="cuda", dtype="float16", store_bytes=4 << 30)
         scorer.warmup()
         store = scorer.store
         count = [0]
+        calls = encoder_calls(docs, lens)
+        docs32 = docs.astype(np.float32)
+        for name, parts in (("one buffer", [docs]), (f"{len(calls)} encoder-call buffers", calls),
+                            ("one float32 buffer", [docs32])):
+            def insert_score_release():
+                count[0] += 1
+                s = store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], parts, lens)
+                scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
+                store.release(s)
 
-        def insert_score_release():
-            count[0] += 1
-            s = store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], [docs], lens)
-            scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
-            store.release(s)
+            def insert_only():
+                count[0] += 1
+                store.release(store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], parts, lens))
+            record(f"{tag} {n} cold, {name}: insert + score() + release", wall_us(insert_score_release, reps))
+            record(f"{tag} {n} cold, {name}: insert + release", wall_us(insert_only, reps))
+            if n == 1000 and name != "one float32 buffer":
+                keys = [[f"k{n}-{name}-{j}-{i}" for i in range(n)] for j in range(10)]
+                keys_left = iter(keys)
 
-        def insert_only():
-            count[0] += 1
-            store.release(store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], [docs], lens))
-        record(f"{tag} {n} cold insert + score() + release", wall_us(insert_score_release, reps))
-        record(f"{tag} {n} cold insert + release", wall_us(insert_only, reps))
-        keys = [[f"k{n}-{j}-{i}" for i in range(n)] for j in range(reps + 5)]
-        record(f"{n} building the keys (host us)", round(1e6 * timeit(lambda: [f"x{i}" for i in range(n)], 20), 1))
-        prof = cProfile.Profile()
-        prof.enable()
-        for j in range(5):
-            store.release(store.insert(keys[j], [docs], lens))
-        prof.disable()
-        text = io.StringIO()
-        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(18)
-        RESULTS[f"{tag} {n} cold profile"] = text.getvalue()
-        print(text.getvalue(), flush=True)
+                def cold_call(parts=parts):
+                    s = store.insert(next(keys_left), parts, lens)
+                    scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
+                    store.release(s)
+                profiled(f"{tag} {n} cold profile, {name}", cold_call, len(keys), 22)
         del scorer, store, pinned, dst
         torch.cuda.empty_cache()
 

@@ -14,8 +14,9 @@ length): a stored document costs no gather and no copy when it is scored (`kerne
 - Pins: `lookup` and `insert` pin the entries they return and `release` unpins them; a pinned entry is never evicted,
   so a launch never reads a page that was given to another document.
 - Writes: one `insert` per batch of encoder outputs: their packed buffers go through a small ring of pinned slots
-  into one device staging buffer (one host-to-device copy stream, overlapping the host-side copy) and one kernel
-  writes every page (`kernels.maxsim.write_pages`), quantising on the way for compressed storage.
+  into one device staging buffer (one host-to-device copy stream, overlapping the host-side copy; the buffers of
+  several encoder calls share a slot) and one kernel writes every page (`kernels.maxsim.write_pages`), quantising
+  on the way for compressed storage. The host does not wait for a write: what reads the pages is issued after it.
 - Storage dtypes: float16, bfloat16, float32, and float8_e4m3 / int8 with one float32 scale per token (row / scale
   stored, scale = amax|row| / 448 or / 127).
 
@@ -160,9 +161,12 @@ class DocumentStore:
         if cuda:  # the arena was allocated on the caller's stream
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
         self._ring: list[torch.Tensor] = []
+        self._ring_done: list[torch.cuda.Event | None] = []  # each slot's last DMA
+        self._ring_next = 0  # the slot filled next
         self._staged: torch.Tensor | None = None
         self._meta_host: torch.Tensor | None = None
         self._meta_dev: torch.Tensor | None = None
+        self._meta_copied: torch.cuda.Event | None = None  # the last copy from _meta_host
         self.staging_threads = staging_threads or min(_MAX_STAGING_THREADS, len(os.sched_getaffinity(0)))
 
     @property
@@ -320,6 +324,8 @@ class DocumentStore:
         with self.lock:
             slots = np.fromiter(map(self._index.get, keys, itertools.repeat(-1)), np.int64, count=len(keys))
             new = np.flatnonzero(slots < 0)
+            # on CUDA the copies to the device go first: the bookkeeping below runs while the last ones are in flight
+            staged = self._stage_parts(parts, int(lengths.sum())) if new.size and self._stream is not None else None
             n_pages = -(-lengths[new] // self.page_tokens)
             need = int(n_pages.sum())
             self._pin(slots[slots >= 0])
@@ -342,7 +348,7 @@ class DocumentStore:
             slots[new] = fresh
             self._pin(fresh)
             try:
-                self._write(parts, lengths, new, n_pages, taken, pos)
+                self._write(parts, staged, lengths, new, n_pages, taken, pos)
             except BaseException:  # entries whose pages were not written must not be found
                 self._pins[fresh] = 0
                 self._drop(fresh)
@@ -389,14 +395,17 @@ class DocumentStore:
         self._log_end += pages.size
         return pos
 
-    def _write(self, parts, lengths, new, n_pages, pages, log_pos) -> None:
-        """Rows of the new documents (positions `new` of `lengths`) into their pages; the page list's new run."""
+    def _write(self, parts, staged, lengths, new, n_pages, pages, log_pos) -> None:
+        """Rows of the new documents (positions `new` of `lengths`) into their pages; the page list's new run. On
+        CUDA the rows come from `staged` (every row of `parts`, on the device)."""
+        if pages.size == 0:
+            return
         cu = cu_seqlens(lengths)
         # one entry a page: the source row of its first token, how many rows it takes, the page
         within, page_rows = self._page_rows(lengths[new], n_pages)
         starts = np.repeat(cu[new], n_pages) + within * self.page_tokens
         if self.device.type == "cuda":
-            self._write_cuda(parts, int(cu[-1]), starts, page_rows, pages, log_pos)
+            self._write_cuda(staged, starts, page_rows, pages, log_pos)
         else:
             self._write_cpu(parts, starts, page_rows, pages)
 
@@ -421,63 +430,94 @@ class DocumentStore:
     def _stage_dtype(self) -> torch.dtype:
         return self.dtype if not self.compressed else torch.float16
 
-    def _write_cuda(self, parts, total_rows, starts, page_rows, pages, log_pos) -> None:
-        dim = self.dim
+    def _stage_parts(self, parts, total_rows: int) -> torch.Tensor:
+        """Every row of `parts` copied to the device staging buffer ([total_rows, d], in the staging dtype), the
+        copies issued on the store's stream; the host returns before the last ones have finished."""
         dtype = self._stage_dtype()
-        row_bytes = dim * torch.empty(0, dtype=dtype).element_size()
+        row_bytes = self.dim * torch.empty(0, dtype=dtype).element_size()
         if self._staged is None or self._staged.numel() < total_rows * row_bytes:
             size = max(total_rows * row_bytes, 2 * (0 if self._staged is None else self._staged.numel()), 1 << 20)
             self._staged = None
             with torch.cuda.stream(self._stream):
                 self._staged = torch.empty(size, dtype=torch.uint8, device=self.device)
-        staged = self._staged[:total_rows * row_bytes].view(dtype).view(total_rows, dim)
-        meta = np.concatenate([starts, page_rows, pages]).astype(np.int32)
-        n = pages.size
-        meta_host, meta_dev = self._metadata(4 * meta.size)
-        meta_host[:4 * meta.size].view(torch.int32).copy_(torch.from_numpy(meta))
+        staged = self._staged[:total_rows * row_bytes].view(dtype).view(total_rows, self.dim)
         if torch.get_num_threads() != self.staging_threads:  # a per-thread setting: calls run in worker threads
             torch.set_num_threads(self.staging_threads)
         with torch.cuda.stream(self._stream):
             self._stage(parts, staged, row_bytes)
+        return staged
+
+    def _write_cuda(self, staged, starts, page_rows, pages, log_pos) -> None:
+        """The page writer over the staged rows, issued on the store's stream and not waited for: a launch issued
+        after it reads the pages it writes (stream order), and the pinned buffers it reads are reused only once
+        their copies have finished (events)."""
+        meta = np.concatenate([starts, page_rows, pages]).astype(np.int32)
+        n = pages.size
+        with torch.cuda.stream(self._stream):
+            meta_host, meta_dev = self._metadata(4 * meta.size)
+            meta_host[:4 * meta.size].view(torch.int32).copy_(torch.from_numpy(meta))
             meta_dev[:4 * meta.size].copy_(meta_host[:4 * meta.size], non_blocking=True)
+            self._meta_copied.record(self._stream)
             m = meta_dev[:4 * meta.size].view(torch.int32)
             kmaxsim.write_pages(staged, self.arena, self.scales, m[:n], m[n:2 * n], m[2 * n:3 * n], self.page_tokens)
             self.log[log_pos:log_pos + n].copy_(m[2 * n:3 * n])  # the same pages, in the same order
-        self._stream.synchronize()  # the pinned metadata and ring are reused by the next call
 
     def _metadata(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pinned metadata buffer and its device copy, once the previous call's copy from it has finished."""
         if self._meta_host is None or self._meta_host.numel() < nbytes:
+            if self._meta_host is not None:
+                self._meta_copied.synchronize()
             size = max(nbytes, 2 * (0 if self._meta_host is None else self._meta_host.numel()), 1 << 16)
             self._meta_host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
             with torch.cuda.stream(self._stream):
                 self._meta_dev = torch.empty(size, dtype=torch.uint8, device=self.device)
+            self._meta_copied = torch.cuda.Event()
+        else:
+            self._meta_copied.synchronize()
         return self._meta_host, self._meta_dev
 
     def _stage(self, parts, staged: torch.Tensor, row_bytes: int) -> None:
-        """The packed buffers a chunk at a time through the ring of pinned slots into `staged`, the DMA of one slot
-        overlapping the host-side copy (and dtype conversion) into the next; the first chunk is small, so the link
-        idles only while it is staged."""
+        """The packed buffers through the ring of pinned slots into `staged`: consecutive rows, across buffers, fill
+        a slot (the encoder's calls are ~2 MB each), then one DMA copies it, overlapping the host-side copy (and
+        dtype conversion) into the next slot. The first slot is filled only `_FIRST_CHUNK_BYTES` deep, so the link
+        idles only while that is staged. A slot is refilled once its last DMA has finished (its event, kept across
+        calls: nothing waits for a call's last copies)."""
         slot_rows = max(1, _STAGE_CHUNK_BYTES // row_bytes)
         if len(self._ring) != _RING_SLOTS or self._ring[0].numel() < slot_rows * row_bytes:
+            for event in self._ring_done:
+                if event is not None:
+                    event.synchronize()
             self._ring = [torch.empty(slot_rows * row_bytes, dtype=torch.uint8, pin_memory=True)
                           for _ in range(_RING_SLOTS)]
-        done: list[torch.cuda.Event | None] = [None] * len(self._ring)
-        rows_per_chunk = min(slot_rows, max(1, _FIRST_CHUNK_BYTES // row_bytes))
-        row = i = 0
+            self._ring_done = [None] * _RING_SLOTS
         dtype = staged.dtype
+        depth = min(slot_rows, max(1, _FIRST_CHUNK_BYTES // row_bytes))  # rows this slot takes before its DMA
+        row = filled = 0  # rows of `staged` issued; rows in the slot being filled
+        slot = None
         for part in parts:
             src = torch.from_numpy(np.ascontiguousarray(part))
             r0 = 0
             while r0 < src.shape[0]:
-                n = min(rows_per_chunk, src.shape[0] - r0)
-                k = i % len(self._ring)
-                if done[k] is not None:
-                    done[k].synchronize()  # the slot's previous copy to the GPU has finished
-                slot = self._ring[k][:n * row_bytes]
-                slot.view(dtype).view(n, self.dim).copy_(src[r0:r0 + n])  # torch's threads (and the conversion)
-                staged[row:row + n].view(-1).view(torch.uint8).copy_(slot, non_blocking=True)
-                done[k] = torch.cuda.Event()
-                done[k].record(self._stream)
-                row, r0, i = row + n, r0 + n, i + 1
-                rows_per_chunk = slot_rows
+                if slot is None:
+                    k = self._ring_next
+                    if self._ring_done[k] is not None:
+                        self._ring_done[k].synchronize()  # the slot's previous copy to the GPU has finished
+                    slot = self._ring[k].view(dtype)[:slot_rows * self.dim].view(slot_rows, self.dim)
+                n = min(depth - filled, src.shape[0] - r0)
+                slot[filled:filled + n].copy_(src[r0:r0 + n])  # torch's threads (and the conversion)
+                filled, r0 = filled + n, r0 + n
+                if filled == depth:
+                    self._send(slot, staged, row, filled)
+                    row, filled, slot, depth = row + filled, 0, None, slot_rows
+        if filled:
+            self._send(slot, staged, row, filled)
+
+    def _send(self, slot: torch.Tensor, staged: torch.Tensor, row: int, n: int) -> None:
+        """DMA of a slot's first n rows to rows row.. of `staged`, its event recorded; the next slot's turn."""
+        k = self._ring_next
+        staged[row:row + n].copy_(slot[:n], non_blocking=True)
+        if self._ring_done[k] is None:
+            self._ring_done[k] = torch.cuda.Event()
+        self._ring_done[k].record(self._stream)
+        self._ring_next = (k + 1) % _RING_SLOTS
 

@@ -52,6 +52,42 @@ def test_cuda_scores_match_float64(monkeypatch, first, chunk, slots, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_encoder_call_buffers_share_ring_slots(monkeypatch, dtype):
+    """Many small packed buffers (the encoder's calls), of both dtypes, one insert: their rows fill the ring's slots
+    across buffer boundaries (a buffer split over two slots, several buffers in one slot), and inserts follow one
+    another with nothing waited for in between; every stored row is the row it came from, and scores match."""
+    monkeypatch.setattr(st, "_FIRST_CHUNK_BYTES", 3000)
+    monkeypatch.setattr(st, "_STAGE_CHUNK_BYTES", 12288)
+    monkeypatch.setattr(st, "_RING_SLOTS", 2)
+    rng = np.random.default_rng(11)
+    d = 128
+    scorer = sm.MaxSimScorer(dim=d, device="cuda", dtype=dtype, store_bytes=64 << 20)
+    store = scorer.store
+    calls = []
+    for c in range(6):  # each call: its documents as one buffer of 1 to 90 rows a document
+        lengths = rng.integers(1, 90, int(rng.integers(1, 6)))
+        docs = rng.standard_normal((int(lengths.sum()), d)).astype(np.float16 if c % 2 else np.float32)
+        calls.append((docs, lengths))
+    inserted = []
+    for round_ in range(3):  # back to back: the ring's and the metadata's buffers reused while copies may run
+        lengths = np.concatenate([lens for _, lens in calls])
+        keys = [f"{round_}-{i}" for i in range(lengths.size)]
+        inserted.append(store.insert(keys, [docs for docs, _ in calls], lengths))
+    want = torch.from_numpy(np.concatenate([docs.astype(np.float16) for docs, _ in calls]).astype(np.float32))
+    for slots in inserted:
+        rows, _ = store.arena_rows(slots)
+        got = store.arena[torch.from_numpy(rows).cuda()].float()
+        if store.compressed:
+            got = got * store.scales[torch.from_numpy(rows).cuda()][:, None]
+            np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), atol=float(want.abs().max()) / 127)
+        else:
+            np.testing.assert_array_equal(got.cpu().numpy(), want.numpy())
+        g = sm.ScoreGroup(rng.standard_normal((32, d)).astype(np.float32), StoredDocuments(slots))
+        np.testing.assert_allclose(scorer.score([g])[0], stored_reference(scorer, g), rtol=1e-4, atol=1e-3)
+        store.release(slots)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_eviction_while_in_use_and_a_mixed_request(dtype):
     """A document pinned by a call survives a flood of writes (evictions, reused pages, a compacted page list) and
     scores the same; a request mixing stored and fresh documents scores each as alone."""
