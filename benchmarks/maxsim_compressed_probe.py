@@ -4,7 +4,8 @@ query; each shape timed with triton's do_bench (median, L2 flushed), rounds inte
 
     python benchmarks/maxsim_compressed_probe.py --out OUT     # writes OUT/maxsim_compressed_probe.json
 
-What picked v13's shapes for float8 (64-row tiles, 2 warps) and int8 (64-row tiles, 4 warps, 4 stages).
+What picked the shapes of compressed tiles: float8 on 64-row tiles with 2 warps (v13); int8 on 64-row tiles, 4
+warps and 3 stages (v14, once each tile's rows were requested a tile ahead).
 """
 from __future__ import annotations
 
@@ -31,15 +32,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--shapes", default="", help="block_d/stages/warps triples to try, e.g. 64/3/4,128/2/4 "
                     "(default: the sweep above)")
-    ap.add_argument("--ahead", action="store_true", help="the experiment kernels.maxsim.ROWS_AHEAD: a tile's rows "
-                    "computed a tile ahead")
-    ap.add_argument("--tag", default="")
+    ap.add_argument("--lengths", default="85,512", help="document tokens, lowest,highest (300,300: rr-10k's)")
+    ap.add_argument("--tag", default="", help="prefix of this run's keys (and of its file's name)")
     args = ap.parse_args()
-    km.ROWS_AHEAD = args.ahead
     shapes = tuple(tuple(map(int, t.split("/"))) for t in args.shapes.split(",")) if args.shapes else SHAPES
     results: dict = {"device": torch.cuda.get_device_name()}
     for n in (1000, 10000):
-        lens, docs, query = request(n, seed=n)
+        lens, docs, query = request(n, seed=n, lengths=tuple(map(int, args.lengths.split(","))))
         for dtype in ("float16", "float8_e4m3", "int8"):
             scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=(1 if n <= 1000 else 8) << 30)
             store = scorer.store

@@ -22,11 +22,11 @@ def wall_us(fn, n: int = 30, warmup: int = 1) -> float:
     return round(statistics.median(ts), 1)
 
 
-def request(n: int, d: int = 128, seed: int = 1):
-    """n documents of 85-512 tokens as the encoder hands them over (one packed float16 buffer + lengths), a
-    32-token query: (lengths, documents, query) as numpy arrays."""
+def request(n: int, d: int = 128, seed: int = 1, lengths: tuple[int, int] = (85, 512)):
+    """n documents of 85-512 tokens (`lengths`, both ends included) as the encoder hands them over (one packed
+    float16 buffer + lengths), a 32-token query: (lengths, documents, query) as numpy arrays."""
     g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(85, 513, (n,), generator=g).numpy()
+    lens = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=g).numpy()
     docs = torch.nn.functional.normalize(torch.randn(int(lens.sum()), d, generator=g), dim=-1).half().numpy()
     query = torch.nn.functional.normalize(torch.randn(32, d, generator=g), dim=-1).numpy()
     return lens, docs, query

@@ -89,14 +89,16 @@ def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int, fp8_docs: bool
         block_k = min(block_k, 64)
     if q_rows <= 64 and fp8_docs:
         # float8 documents widened to float16 in the tile: 2 warps (H200, 10,000 documents of 85-512 tokens, v13:
-        # 158 µs against 185 with 4 warps; 1,000: 30.6 against 32)
+        # 158 µs against 185 with 4 warps; 1,000: 30.6 against 32), 3 stages (v14: 142 against 145 with 4)
         return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=64, block_k=block_k, swap=True,
-                            num_warps=2, num_stages=4)
+                            num_warps=2, num_stages=3)
     if q_rows <= 64:
-        # memory-bound: stream the document, doc tokens on the MMA's M side; int8 (against its int8 query) on 3
-        # stages (H200, v14, rows a tile ahead: 10,000 documents 113 µs against 118.5 with 4; 1,000 22.7 / 23.6)
+        # memory-bound: stream the document, doc tokens on the MMA's M side. int8 (against its int8 query) on 2
+        # stages, more programs resident (H200, v14, rows a tile ahead; 1,000 documents of 300 tokens: 20.0-20.4 µs
+        # against 24.1 with 3 and 24.9 with 4; 10,000: 117.6 / 118.0 / 129.0; 85-512 tokens: 113.5 / 111.3 / 117.5)
+        stages = {1: 2, 4: 3}.get(elem_bytes, 4)
         return KernelConfig(block_q=_pow2_at_least(q_rows, 16), block_d=64, block_k=block_k, swap=True,
-                            num_warps=4, num_stages=3 if elem_bytes in (1, 4) else 4)
+                            num_warps=4, num_stages=stages)
     if mean_ld > _LONG_DOCS and q_rows > 128 and elem_bytes == 2:
         # long queries against long documents: compute-bound, 256 query rows a program
         return KernelConfig(block_q=256, block_d=64, block_k=block_k, swap=False, num_warps=8, num_stages=3)
