@@ -489,7 +489,7 @@ class DocumentStore:
                     event.synchronize()
             self._ring = [torch.empty(slot_rows * row_bytes, dtype=torch.uint8, pin_memory=True)
                           for _ in range(_RING_SLOTS)]
-            self._ring_done = [None] * _RING_SLOTS
+            self._ring_done, self._ring_next = [None] * _RING_SLOTS, 0
         dtype = staged.dtype
         depth = min(slot_rows, max(1, _FIRST_CHUNK_BYTES // row_bytes))  # rows this slot takes before its DMA
         row = filled = 0  # rows of `staged` issued; rows in the slot being filled
