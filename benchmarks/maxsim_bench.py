@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from kernels import maxsim as km  # noqa: E402
 from scoring import maxsim as sm  # noqa: E402
 from scoring.store import DocumentStore, StoredDocuments, quantize  # noqa: E402
-from timing import request, wall_us  # noqa: E402  (benchmarks/, the script's own folder)
+from timing import encoder_calls, request, wall_us  # noqa: E402  (benchmarks/, the script's own folder)
 
 BW = 3.0e12  # B/s, device-to-device copy on our H100 (ANCHORS.md)
 PEAK = 696e12  # FLOP/s, bf16 matrix product on our H100 (ANCHORS.md)
@@ -270,13 +270,6 @@ def kernel_table(args, found):
 
 
 # -- the scorer's path --------------------------------------------------------------------------------------------
-
-def encoder_calls(docs, lens, chunk_tokens=8192):
-    """The packed buffer cut at document boundaries into the deployment's encoder calls of ~chunk_tokens."""
-    cu = np.concatenate([[0], np.cumsum(lens)])
-    cuts = np.searchsorted(cu, np.arange(chunk_tokens, cu[-1], chunk_tokens))
-    return np.split(docs, np.unique(cu[cuts]))
-
 
 def scorer_rows(found, sizes=(100, 1000, 4000, 10000), dtypes=("float16", "float8_e4m3", "int8")):
     """Each row: wall µs, median of 30 calls (10 above 1,000 documents)."""

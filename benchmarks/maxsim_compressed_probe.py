@@ -4,8 +4,8 @@ query; each shape timed with triton's do_bench (median, L2 flushed), rounds inte
 
     python benchmarks/maxsim_compressed_probe.py --out OUT     # writes OUT/maxsim_compressed_probe.json
 
-What picked the shapes of compressed tiles: float8 on 64-row tiles with 2 warps (v13); int8 on 64-row tiles, 4
-warps and 3 stages (v14, once each tile's rows were requested a tile ahead).
+What picked the shapes of compressed tiles: float8 on 64-row tiles with 2 warps (v13) and 3 stages (v14); int8 on
+64-row tiles, 4 warps and 2 stages (v14, once each tile's rows were requested a tile ahead; `--lengths 300,300`).
 """
 from __future__ import annotations
 

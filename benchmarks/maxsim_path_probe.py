@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import timing  # benchmarks/timing.py (the script's own folder)
-from timing import request
+from timing import encoder_calls, request
 
 RESULTS: dict = {}
 
@@ -108,13 +108,6 @@ def timeit(fn, n=2000):
     return (time.perf_counter() - t0) / n
 
 
-def encoder_calls(docs, lens, chunk_tokens=8192):
-    """The packed buffer cut at document boundaries into the deployment's encoder calls of ~chunk_tokens."""
-    cu = np.concatenate([[0], np.cumsum(lens)])
-    cuts = np.searchsorted(cu, np.arange(chunk_tokens, cu[-1], chunk_tokens))
-    return np.split(docs, np.unique(cu[cuts]))
-
-
 def cold(sm, StoredDocuments, tag):
     """A cold call as the deployment makes it (insert of the encoder's buffers, score, release), its floor, and a
     profile of the inserts."""
@@ -139,26 +132,21 @@ def cold(sm, StoredDocuments, tag):
         docs32 = docs.astype(np.float32)
         for name, parts in (("one buffer", [docs]), (f"{len(calls)} encoder-call buffers", calls),
                             ("one float32 buffer", [docs32])):
-            def insert_score_release():
-                count[0] += 1
-                s = store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], parts, lens)
-                scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
+            def cold_call(keys, score=True, parts=parts):
+                s = store.insert(keys, parts, lens)
+                if score:
+                    scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
                 store.release(s)
 
-            def insert_only():
+            def fresh_keys():  # built inside the timed call, as the deployment builds its keys
                 count[0] += 1
-                store.release(store.insert([f"c{n}-{count[0]}-{i}" for i in range(n)], parts, lens))
-            record(f"{tag} {n} cold, {name}: insert + score() + release", wall_us(insert_score_release, reps))
-            record(f"{tag} {n} cold, {name}: insert + release", wall_us(insert_only, reps))
+                return [f"c{n}-{count[0]}-{i}" for i in range(n)]
+            record(f"{tag} {n} cold, {name}: insert + score() + release",
+                   wall_us(lambda: cold_call(fresh_keys()), reps))
+            record(f"{tag} {n} cold, {name}: insert + release", wall_us(lambda: cold_call(fresh_keys(), False), reps))
             if n == 1000 and name != "one float32 buffer":
-                keys = [[f"k{n}-{name}-{j}-{i}" for i in range(n)] for j in range(10)]
-                keys_left = iter(keys)
-
-                def cold_call(parts=parts):
-                    s = store.insert(next(keys_left), parts, lens)
-                    scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
-                    store.release(s)
-                profiled(f"{tag} {n} cold profile, {name}", cold_call, len(keys), 22)
+                keys = iter([[f"k{n}-{name}-{j}-{i}" for i in range(n)] for j in range(10)])
+                profiled(f"{tag} {n} cold profile, {name}", lambda: cold_call(next(keys)), 10, 22)
         del scorer, store, pinned, dst
         torch.cuda.empty_cache()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
+import numpy as np
 import torch
 
 
@@ -30,3 +31,10 @@ def request(n: int, d: int = 128, seed: int = 1, lengths: tuple[int, int] = (85,
     docs = torch.nn.functional.normalize(torch.randn(int(lens.sum()), d, generator=g), dim=-1).half().numpy()
     query = torch.nn.functional.normalize(torch.randn(32, d, generator=g), dim=-1).numpy()
     return lens, docs, query
+
+
+def encoder_calls(docs: np.ndarray, lens: np.ndarray, chunk_tokens: int = 8192) -> list[np.ndarray]:
+    """The packed buffer cut at document boundaries into the deployment's encoder calls of ~chunk_tokens."""
+    cu = np.concatenate([[0], np.cumsum(lens)])
+    cuts = np.searchsorted(cu, np.arange(chunk_tokens, cu[-1], chunk_tokens))
+    return np.split(docs, np.unique(cu[cuts]))

@@ -464,16 +464,15 @@ class DocumentStore:
 
     def _metadata(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pinned metadata buffer and its device copy, once the previous call's copy from it has finished."""
+        if self._meta_copied is None:
+            self._meta_copied = torch.cuda.Event()
+        else:
+            self._meta_copied.synchronize()
         if self._meta_host is None or self._meta_host.numel() < nbytes:
-            if self._meta_host is not None:
-                self._meta_copied.synchronize()
             size = max(nbytes, 2 * (0 if self._meta_host is None else self._meta_host.numel()), 1 << 16)
             self._meta_host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
             with torch.cuda.stream(self._stream):
                 self._meta_dev = torch.empty(size, dtype=torch.uint8, device=self.device)
-            self._meta_copied = torch.cuda.Event()
-        else:
-            self._meta_copied.synchronize()
         return self._meta_host, self._meta_dev
 
     def _stage(self, parts, staged: torch.Tensor, row_bytes: int) -> None:
