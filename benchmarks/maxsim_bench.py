@@ -225,13 +225,15 @@ def candidates(nq, lq, varlen, Q, D, cu, maxld, Dpad, mask, lens, found, gen):
     c["ours paged"] = paged_call(*paged(D, cu, gen), Q[0])
     for tag, dtype in COMPRESSED.items():
         values, scales = quantize(D, dtype)
-        if dtype == torch.int8:  # the scorer's int8 form: the query quantised like the documents
-            q_int, q_scales = quantize(Q[0], torch.int8)
-            c[f"ours {tag} paged"] = paged_call(*paged(values, cu, gen, scales), q_int, q_scales)
-            c[f"ours {tag} paged"].exact_q = km.dequantize(q_int, q_scales, torch.float64)
-        else:
-            c[f"ours {tag} paged"] = paged_call(*paged(values, cu, gen, scales), Q[0].half())
+        # the scorer's forms: int8 queries quantised like the documents, float8 pairs for float8 documents
+        q_quant, q_scales = quantize(Q[0], torch.int8) if dtype == torch.int8 else km.float8_query(Q[0])
+        stored = paged(values, cu, gen, scales)
+        c[f"ours {tag} paged"] = paged_call(*stored, q_quant, q_scales)
+        c[f"ours {tag} paged"].exact_q = km.dequantize_query(q_quant, q_scales, torch.float64)
         c[f"ours {tag} paged"].exact = km.dequantize(values, scales, torch.float64)
+        if dtype == torch.float8_e4m3fn:  # v14's float8 form: the documents widened against a float16 query
+            c[f"ours {tag} widened paged"] = paged_call(*stored, Q[0].half())
+            c[f"ours {tag} widened paged"].exact = c[f"ours {tag} paged"].exact
     return c
 
 
@@ -438,19 +440,20 @@ def fidelity_of(queries: list[torch.Tensor], D: torch.Tensor, cu: torch.Tensor) 
     gen = torch.Generator(device=DEV).manual_seed(5)
     for tag, dtype in COMPRESSED.items():
         values, scales = quantize(D16, dtype)
-        if dtype == torch.int8:  # as the scorer scores int8 documents: paged, the query quantised like them
-            arena, arena_scales, pages, start, end = paged(values, cu, gen, scales)
-            group = torch.zeros(cu.numel() - 1, dtype=torch.int32, device=DEV)
+        # as the scorer scores compressed documents: paged, the query quantised for their tensor cores (int8 rows
+        # for int8, a float8 pair for float8)
+        arena, arena_scales, pages, start, end = paged(values, cu, gen, scales)
+        group = torch.zeros(cu.numel() - 1, dtype=torch.int32, device=DEV)
 
-            def score(q):
-                q_int, q_scales = quantize(q, torch.int8)
-                cq = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=DEV)
-                return km.maxsim_paged(q_int, cq, arena, pages, PAGE, start, end, group, q.shape[0], 300.0,
-                                       scales=arena_scales, q_scales=q_scales)
-            scores = torch.stack([score(q) for q in queries])
-        else:
-            scores = torch.stack([km.maxsim_packed(q.half(), values, cu, scales=scales) for q in queries])
-        res[f"{tag} vs fp16"] = agreement(fp16, scores)
+        def score(q, dtype=dtype):
+            q_quant, q_scales = quantize(q, torch.int8) if dtype == torch.int8 else km.float8_query(q)
+            cq = torch.tensor([0, q.shape[0]], dtype=torch.int32, device=DEV)
+            return km.maxsim_paged(q_quant, cq, arena, pages, PAGE, start, end, group, q.shape[0], 300.0,
+                                   scales=arena_scales, q_scales=q_scales)
+        res[f"{tag} vs fp16"] = agreement(fp16, torch.stack([score(q) for q in queries]))
+        if dtype == torch.float8_e4m3fn:  # v14's form: the documents widened against the float16 query
+            widened = torch.stack([km.maxsim_packed(q.half(), values, cu, scales=scales) for q in queries])
+            res[f"{tag} widened vs fp16"] = agreement(fp16, widened)
     return res
 
 
@@ -594,15 +597,17 @@ def main():
             chart(rows, os.path.join(args.out, "maxsim_bench.png"))
         except Exception as e:  # the table matters more than the picture
             print(f"chart failed: {e}")
-    keys = ["flash-maxsim", "late-interaction-kernels", "ours", "ours paged", "ours fp8 paged", "ours int8 paged"]
+    keys = ["flash-maxsim", "late-interaction-kernels", "ours", "ours paged", "ours fp8 paged",
+            "ours fp8 widened paged", "ours int8 paged"]
     print("\nµs: do_bench (fraction of the fp16 floor) / GPU alone / host launch")
-    print("| shape | floor µs | " + " | ".join(keys) + " | fp8 / fp16 paged | int8 / fp16 paged |")
-    print("|---|---|" + "---|" * len(keys) + "---|---|")
+    print("| shape | floor µs | " + " | ".join(keys) + " | fp8 / fp16 paged | fp8 widened / fp16 paged | "
+          "int8 / fp16 paged |")
+    print("|---|---|" + "---|" * len(keys) + "---|---|---|")
     for r in rows:
         cells = [f"{r[k]['us']:.1f} ({r[k]['floor_frac']:.2f}) / {r[k]['gpu_us']:.1f} / {r[k]['host_us']:.0f}"
                  if "us" in r.get(k, {}) else ("-" if k not in r else "ERR") for k in keys]
         ratios = [f"{r[k]['gpu_us'] / r['ours paged']['gpu_us']:.2f}" if "us" in r.get(k, {}) else "-"
-                  for k in ("ours fp8 paged", "ours int8 paged")]
+                  for k in ("ours fp8 paged", "ours fp8 widened paged", "ours int8 paged")]
         print(f"| {r['shape']} | {r['floor_us']:.1f} | " + " | ".join(cells + ratios) + " |")
     for k, row in result.get("scorer", {}).items():
         print(k, json.dumps(row))

@@ -1,11 +1,13 @@
-"""Probe of the paged kernel's block shapes for compressed storage on a GPU: float16, float8_e4m3 and int8 (against
-its int8 query) documents in the store's arena, 1,000 and 10,000 documents of 85-512 tokens at d 128, one 32-token
-query; each shape timed with triton's do_bench (median, L2 flushed), rounds interleaved.
+"""Probe of the paged kernel's block shapes for compressed storage on a GPU: float16, float8_e4m3 (against its
+float8 pair query, and widened against a float16 query) and int8 (against its int8 query) documents in the store's
+arena, 1,000 and 10,000 documents of 85-512 tokens at d 128, one 32-token query; each shape timed with triton's
+do_bench (median, L2 flushed), rounds interleaved.
 
     python benchmarks/maxsim_compressed_probe.py --out OUT     # writes OUT/maxsim_compressed_probe.json
 
-What picked the shapes of compressed tiles: float8 on 64-row tiles with 2 warps (v13) and 3 stages (v14); int8 on
-64-row tiles, 4 warps and 2 stages (v14, once each tile's rows were requested a tile ahead; `--lengths 300,300`).
+What picked the shapes of compressed tiles: float8 widened on 64-row tiles with 2 warps (v13) and 3 stages (v14);
+int8 on 64-row tiles, 4 warps and 2 stages (v14, once each tile's rows were requested a tile ahead; `--lengths
+300,300`); the float8 pair takes int8's (v15).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def main() -> None:
     results: dict = {"device": torch.cuda.get_device_name()}
     for n in (1000, 10000):
         lens, docs, query = request(n, seed=n, lengths=tuple(map(int, args.lengths.split(","))))
-        for dtype in ("float16", "float8_e4m3", "int8"):
+        for dtype, form in (("float16", ""), ("float8_e4m3", " pair"), ("float8_e4m3", " widened"), ("int8", "")):
             scorer = sm.MaxSimScorer(128, device="cuda", dtype=dtype, store_bytes=(1 if n <= 1000 else 8) << 30)
             store = scorer.store
             slots = store.insert([f"n{i}" for i in range(n)], [docs], lens)
@@ -50,6 +52,8 @@ def main() -> None:
             if dtype == "int8":  # the scorer's form: the query quantised like the documents
                 q_int, q_scales = sm.quantize_int8(query)
                 Q, q_scales = torch.from_numpy(q_int).cuda(), torch.from_numpy(q_scales).cuda()
+            elif form == " pair":  # the scorer's float8 form
+                Q, q_scales = km.float8_query(torch.from_numpy(query).cuda())
             else:
                 Q, q_scales = torch.from_numpy(query).half().cuda(), None
             configs = {"default": km.paged_config(32, float(lens.mean()), 128, Q.element_size(), store.dtype)}
@@ -71,8 +75,8 @@ def main() -> None:
                     row["us"].append(round(us, 1))
                     row["max diff vs default"] = max(row["max diff vs default"], (got - ref).abs().max().item())
             for name, row in times.items():
-                results[f"{args.tag}{n} {dtype} {name}"] = row
-                print(json.dumps({f"{args.tag}{n} {dtype} {name}": row}), flush=True)
+                results[f"{args.tag}{n} {dtype}{form} {name}"] = row
+                print(json.dumps({f"{args.tag}{n} {dtype}{form} {name}": row}), flush=True)
             store.release(slots)
             scorer = store = None  # the next store's arena replaces this one's
             torch.cuda.empty_cache()

@@ -5,7 +5,9 @@ Documents come packed (`D` [T, d] + `cu_seqlens` [B+1]) or paged (the document s
 logical rows [doc_start[b], doc_end[b]) of a page list, `pages`, of `page_tokens`-row pages). Every form
 accumulates in fp32 and returns fp32; an empty document or query scores 0. Query and documents are computed in the
 documents' dtype (the query is cast to it); fp32 inputs use IEEE fp32 products; float8_e4m3 and int8 documents
-(with one float32 scale per token) are computed against a float16 query and dequantised inside the kernel.
+(with one float32 scale per token) are computed against a float16 query and dequantised inside the kernel, or, in
+the paged form the scorer launches, against the query quantised for their own tensor cores (`q_scales`): int8 rows
+for int8 documents, a float8 pair (`float8_query`) for float8 ones.
 
 Compilation: the kernels are specialised only on the model dimension, the dtypes and a block configuration chosen
 from length buckets (`_config`), never on exact lengths or counts, so a replica that ran `warmup` for its `d`
@@ -22,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.reference import (check_packed, dequantize, maxsim_grouped_reference,  # noqa: F401 (re-exported)
-                               maxsim_reference)
+from kernels.reference import (check_packed, dequantize, dequantize_query,  # noqa: F401 (re-exported)
+                               maxsim_grouped_reference, maxsim_reference)
 
 try:  # Triton is optional: CPU-only installs use the reference.
     from triton.runtime.errors import OutOfResources
@@ -39,6 +41,7 @@ __all__ = [
     "maxsim_paged",
     "maxsim_reference",
     "maxsim_grouped_reference",
+    "float8_query",
     "paged_rows",
     "write_pages",
     "triton_available",
@@ -47,6 +50,21 @@ __all__ = [
 
 COMPRESSED = (torch.float8_e4m3fn, torch.int8)  # storage dtypes read with one float32 scale per token
 QMAX = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}  # the largest magnitude each stores
+
+
+def float8_query(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A query for float8_e4m3 documents' tensor cores: each row as two float8_e4m3 terms, [L, 2d] (hi, then lo),
+    and one float32 scale a row, amax|row| / 448 (1 for a zero row), so row = scale * (hi + lo) to ~2^-8 of its
+    size (one float8 alone: 2^-4; the float8 documents' own rounding is 2^-4). hi is the store's float8 format of
+    the row (`scoring.store.quantize`, the same arithmetic), lo the float8 of what hi leaves."""
+    x = x.float()
+    qmax = QMAX[torch.float8_e4m3fn]
+    amax = x.abs().amax(1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    y = (x / scale[:, None]).clamp_(-qmax, qmax)
+    hi = y.to(torch.float8_e4m3fn)
+    lo = y.sub_(hi.float()).to(torch.float8_e4m3fn)
+    return torch.cat([hi.view(torch.uint8), lo.view(torch.uint8)], 1).view(torch.float8_e4m3fn), scale
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -83,7 +101,8 @@ _LONG_DOCS = 512  # mean document tokens above which `_config` picks the long-do
 def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int, fp8_docs: bool = False) -> KernelConfig:
     """Block shape for programs of `q_rows` query rows (bucketed to a power of two) — measured on the H100 and the
     H200, docs/kernel_notes.md. `elem_bytes`: the query's element size (2 for the float16 queries of float8
-    documents, 1 for the int8 queries of int8 documents); `fp8_docs`: float8 documents, widened in the kernel."""
+    documents, 1 for the int8 queries of int8 documents and the float8 pairs of float8 ones); `fp8_docs`: float8
+    documents widened in the kernel (against a float16 query)."""
     block_k = min(128, _pow2_at_least(d, 16))
     if elem_bytes == 4:
         block_k = min(block_k, 64)
@@ -114,8 +133,10 @@ def _config_bucketed(q_rows: int, long_docs: bool, d: int, elem_bytes: int, fp8_
 
 def paged_config(max_lq: int, mean_ld: float, d: int, q_elem_bytes: int, doc_dtype: torch.dtype) -> KernelConfig:
     """The block configuration `maxsim_paged` launches for these lengths and dtypes (the queries' element size: 1
-    for the int8 queries of int8 documents, 2 for float16 queries); callers that replay a launch key it by this."""
-    return _config_bucketed(max_lq, mean_ld > _LONG_DOCS, d, q_elem_bytes, doc_dtype == torch.float8_e4m3fn)
+    for the int8 queries of int8 documents and the float8 pairs of float8 ones, 2 for float16 queries); callers that
+    replay a launch key it by this."""
+    return _config_bucketed(max_lq, mean_ld > _LONG_DOCS, d, q_elem_bytes,
+                            doc_dtype == torch.float8_e4m3fn and q_elem_bytes == 2)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -191,9 +212,14 @@ def _launch(Q, D, scales, q_scales, pages, page_tokens, d_start, d_end, cu_q, do
         return
     if D.dtype in COMPRESSED and scales is None:
         raise ValueError(f"{D.dtype} documents need their per-token scales")
-    native = 0 if q_scales is None else (1 if D.is_cuda else 2)
+    if q_scales is None:
+        native = 0
+    elif D.dtype == torch.int8:
+        native = 1 if D.is_cuda else 2
+    else:  # a float8 pair
+        native = 3
     cpu_bf16 = not D.is_cuda and D.dtype == torch.bfloat16
-    upcast = cpu_bf16 or native == 2
+    upcast = cpu_bf16 or (native > 1 and not D.is_cuda)
     grid = math.ceil(n_docs / max(1, cfg.dpp)) * n_jobs
     placeholder = out  # pointers a form does not read
     tensors = (Q, D, placeholder if scales is None else scales, placeholder if q_scales is None else q_scales,
@@ -245,8 +271,10 @@ def _grouped(Q, cu_seqlens_q, D, scales, pages, page_tokens, doc_start, doc_end,
              config, out=None, q_scales=None):
     n_docs = doc_start.numel()
     if q_scales is not None:
-        if Q.dtype != torch.int8 or D.dtype != torch.int8:
-            raise ValueError(f"q_scales go with an int8 query of int8 documents, got {Q.dtype} and {D.dtype}")
+        pair = Q.dtype == D.dtype == torch.float8_e4m3fn and Q.shape[1] == 2 * D.shape[1]
+        if not (Q.dtype == D.dtype == torch.int8 or pair):
+            raise ValueError(f"q_scales go with an int8 query of int8 documents or a float8 pair [Tq, 2d] "
+                             f"(`float8_query`) of float8 ones, got {Q.dtype} {tuple(Q.shape)} and {D.dtype}")
         q_scales = _same(q_scales, torch.float32)
     else:
         Q = _same(Q, _query_dtype(D.dtype))
@@ -314,16 +342,20 @@ def maxsim_paged(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, arena: torch.Tenso
     returned). It may be pinned host memory: the kernel then writes the scores straight to the host (CUDA's
     unified addressing), and the caller needs no copy back, only to synchronise with the stream.
 
-    `q_scales` (int8 documents only): Q holds the queries quantised as the documents are (int8 rows, one float32
-    scale a row, amax|row| / 127, [Tq]); the dot runs on int8 tensor cores with exact int32 sums."""
-    if arena.dim() != 2 or Q.dim() != 2 or Q.shape[1] != arena.shape[1]:
-        raise ValueError(f"Q [Tq, d] and arena [rows, d] expected, got {tuple(Q.shape)} and {tuple(arena.shape)}")
+    `q_scales` ([Tq] float32, one a query row): Q holds the queries quantised for the documents' tensor cores, each
+    row's max multiplied by its scale. int8 documents: int8 rows quantised as the documents are (amax|row| / 127),
+    exact int32 sums. float8_e4m3 documents: a float8 pair [Tq, 2d] (`float8_query`), two fp8 dots a tile, fp32
+    sums."""
+    pair = q_scales is not None and Q.dtype == torch.float8_e4m3fn
+    if arena.dim() != 2 or Q.dim() != 2 or Q.shape[1] != arena.shape[1] * (2 if pair else 1):
+        raise ValueError(f"Q [Tq, d] (a float8 pair: [Tq, 2d]) and arena [rows, d] expected, got {tuple(Q.shape)} "
+                         f"and {tuple(arena.shape)}")
     if page_tokens <= 0 or page_tokens & (page_tokens - 1):
         raise ValueError(f"page_tokens must be a power of two, got {page_tokens}")
     if not triton_available(arena.device):
         rows, cu = paged_rows(pages, page_tokens, doc_start, doc_end)
         D = dequantize(arena[rows], None if scales is None else scales[rows])
-        return maxsim_grouped_reference(dequantize(Q, q_scales), cu_seqlens_q, D, cu, doc_group)
+        return maxsim_grouped_reference(dequantize_query(Q, q_scales), cu_seqlens_q, D, cu, doc_group)
     return _grouped(Q, cu_seqlens_q, arena, scales, _same(pages, torch.int32), page_tokens, doc_start, doc_end,
                     doc_group, max_lq, mean_ld, config, out, q_scales)
 
@@ -353,7 +385,7 @@ def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.devic
     seen = set()
     for lq in query_lengths:
         for ld in doc_lengths:
-            qsize = 1 if dtype == torch.int8 else torch.empty(0, dtype=qdtype).element_size()
+            qsize = 1 if dtype in COMPRESSED else torch.empty(0, dtype=qdtype).element_size()
             cfg = paged_config(lq, ld, d, qsize, dtype)
             if (cfg, math.ceil(lq / cfg.block_q) > 1) in seen:
                 continue
@@ -367,8 +399,10 @@ def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.devic
                         page_tokens)
             Q = torch.randn(lq, d, generator=g).to(device=device, dtype=qdtype)
             q_scales = None
-            if dtype == torch.int8:  # the scorer's queries of int8 documents come quantised (`q_scales`)
+            if dtype == torch.int8:  # the scorer's queries of compressed documents come quantised (`q_scales`)
                 Q, q_scales = Q.clamp(-1, 1).mul(127).round().to(torch.int8), torch.ones(lq, device=device)
+            elif dtype == torch.float8_e4m3fn:
+                Q, q_scales = float8_query(Q)
             cq = torch.tensor([0, lq], dtype=torch.int32, device=device)
             cu = torch.tensor([0, ld, 2 * ld], dtype=torch.int32, device=device)
             group = torch.zeros(2, dtype=torch.int32, device=device)

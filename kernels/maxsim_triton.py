@@ -11,9 +11,13 @@ streaming each document in BLOCK_D-row tiles (cp.async pipelined by Triton, `num
 - PAGE > 0: paged (the document store's arena): logical row x lives at row `pages[x // PAGE] * PAGE + x % PAGE`.
 Compressed documents (float8_e4m3 or int8, CONVERT) are widened to the query's float16 in registers (exact), and
 SCALED multiplies each document token's similarities by its float32 scale before the max: the dequantisation,
-inside the kernel. NATIVE (int8 documents, grouped form): the query comes quantised the same way (int8 rows, one
-float32 scale a row, `q_scales`), the dot runs on int8 tensor cores with exact int32 sums (NATIVE == 1; == 2 is the
-same arithmetic in fp32, for the interpreter), and each query row's max is multiplied by its scale.
+inside the kernel. NATIVE (grouped form): the query comes quantised to the documents' dtype, one float32 scale a
+row (`q_scales`), the dot runs on the documents' tensor cores with no widening, and each query row's max is
+multiplied by its scale:
+- NATIVE == 1: int8 rows (quantised like the documents), int8 tensor cores, exact int32 sums; == 2 the same
+  arithmetic in fp32, for the interpreter.
+- NATIVE == 3: float8 documents against a float8 pair: each query row is two float8_e4m3 terms (`Q` [Tq, 2d], hi
+  then lo, `kernels.maxsim.float8_query`), two fp8 dots a tile into one fp32 accumulator.
 """
 from __future__ import annotations
 
@@ -38,14 +42,36 @@ def _query_tile(q_ptrs, row_valid, offs_k, D_MODEL: tl.constexpr, NUM_K: tl.cons
 
 
 @triton.jit
-def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr,
+def _dot(dt, qt, acc, IEEE: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + the tile's similarities: dt @ qt^T when SWAP, else qt @ dt^T. FP8 (float8 x float8): the Hopper MMA's
+    own sums keep fewer bits than fp32 (Triton's sm_90 default lets them run over all of K: scores 3e-5 off, and
+    different for each block shape), so they are added into the fp32 accumulator every 32 products."""
+    if FP8:
+        IMPRECISE: tl.constexpr = 32 if BLOCK_K >= 32 else BLOCK_K
+    else:
+        IMPRECISE: tl.constexpr = 0
+    if SWAP:
+        if IEEE:
+            acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(dt, tl.trans(qt), acc, out_dtype=acc.dtype, max_num_imprecise_acc=IMPRECISE)
+    else:
+        if IEEE:
+            acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(qt, tl.trans(dt), acc, out_dtype=acc.dtype, max_num_imprecise_acc=IMPRECISE)
+    return acc
+
+
+@triton.jit
+def _tile_dots(d_ptrs, q_ptrs, q0, q1, row_valid, offs_k, D_MODEL: tl.constexpr, BLOCK_Q: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, NUM_K: tl.constexpr, EVEN_K: tl.constexpr,
                UPCAST: tl.constexpr, IEEE: tl.constexpr, SWAP: tl.constexpr, CONVERT: tl.constexpr,
                NATIVE: tl.constexpr):
     """Similarities of one tile of document rows with the query rows over all of d, fp32 accumulation:
     `[BLOCK_D, BLOCK_Q]` when SWAP, else `[BLOCK_Q, BLOCK_D]`. Every document row of the tile is valid (the caller
     repeats a document's last row past its end: a repeated row cannot change a max), so the loads are unmasked in
-    that dimension."""
+    that dimension. A float8 pair query (NATIVE == 3): its lo term is q1 (NUM_K == 1) or D_MODEL past q_ptrs."""
     if NATIVE == 1:  # int8 x int8 on the tensor cores: exact int32 sums
         if SWAP:
             acc = tl.zeros([BLOCK_D, BLOCK_Q], dtype=tl.int32)
@@ -72,16 +98,17 @@ def _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL: tl.constexpr, BLO
         if UPCAST:
             dt = dt.to(tl.float32)
             qt = qt.to(tl.float32)
-        if SWAP:
-            if IEEE:
-                acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
+        acc = _dot(dt, qt, acc, IEEE, SWAP, NATIVE == 3, BLOCK_K)
+        if NATIVE == 3:  # the pair's lo term, on the same document tile
+            if NUM_K == 1:
+                qt = q1
+            elif EVEN_K:
+                qt = tl.load(q_ptrs + D_MODEL + kk * BLOCK_K, mask=row_valid[:, None], other=0.0)
             else:
-                acc = tl.dot(dt, tl.trans(qt), acc, out_dtype=acc.dtype)
-        else:
-            if IEEE:
-                acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(qt, tl.trans(dt), acc, out_dtype=acc.dtype)
+                qt = tl.load(q_ptrs + D_MODEL + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
+            if UPCAST:
+                qt = qt.to(tl.float32)
+            acc = _dot(dt, qt, acc, IEEE, SWAP, NATIVE == 3, BLOCK_K)
     if NATIVE == 1:
         acc = acc.to(tl.float32)
     return acc
@@ -128,13 +155,15 @@ def maxsim_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     NUM_K: tl.constexpr = (D_MODEL + BLOCK_K - 1) // BLOCK_K
     EVEN_K: tl.constexpr = D_MODEL % BLOCK_K == 0
+    Q_ROW: tl.constexpr = 2 * D_MODEL if NATIVE == 3 else D_MODEL  # a float8 pair's row: hi, then lo
     if not GROUPED:  # the query block is the same for every document of this program: load it once
         qi = qblock * QPB + r // LQP
         tok = c * LQP + r % LQP
         row_valid = (qi < n_queries) & (tok < q_len)
         q_rows = qi.to(tl.int64) * q_len + tok
-        q_ptrs = Q + q_rows[:, None] * D_MODEL + offs_k[None, :]
+        q_ptrs = Q + q_rows[:, None] * Q_ROW + offs_k[None, :]
         q0 = _query_tile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
+        q1 = _query_tile(q_ptrs + D_MODEL, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K) if NATIVE == 3 else 0.0
 
     for i in range(0, tl.minimum(DPP, n_docs - b_first)):
         b = b_first + i
@@ -149,8 +178,9 @@ def maxsim_kernel(
             q_rows = q_start.to(tl.int64) + tok
             # a chunk past the end of a shorter query in the same launch reads no document
             loop_end = tl.where(c * BLOCK_Q < lq, s_end, s_start)
-            q_ptrs = Q + q_rows[:, None] * D_MODEL + offs_k[None, :]
+            q_ptrs = Q + q_rows[:, None] * Q_ROW + offs_k[None, :]
             q0 = _query_tile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
+            q1 = _query_tile(q_ptrs + D_MODEL, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K) if NATIVE == 3 else 0.0
         else:
             loop_end = s_end
 
@@ -183,7 +213,7 @@ def maxsim_kernel(
                 else:
                     scale_next = tl.load(scales + _rows64(pages, start + BLOCK_D + offs_d, loop_end, PAGE),
                                          mask=nxt_valid, other=0.0)
-            acc = _tile_dots(d_ptrs, q_ptrs, q0, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
+            acc = _tile_dots(d_ptrs, q_ptrs, q0, q1, row_valid, offs_k, D_MODEL, BLOCK_Q, BLOCK_D, BLOCK_K,
                              NUM_K, EVEN_K, UPCAST, IEEE, SWAP, CONVERT, NATIVE)
             if SCALED:
                 if SWAP:

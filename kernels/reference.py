@@ -19,6 +19,16 @@ def dequantize(D: torch.Tensor, scales: torch.Tensor | None, dtype: torch.dtype 
     return out if scales is None else out * scales.to(dtype)[:, None]
 
 
+def dequantize_query(Q: torch.Tensor, q_scales: torch.Tensor | None, dtype: torch.dtype = torch.float32
+                     ) -> torch.Tensor:
+    """The values a quantised query stands for (`kernels.maxsim.maxsim_paged`'s `q_scales` forms): a float8 pair
+    [Tq, 2d] is scale * (hi + lo), int8 rows scale * row, and a query without scales itself."""
+    if q_scales is not None and Q.dtype == torch.float8_e4m3fn:
+        d = Q.shape[1] // 2
+        return (Q[:, :d].to(dtype) + Q[:, d:].to(dtype)) * q_scales.to(dtype)[:, None]
+    return dequantize(Q, q_scales, dtype)
+
+
 def check_packed(Q: torch.Tensor, D: torch.Tensor, cu_seqlens: torch.Tensor) -> None:
     if D.dim() != 2:
         raise ValueError(f"D must be [T, d], got {tuple(D.shape)}")

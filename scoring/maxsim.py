@@ -10,9 +10,11 @@ documents in Python and a stored document costs no copy. Those two steps are a C
 rows, groups and documents rounded up to powers of two, the block configuration), captured the first time a shape
 is seen and replayed after: a warm call's host work is the writes into the pinned buffer and one replay. The CPU
 path gathers stored rows a chunk of whole documents at a time into a cache-sized buffer, widens them to fp32 (and
-applies the per-token scales of compressed storage after the GEMM) and reduces per document. Against int8
-documents the query is quantised the same way (`quantize_int8`) on both paths: int8 tensor cores on CUDA, exact
-fp32 sums of the integers on CPU. No Ray or vLLM import here.
+applies the per-token scales of compressed storage after the GEMM) and reduces per document. Against compressed
+documents the query is quantised for their tensor cores on both paths: int8 rows like the documents' for int8
+(`quantize_int8`: int8 tensor cores on CUDA, exact fp32 sums of the integers on CPU), a float8 pair for float8_e4m3
+(`kernels.maxsim.float8_query`: two fp8 dots on CUDA, the pair's values in fp32 on CPU). No Ray or vLLM import
+here.
 """
 from __future__ import annotations
 
@@ -110,12 +112,10 @@ class MaxSimScorer:
                               ) if self._device.type == "cuda" else -1
         self.store = DocumentStore(dim, store_bytes, self._device, dtype, headroom_bytes,
                                    staging_threads=staging_threads)
-        # the query as the kernel reads it: int8 (quantised like the documents) for int8 storage, float16 for
-        # float8, else the storage dtype
-        self._int8_queries = self.store.dtype == torch.int8
-        qdtype = torch.int8 if self._int8_queries else torch.float16 if self.store.compressed else self.store.dtype
-        self._qdtype = qdtype
-        self._qsize = torch.empty(0, dtype=qdtype).element_size()
+        # the query as the kernel reads it, in the storage dtype: quantised for compressed storage (int8 rows like
+        # the documents' for int8, a float8 pair [Lq, 2d] for float8_e4m3, each with a scale a row)
+        self._qdtype = self.store.dtype
+        self._qsize = torch.empty(0, dtype=self._qdtype).element_size()
         self._layouts: dict[tuple, _Layout] = {}  # (tq, groups, documents) caps -> buffers and graphs, LRU order
 
     @property
@@ -166,10 +166,14 @@ class MaxSimScorer:
 
     # -- CPU: exact, fp32 accumulation, in cache-sized chunks of whole documents --------------------------------
     def _query_t(self, g: ScoreGroup, stored: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The query as the CPU path multiplies it, [d, Lq] fp32, and its per-row scales (int8 documents only)."""
-        if stored and self._int8_queries:  # int8 documents: the query quantised like them, as on CUDA
+        """The query as the CPU path multiplies it, [d, Lq] fp32, and its per-row scales (compressed documents only):
+        quantised for stored compressed documents as on CUDA."""
+        if stored and self.store.dtype == torch.int8:  # the query quantised like the documents
             q_int, q_scale = quantize_int8(g.query)
             return torch.from_numpy(q_int.astype(np.float32)).T.contiguous(), torch.from_numpy(q_scale)
+        if stored and self.store.dtype == torch.float8_e4m3fn:  # the float8 pair's values (hi + lo, exact in fp32)
+            pair, q_scale = kmaxsim.float8_query(torch.from_numpy(np.ascontiguousarray(g.query, dtype=np.float32)))
+            return kmaxsim.dequantize_query(pair, torch.ones_like(q_scale)).T.contiguous(), q_scale
         return torch.from_numpy(np.ascontiguousarray(g.query, dtype=np.float32)).T.contiguous(), None
 
     def _score_cpu(self, g: ScoreGroup) -> np.ndarray:
@@ -250,7 +254,7 @@ class MaxSimScorer:
         caps = (_pow2(max(tq, 32)), _pow2(n_groups), _pow2(max(b, 64)))
         lay = self._layouts.pop(caps, None)
         if lay is None:
-            lay = _Layout(*caps, self.dim, self._qdtype, self._int8_queries, self._device)
+            lay = _Layout(*caps, self.dim, self._qdtype, self._device)
             while len(self._layouts) >= _LAYOUTS:
                 self._layouts.pop(next(iter(self._layouts)))
         self._layouts[caps] = lay
@@ -283,10 +287,15 @@ class MaxSimScorer:
             group[:b] = np.repeat(np.arange(n_groups, dtype=np.int32), n_docs)
             np.cumsum(q_lens, out=lay.cu[1:1 + n_groups])
         queries = [g.query for g in groups]
-        if self._int8_queries:  # int8 documents: the queries quantised like them, with their scales
+        if store.dtype == torch.int8:  # int8 documents: the queries quantised like them, with their scales
             quantized = [quantize_int8(q) for q in queries]
             lay.q_np[:tq] = quantized[0][0] if n_groups == 1 else np.concatenate([qi for qi, _ in quantized])
             lay.qs_np[:tq] = quantized[0][1] if n_groups == 1 else np.concatenate([qs for _, qs in quantized])
+        elif store.dtype == torch.float8_e4m3fn:  # float8 documents: the queries as float8 pairs, with their scales
+            rows = queries[0] if n_groups == 1 else np.concatenate(queries)
+            pair, q_scales = kmaxsim.float8_query(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))
+            lay.q_host[:tq].copy_(pair)
+            lay.qs_np[:tq] = q_scales.numpy()
         else:  # cast by torch (vectorised: numpy's float32 -> float16 cast took 20 µs a 32 x 128 query)
             rows = queries[0] if n_groups == 1 else np.concatenate(queries)
             lay.q_host[:tq].copy_(torch.from_numpy(np.ascontiguousarray(rows)))
@@ -351,14 +360,17 @@ _LAYOUTS = 16  # call layouts (and their graphs) a scorer keeps
 
 class _Layout:
     """Pinned host and device buffers for calls of up to `tq` query rows, `n_groups` groups and `b` documents:
-    [queries | their scales (int8) | cu_q | doc start | doc end | doc group | scores], each region 256-byte aligned,
-    at fixed addresses (what lets a call be a CUDA graph), with typed views made once."""
+    [queries | their scales (compressed storage) | cu_q | doc start | doc end | doc group | scores], each region
+    256-byte aligned, at fixed addresses (what lets a call be a CUDA graph), with typed views made once. A query
+    row is d values of `qdtype`, 2d for a float8 pair."""
 
-    def __init__(self, tq: int, n_groups: int, b: int, dim: int, qdtype: torch.dtype, int8: bool,
-                 device: torch.device):
+    def __init__(self, tq: int, n_groups: int, b: int, dim: int, qdtype: torch.dtype, device: torch.device):
         qsize = torch.empty(0, dtype=qdtype).element_size()
-        o_qs = _align(tq * dim * qsize)
-        o_cu = o_qs + (_align(4 * tq) if int8 else 0)
+        quantized = qdtype in kmaxsim.COMPRESSED
+        int8 = qdtype == torch.int8
+        width = 2 * dim if qdtype == torch.float8_e4m3fn else dim
+        o_qs = _align(tq * width * qsize)
+        o_cu = o_qs + (_align(4 * tq) if quantized else 0)
         o_start = o_cu + _align(4 * (n_groups + 1))
         o_end = o_start + _align(4 * b)
         o_group = o_end + _align(4 * b)
@@ -368,15 +380,15 @@ class _Layout:
         self.dev = torch.zeros(o_out, dtype=torch.uint8, device=device)
         h = self.host.numpy()
         ints = lambda t, o, n: t[o:o + 4 * n].view(torch.int32)  # noqa: E731
-        self.q_host = self.host[:tq * dim * qsize].view(qdtype).view(tq, dim)
+        self.q_host = self.host[:tq * width * qsize].view(qdtype).view(tq, width)
         self.q_np = h[:tq * dim].view(np.int8).reshape(tq, dim) if int8 else None
-        self.qs_np = h[o_qs:o_qs + 4 * tq].view(np.float32) if int8 else None
+        self.qs_np = h[o_qs:o_qs + 4 * tq].view(np.float32) if quantized else None
         self.cu = h[o_cu:o_cu + 4 * (n_groups + 1)].view(np.int32)
         self.start, self.end, self.group = (h[o:o + 4 * b].view(np.int32) for o in (o_start, o_end, o_group))
         self.out_np = h[o_out:o_out + 4 * b].view(np.float32)
         self.out_host = self.host[o_out:o_out + 4 * b].view(torch.float32)
-        self.q_dev = self.dev[:tq * dim * qsize].view(qdtype).view(tq, dim)
-        self.qs_dev = self.dev[o_qs:o_qs + 4 * tq].view(torch.float32) if int8 else None
+        self.q_dev = self.dev[:tq * width * qsize].view(qdtype).view(tq, width)
+        self.qs_dev = self.dev[o_qs:o_qs + 4 * tq].view(torch.float32) if quantized else None
         self.cu_dev = ints(self.dev, o_cu, n_groups + 1)
         self.start_dev, self.end_dev, self.group_dev = (ints(self.dev, o, b) for o in (o_start, o_end, o_group))
         self.filled = 0  # documents the last call wrote

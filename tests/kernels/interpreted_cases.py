@@ -222,27 +222,54 @@ def test_paged_documents(dtype, d, page_tokens):
         check(out, km.maxsim_grouped_reference(Q, cq, exact, cu, group, torch.float64), dtype)
 
 
-@pytest.mark.parametrize("d,page_tokens", [(128, 16), (96, 64), (384, 16)])
-def test_paged_int8_documents_against_int8_queries(d, page_tokens):
-    """The scorer's int8 form: queries quantised like the documents (`q_scales`), int8 dots (the same arithmetic in
-    fp32 here), each query row's max times its scale: against float64 on both dequantised sides, short and long
-    queries (d 384: the query read a K block at a time)."""
+@pytest.mark.parametrize("dtype,d,page_tokens", [(torch.int8, 128, 16), (torch.int8, 96, 64), (torch.int8, 384, 16),
+                                                 (torch.float8_e4m3fn, 128, 16), (torch.float8_e4m3fn, 384, 16)])
+def test_paged_compressed_documents_against_their_quantised_queries(dtype, d, page_tokens):
+    """The scorer's compressed forms (`q_scales`): int8 queries quantised like the documents, int8 dots; float8
+    pairs (`float8_query`), two dots a tile (both in fp32 here); each query row's max times its scale. Against
+    float64 on both dequantised sides, short and long queries (d 384: the query read a K block at a time)."""
     gen = torch.Generator().manual_seed(d + 1)
     lengths = [300, 1, 0, 16, 17, 65, 130]
-    arena, scales, pages, start, end, exact, cu = paged_case(gen, lengths, d, torch.int8, page_tokens)
+    arena, scales, pages, start, end, exact, cu = paged_case(gen, lengths, d, dtype, page_tokens)
     for q_lengths in ([32, 7], [1, 150]):
         Q, cq = packed(q_lengths, d, torch.float32, gen)
         Q[3] = 0.0  # a zero row: scale 1, contributes 0
-        q_int, q_scales = quantize(Q, torch.int8)
+        q, q_scales = quantize(Q, dtype) if dtype == torch.int8 else km.float8_query(Q)
         group = torch.tensor([b % 2 for b in range(len(lengths))], dtype=torch.int32)
-        out = km.maxsim_paged(q_int, cq, arena, pages, page_tokens, start, end, group, max(q_lengths), 100.0,
+        out = km.maxsim_paged(q, cq, arena, pages, page_tokens, start, end, group, max(q_lengths), 100.0,
                               scales=scales, q_scales=q_scales)
-        want = km.maxsim_grouped_reference(km.dequantize(q_int, q_scales, torch.float64), cq, exact, cu, group,
+        want = km.maxsim_grouped_reference(km.dequantize_query(q, q_scales, torch.float64), cq, exact, cu, group,
                                            torch.float64)
-        check(out, want, torch.int8)
-    with pytest.raises(ValueError, match="q_scales go with an int8 query"):
+        check(out, want, dtype)
+        if dtype == torch.float8_e4m3fn:  # the pair's lo term is read: without it the scores move
+            hi = km.maxsim_grouped_reference(km.dequantize(q[:, :d], q_scales, torch.float64), cq, exact, cu, group,
+                                             torch.float64)
+            assert (out.double() - hi).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="q_scales go with an int8 query of int8 documents or a float8 pair"):
         km.maxsim_paged(Q.half(), cq, arena, pages, page_tokens, start, end, group, 150, 100.0, scales=scales,
                         q_scales=q_scales)
+    if dtype == torch.float8_e4m3fn:  # a pair's hi alone is not a pair
+        with pytest.raises(ValueError, match="a float8 pair"):
+            km.maxsim_paged(q[:, :d], cq, arena, pages, page_tokens, start, end, group, 150, 100.0, scales=scales,
+                            q_scales=q_scales)
+
+
+def test_float8_query_pairs():
+    """hi is the store's float8 format of the row (bit for bit), lo the float8 of the rest: the pair stands for
+    the row to 2^-8 of its largest value, sixteen times closer than hi alone."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 96, generator=gen)
+    x[3] = 0.0
+    x[5] = torch.linspace(-1e-3, 5.0, 96)
+    pair, scales = km.float8_query(x)
+    assert pair.dtype == torch.float8_e4m3fn and pair.shape == (40, 192) and scales.dtype == torch.float32
+    hi, want_scales = quantize(x, torch.float8_e4m3fn)
+    assert torch.equal(pair[:, :96].view(torch.uint8), hi.view(torch.uint8)) and torch.equal(scales, want_scales)
+    assert scales[3] == 1.0 and not pair[3].float().any()
+    amax = x.abs().amax(1, keepdim=True).clamp_min(1e-30)
+    err_pair = ((km.dequantize_query(pair, scales, torch.float64) - x.double()).abs() / amax).max()
+    err_hi = ((km.dequantize(hi, scales, torch.float64) - x.double()).abs() / amax).max()
+    assert err_pair <= 2.0 ** -8 and err_hi > 8 * err_pair, (err_pair, err_hi)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float8_e4m3", "int8"])

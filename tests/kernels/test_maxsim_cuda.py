@@ -83,6 +83,13 @@ def test_every_form_against_float64(dtype, d):
         out = km.maxsim_paged(q_int.cuda(), cq, arena, perm, 16, start, end, group, 300, 150.0,
                               scales=arena_scales, q_scales=q_scales.cuda())
         assert rel(out, want) < tol
+    if dtype == torch.float8_e4m3fn:  # the scorer's float8 form: a float8 pair query, on fp8 tensor cores
+        pair, q_scales = km.float8_query(Qg.float())
+        want = km.maxsim_grouped_reference(km.dequantize_query(pair, q_scales, torch.float64), cq, exact, cu, group,
+                                           torch.float64)
+        out = km.maxsim_paged(pair, cq, arena, perm, 16, start, end, group, 300, 150.0, scales=arena_scales,
+                              q_scales=q_scales)
+        assert rel(out, want) < tol
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

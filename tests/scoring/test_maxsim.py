@@ -89,6 +89,8 @@ def stored_reference(scorer: MaxSimScorer, g: ScoreGroup) -> np.ndarray:
     if store.dtype == torch.int8:  # queries against int8 documents are quantised like them, on every device
         q_int, q_scale = sm.quantize_int8(query)
         query = q_int.astype(np.float64) * q_scale[:, None].astype(np.float64)
+    elif store.dtype == torch.float8_e4m3fn:  # and against float8 documents as float8 pairs, on every device
+        query = km.dequantize_query(*km.float8_query(torch.from_numpy(query)), torch.float64).numpy()
     elif store.device.type == "cuda":  # the kernel computes in the query's float16 (bfloat16, float32: those)
         query = torch.from_numpy(query).to(scorer._qdtype).double().numpy()
     return reference(query, values.numpy(), np.diff(cu))

@@ -133,7 +133,7 @@ def test_staging_threads_replace_the_actors_one_thread():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8"])
+@pytest.mark.parametrize("dtype", ["float16", "float8_e4m3", "int8"])
 def test_replayed_calls_score_what_they_are_given(dtype):
     """A call's shape seen before replays its CUDA graph: every replay reads the call's own documents and queries,
     also with fewer documents or groups than the call the graph was captured on (stale slots past the end), a query
