@@ -17,7 +17,9 @@ multiplied by its scale:
 - NATIVE == 1: int8 rows (quantised like the documents), int8 tensor cores, exact int32 sums; == 2 the same
   arithmetic in fp32, for the interpreter.
 - NATIVE == 3: float8 documents against a float8 pair: each query row is two float8_e4m3 terms (`Q` [Tq, 2d], hi
-  then lo, `kernels.maxsim.float8_query`), two fp8 dots a tile into one fp32 accumulator.
+  then lo, `kernels.maxsim.float8_query`), two fp8 dots a tile into one fp32 accumulator (on the UPCAST path, the
+  interpreter's, in fp32). Hopper's fp8 MMA truncates inside its sums: scores come out 3e-5 to 1.1e-4 low,
+  relative (v15; max_num_imprecise_acc does not change it, and one dot over a stacked hi/lo tile was no faster).
 """
 from __future__ import annotations
 
@@ -42,24 +44,18 @@ def _query_tile(q_ptrs, row_valid, offs_k, D_MODEL: tl.constexpr, NUM_K: tl.cons
 
 
 @triton.jit
-def _dot(dt, qt, acc, IEEE: tl.constexpr, SWAP: tl.constexpr, FP8: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc + the tile's similarities: dt @ qt^T when SWAP, else qt @ dt^T. FP8 (float8 x float8): the Hopper MMA's
-    own sums keep fewer bits than fp32 (Triton's sm_90 default lets them run over all of K: scores 3e-5 off, and
-    different for each block shape), so they are added into the fp32 accumulator every 32 products."""
-    if FP8:
-        IMPRECISE: tl.constexpr = 32 if BLOCK_K >= 32 else BLOCK_K
-    else:
-        IMPRECISE: tl.constexpr = 0
+def _dot(dt, qt, acc, IEEE: tl.constexpr, SWAP: tl.constexpr):
+    """acc + the tile's similarities: dt @ qt^T when SWAP, else qt @ dt^T."""
     if SWAP:
         if IEEE:
             acc = tl.dot(dt, tl.trans(qt), acc, input_precision="ieee")
         else:
-            acc = tl.dot(dt, tl.trans(qt), acc, out_dtype=acc.dtype, max_num_imprecise_acc=IMPRECISE)
+            acc = tl.dot(dt, tl.trans(qt), acc, out_dtype=acc.dtype)
     else:
         if IEEE:
             acc = tl.dot(qt, tl.trans(dt), acc, input_precision="ieee")
         else:
-            acc = tl.dot(qt, tl.trans(dt), acc, out_dtype=acc.dtype, max_num_imprecise_acc=IMPRECISE)
+            acc = tl.dot(qt, tl.trans(dt), acc, out_dtype=acc.dtype)
     return acc
 
 
@@ -98,7 +94,7 @@ def _tile_dots(d_ptrs, q_ptrs, q0, q1, row_valid, offs_k, D_MODEL: tl.constexpr,
         if UPCAST:
             dt = dt.to(tl.float32)
             qt = qt.to(tl.float32)
-        acc = _dot(dt, qt, acc, IEEE, SWAP, NATIVE == 3, BLOCK_K)
+        acc = _dot(dt, qt, acc, IEEE, SWAP)
         if NATIVE == 3:  # the pair's lo term, on the same document tile
             if NUM_K == 1:
                 qt = q1
@@ -108,7 +104,7 @@ def _tile_dots(d_ptrs, q_ptrs, q0, q1, row_valid, offs_k, D_MODEL: tl.constexpr,
                 qt = tl.load(q_ptrs + D_MODEL + kk * BLOCK_K, mask=row_valid[:, None] & k_valid, other=0.0)
             if UPCAST:
                 qt = qt.to(tl.float32)
-            acc = _dot(dt, qt, acc, IEEE, SWAP, NATIVE == 3, BLOCK_K)
+            acc = _dot(dt, qt, acc, IEEE, SWAP)
     if NATIVE == 1:
         acc = acc.to(tl.float32)
     return acc
@@ -161,9 +157,9 @@ def maxsim_kernel(
         tok = c * LQP + r % LQP
         row_valid = (qi < n_queries) & (tok < q_len)
         q_rows = qi.to(tl.int64) * q_len + tok
-        q_ptrs = Q + q_rows[:, None] * Q_ROW + offs_k[None, :]
+        q_ptrs = Q + q_rows[:, None] * D_MODEL + offs_k[None, :]
         q0 = _query_tile(q_ptrs, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K)
-        q1 = _query_tile(q_ptrs + D_MODEL, row_valid, offs_k, D_MODEL, NUM_K, EVEN_K) if NATIVE == 3 else 0.0
+        q1 = 0.0  # NATIVE forms are grouped
 
     for i in range(0, tl.minimum(DPP, n_docs - b_first)):
         b = b_first + i

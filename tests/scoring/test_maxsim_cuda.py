@@ -151,9 +151,10 @@ def test_replayed_calls_score_what_they_are_given(dtype):
     calls = [[stored(32, np.arange(400))], [stored(32, np.arange(400))], [stored(20, rng.permutation(400)[:250])],
              [stored(32, np.arange(3))], [stored(30, np.arange(100)), stored(17, np.arange(100, 160))],
              [stored(25, np.arange(40))], [stored(300, np.arange(200))], [stored(280, np.arange(150))]]
+    rtol = 3e-4 if dtype == "float8_e4m3" else 1e-4  # the H200's fp8 MMA truncates its sums (up to 1.1e-4 seen)
     for call in calls + calls[::-1]:
         for got, g in zip(scorer.score(call), call):
-            np.testing.assert_allclose(got, stored_reference(scorer, g), rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(got, stored_reference(scorer, g), rtol=rtol, atol=1e-3)
     graphs = [gr for lay in scorer._layouts.values() for gr in lay.graphs.values()]
     assert graphs and all(isinstance(gr, torch.cuda.CUDAGraph) for gr in graphs)
     for i in range(3000):  # a flood of other writes: evictions and a compacted page list under the graphs
@@ -164,7 +165,7 @@ def test_replayed_calls_score_what_they_are_given(dtype):
     assert scorer.store.compactions > 0 and scorer.store.stats().evictions > 0
     for call in calls:
         for got, g in zip(scorer.score(call), call):
-            np.testing.assert_allclose(got, stored_reference(scorer, g), rtol=1e-4, atol=1e-3)
+            np.testing.assert_allclose(got, stored_reference(scorer, g), rtol=rtol, atol=1e-3)
 
 
 def test_a_shape_whose_capture_fails_stays_eager(monkeypatch):
