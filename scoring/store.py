@@ -55,6 +55,7 @@ _RING_SLOTS = 4  # pinned staging slots of _STAGE_CHUNK_BYTES, reused round-robi
 INTEGER_VIEWS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
          torch.float8_e4m3fn: torch.uint8, torch.int8: torch.int8}  # same-size integer views, for CPU copies
 _CPU_WRITE_ROWS = 8192  # rows a CPU write converts at a time (int8 at d 384: 1,000 documents 1.16 s in one go)
+_EVICT_WINDOW = 4096  # queue entries an eviction reads first (a 1,000-document call of 85-512 tokens drops ~1,000)
 _MAX_STAGING_THREADS = 16  # more adds no bandwidth on the H100's host (76 MB: 1 thread 10.2 ms, 4 1.9, 16 0.9)
 
 
@@ -287,23 +288,28 @@ class DocumentStore:
     def _evict_until(self, free_pages: int, free_slots: int = 0) -> bool:
         """Drop least recently used unpinned entries until `free_pages` pages and `free_slots` slots are free;
         False when the unpinned entries do not suffice. Entries leave in stamp order from a queue built when it
-        runs out; one used (or pinned) since the queue was built is skipped (it is newer than all the others)."""
+        runs out; one used (or pinned) since the queue was built is skipped (it is newer than all the others).
+        The queue is read a window at a time (doubling while a window does not free enough), so an eviction costs
+        what it drops, not the store's size (200,000 entries: 2.4 ms a 1,000-document insert before, on the
+        development CPU)."""
+        window = _EVICT_WINDOW
         while True:
             need_pages = free_pages - self._free_page_count
             need_slots = free_slots - (len(self._free_slots) + self._max_slots - self._next_slot)
             if need_pages <= 0 and need_slots <= 0:
                 return True
             slots, stamps = self._queue
-            todo, then = slots[self._queue_at:], stamps[self._queue_at:]
-            ok = self._live[todo] & (self._stamp[todo] == then) & (self._pins[todo] == 0)
-            if not ok.any():  # every entry left in the queue was used since it was built: rebuild it
+            at = self._queue_at
+            if at >= slots.size:  # every entry of the queue was dropped or skipped: rebuild it
                 live = np.flatnonzero(self._live & (self._pins == 0))
                 if live.size == 0:
                     return False
                 order = live[np.argsort(self._stamp[live], kind="stable")]
                 self._queue, self._queue_at = (order, self._stamp[order].copy()), 0
                 continue
-            # the shortest prefix of the queue whose evictable entries free enough pages and slots
+            todo, then = slots[at:at + window], stamps[at:at + window]
+            ok = self._live[todo] & (self._stamp[todo] == then) & (self._pins[todo] == 0)
+            # the shortest prefix of the window whose evictable entries free enough pages and slots
             pages = np.cumsum(np.where(ok, self._n_pages[todo], 0))
             count = np.cumsum(ok)
             enough = (pages >= need_pages) & (count >= need_slots)
@@ -312,6 +318,7 @@ class DocumentStore:
             self._queue_at += end
             self._drop(victims)
             self._evictions += victims.size
+            window *= 2
 
     # -- writes -----------------------------------------------------------------------------------------------
     def insert(self, keys: Sequence[Hashable | None], parts: Sequence[np.ndarray], lengths: np.ndarray) -> np.ndarray:

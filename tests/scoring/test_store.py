@@ -52,6 +52,34 @@ def test_least_recently_used_goes_first_and_the_bound_holds():
     assert stats.evictions == 2 and stats.bytes <= stats.capacity_bytes
 
 
+def test_eviction_reads_its_queue_a_window_at_a_time(monkeypatch):
+    """Windows of 3 queue entries: evictions that need several windows, windows whose entries were all used since
+    the queue was built, a pinned entry among them. What stays is what an LRU of the same bound keeps, at every
+    step (one document a write and one key a hit, so no two entries share a recency)."""
+    import collections
+
+    import scoring.store as st
+    monkeypatch.setattr(st, "_EVICT_WINDOW", 3)
+    rng = np.random.default_rng(11)
+    store = store_of(24, headroom_pages=8)
+    model: collections.OrderedDict = collections.OrderedDict()  # key -> pages, least recent first
+    pinned = store.insert(["pinned"], [docs(rng, [16])[0]], [16])  # held throughout: never goes
+    evicted = 0
+    for step in range(400):
+        if step % 3 == 0:  # hits: old entries become the newest
+            for k in list(model)[:8:2]:
+                store.release(store.lookup([k]))
+                model.move_to_end(k)
+        n = int(rng.integers(1, 40))
+        store.release(store.insert([f"s{step}"], [docs(rng, [n])[0]], [n]))
+        model[f"s{step}"] = -(-n // 16)
+        while sum(model.values()) > 24 - 1:  # the pinned entry's page counts against the bound
+            model.popitem(last=False)
+            evicted += 1
+        assert set(store._index) == set(model) | {"pinned"}, step  # read without touching recency
+    assert store.stats().evictions == evicted > 300 and store.lookup(["pinned"])[0] == pinned[0]
+
+
 def test_pinned_entries_survive_eviction_and_keep_their_rows():
     """An entry a call still reads is never evicted, and its pages are not given to another document."""
     rng = np.random.default_rng(2)
