@@ -52,19 +52,28 @@ COMPRESSED = (torch.float8_e4m3fn, torch.int8)  # storage dtypes read with one f
 QMAX = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}  # the largest magnitude each stores
 
 
-def float8_query(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def float8_query(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A query for float8_e4m3 documents' tensor cores: each row as two float8_e4m3 terms, [L, 2d] (hi, then lo),
     and one float32 scale a row, amax|row| / 448 (1 for a zero row), so row = scale * (hi + lo) to ~2^-8 of its
     size (one float8 alone: 2^-4; the float8 documents' own rounding is 2^-4). hi is the store's float8 format of
-    the row (`scoring.store.quantize`, the same arithmetic), lo the float8 of what hi leaves."""
+    the row (`scoring.store.quantize`, the same arithmetic: IEEE divisions on every device), lo the float8 of what
+    hi leaves. `out`: (pair [L, 2d] float8, scales [L] float32) to write into (the scorer's CUDA graphs)."""
     x = x.float()
     qmax = QMAX[torch.float8_e4m3fn]
     amax = x.abs().amax(1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, qmax), torch.ones_like(amax))  # not a reciprocal
     y = (x / scale[:, None]).clamp_(-qmax, qmax)
     hi = y.to(torch.float8_e4m3fn)
     lo = y.sub_(hi.float()).to(torch.float8_e4m3fn)
-    return torch.cat([hi.view(torch.uint8), lo.view(torch.uint8)], 1).view(torch.float8_e4m3fn), scale
+    if out is None:
+        return torch.cat([hi.view(torch.uint8), lo.view(torch.uint8)], 1).view(torch.float8_e4m3fn), scale
+    pair, scales = out
+    d = x.shape[1]
+    pair.view(torch.uint8)[:, :d].copy_(hi.view(torch.uint8))
+    pair.view(torch.uint8)[:, d:].copy_(lo.view(torch.uint8))
+    scales.copy_(scale)
+    return pair, scales
 
 
 def triton_available(device: torch.device | str) -> bool:

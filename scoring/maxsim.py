@@ -13,8 +13,8 @@ path gathers stored rows a chunk of whole documents at a time into a cache-sized
 applies the per-token scales of compressed storage after the GEMM) and reduces per document. Against compressed
 documents the query is quantised for their tensor cores on both paths: int8 rows like the documents' for int8
 (`quantize_int8`: int8 tensor cores on CUDA, exact fp32 sums of the integers on CPU), a float8 pair for float8_e4m3
-(`kernels.maxsim.float8_query`: two fp8 dots on CUDA, the pair's values in fp32 on CPU). No Ray or vLLM import
-here.
+(`kernels.maxsim.float8_query`: made on the GPU inside the call's graph, two fp8 dots a tile; on CPU the pair's
+values in fp32). No Ray or vLLM import here.
 """
 from __future__ import annotations
 
@@ -291,12 +291,8 @@ class MaxSimScorer:
             quantized = [quantize_int8(q) for q in queries]
             lay.q_np[:tq] = quantized[0][0] if n_groups == 1 else np.concatenate([qi for qi, _ in quantized])
             lay.qs_np[:tq] = quantized[0][1] if n_groups == 1 else np.concatenate([qs for _, qs in quantized])
-        elif store.dtype == torch.float8_e4m3fn:  # float8 documents: the queries as float8 pairs, with their scales
-            rows = queries[0] if n_groups == 1 else np.concatenate(queries)
-            pair, q_scales = kmaxsim.float8_query(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))
-            lay.q_host[:tq].copy_(pair)
-            lay.qs_np[:tq] = q_scales.numpy()
-        else:  # cast by torch (vectorised: numpy's float32 -> float16 cast took 20 µs a 32 x 128 query)
+        else:  # cast by torch (numpy's float32 -> float16 cast took 20 µs a 32 x 128 query); float8 documents: float32
+            # rows, made float8 pairs on the GPU (`_issue`)
             rows = queries[0] if n_groups == 1 else np.concatenate(queries)
             lay.q_host[:tq].copy_(torch.from_numpy(np.ascontiguousarray(rows)))
         max_lq = max(q_lens)
@@ -326,8 +322,10 @@ class MaxSimScorer:
         its chunks, copied back."""
         store = self.store
         lay.dev[:lay.nbytes].copy_(lay.host[:lay.nbytes], non_blocking=True)
+        if lay.pair_dev is not None:  # float8 documents: the queries as float8 pairs (host: 160 µs a call, v15)
+            kmaxsim.float8_query(lay.q_dev, out=(lay.pair_dev, lay.qs_dev))
         scores = kmaxsim.maxsim_paged(
-            lay.q_dev, lay.cu_dev, store.arena, store.log, store.page_tokens, lay.start_dev, lay.end_dev,
+            lay.q_dev if lay.pair_dev is None else lay.pair_dev, lay.cu_dev, store.arena, store.log, store.page_tokens, lay.start_dev, lay.end_dev,
             lay.group_dev, max_lq=n_chunks * cfg.block_q, mean_ld=0.0, scales=store.scales, config=cfg,
             out=lay.out_host, q_scales=lay.qs_dev)
         if scores is not lay.out_host:
@@ -361,16 +359,17 @@ _LAYOUTS = 16  # call layouts (and their graphs) a scorer keeps
 class _Layout:
     """Pinned host and device buffers for calls of up to `tq` query rows, `n_groups` groups and `b` documents:
     [queries | their scales (compressed storage) | cu_q | doc start | doc end | doc group | scores], each region
-    256-byte aligned, at fixed addresses (what lets a call be a CUDA graph), with typed views made once. A query
-    row is d values of `qdtype`, 2d for a float8 pair."""
+    256-byte aligned, at fixed addresses (what lets a call be a CUDA graph), with typed views made once. For
+    float8 documents the queries go up as float32 rows and become float8 pairs in two device-only buffers."""
 
     def __init__(self, tq: int, n_groups: int, b: int, dim: int, qdtype: torch.dtype, device: torch.device):
-        qsize = torch.empty(0, dtype=qdtype).element_size()
-        quantized = qdtype in kmaxsim.COMPRESSED
         int8 = qdtype == torch.int8
-        width = 2 * dim if qdtype == torch.float8_e4m3fn else dim
-        o_qs = _align(tq * width * qsize)
-        o_cu = o_qs + (_align(4 * tq) if quantized else 0)
+        fp8 = qdtype == torch.float8_e4m3fn
+        if fp8:
+            qdtype = torch.float32
+        qsize = torch.empty(0, dtype=qdtype).element_size()
+        o_qs = _align(tq * dim * qsize)
+        o_cu = o_qs + (_align(4 * tq) if int8 else 0)
         o_start = o_cu + _align(4 * (n_groups + 1))
         o_end = o_start + _align(4 * b)
         o_group = o_end + _align(4 * b)
@@ -380,15 +379,18 @@ class _Layout:
         self.dev = torch.zeros(o_out, dtype=torch.uint8, device=device)
         h = self.host.numpy()
         ints = lambda t, o, n: t[o:o + 4 * n].view(torch.int32)  # noqa: E731
-        self.q_host = self.host[:tq * width * qsize].view(qdtype).view(tq, width)
+        self.q_host = self.host[:tq * dim * qsize].view(qdtype).view(tq, dim)
         self.q_np = h[:tq * dim].view(np.int8).reshape(tq, dim) if int8 else None
-        self.qs_np = h[o_qs:o_qs + 4 * tq].view(np.float32) if quantized else None
+        self.qs_np = h[o_qs:o_qs + 4 * tq].view(np.float32) if int8 else None
         self.cu = h[o_cu:o_cu + 4 * (n_groups + 1)].view(np.int32)
         self.start, self.end, self.group = (h[o:o + 4 * b].view(np.int32) for o in (o_start, o_end, o_group))
         self.out_np = h[o_out:o_out + 4 * b].view(np.float32)
         self.out_host = self.host[o_out:o_out + 4 * b].view(torch.float32)
-        self.q_dev = self.dev[:tq * width * qsize].view(qdtype).view(tq, width)
-        self.qs_dev = self.dev[o_qs:o_qs + 4 * tq].view(torch.float32) if quantized else None
+        self.q_dev = self.dev[:tq * dim * qsize].view(qdtype).view(tq, dim)
+        self.qs_dev = self.dev[o_qs:o_qs + 4 * tq].view(torch.float32) if int8 else None
+        self.pair_dev = torch.empty(tq, 2 * dim, dtype=torch.float8_e4m3fn, device=device) if fp8 else None
+        if fp8:
+            self.qs_dev = torch.empty(tq, dtype=torch.float32, device=device)
         self.cu_dev = ints(self.dev, o_cu, n_groups + 1)
         self.start_dev, self.end_dev, self.group_dev = (ints(self.dev, o, b) for o in (o_start, o_end, o_group))
         self.filled = 0  # documents the last call wrote
