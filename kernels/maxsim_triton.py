@@ -18,7 +18,7 @@ multiplied by its scale:
   arithmetic in fp32, for the interpreter.
 - NATIVE == 3: float8 documents against a float8 pair: each query row is two float8_e4m3 terms (`Q` [Tq, 2d], hi
   then lo, `kernels.maxsim.float8_query`), two fp8 dots a tile into one fp32 accumulator (on the UPCAST path, the
-  interpreter's, in fp32). Hopper's fp8 MMA truncates inside its sums: scores come out 3e-5 to 1.1e-4 low,
+  interpreter's, in fp32). Hopper's fp8 MMA keeps fewer bits than fp32 in its sums: scores come out 3e-5 to 1e-4 off,
   relative (v15; max_num_imprecise_acc does not change it, and one dot over a stacked hi/lo tile was no faster).
 """
 from __future__ import annotations
