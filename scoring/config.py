@@ -302,8 +302,9 @@ class CacheConfig(_Strict):
         description="dtype documents are stored and scored in; every document is rounded to it, cached or not, "
         "so a score does not depend on whether its document was cached. `float8_e4m3` and `int8` keep one "
         "float32 scale per token (half the bytes of float16; the kernel dequantises); int8 documents are scored "
-        "against the query quantised the same way (int8 tensor cores on CUDA; int8 keeps rankings closer to fp16 "
-        "than float8 does, docs/benchmarks.md).",
+        "against the query quantised the same way (int8 tensor cores on CUDA), float8 documents against the query "
+        "as a pair of float8 terms (fp8 tensor cores). int8 keeps rankings closer to fp16 than float8 does and "
+        "is faster (docs/benchmarks.md).",
     )
 
 
