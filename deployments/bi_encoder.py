@@ -75,7 +75,8 @@ class BiEncoder(EngineReplica):
         rows = np.stack(vectors).astype(np.float32) if vectors else np.empty((0, self._dim), np.float32)
         if self._layout.normalize:
             rows = l2_normalized(rows)
-        return PackedEmbeddings(data=rows, lengths=np.ones(len(vectors), dtype=np.int32))
+        tokens = np.fromiter(map(len, token_ids), dtype=np.int32, count=len(token_ids))  # what usage counts
+        return PackedEmbeddings(data=rows, lengths=np.ones(len(vectors), dtype=np.int32), tokens=tokens)
 
     async def _embed(self, ids: list[int]) -> np.ndarray:
         from vllm import PoolingParams

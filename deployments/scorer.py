@@ -56,8 +56,9 @@ class Scorer:
         self._config = config
         self._encoders = encoders
         self._device = device
-        self._queries: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(
-            config.cache.query_cache_bytes, sizeof=lambda a: a.nbytes
+        # a query's rows and its input tokens (what usage counts: its rows, but for a bi-encoder's one vector)
+        self._queries: ByteBoundedLRU[tuple[np.ndarray, int]] = ByteBoundedLRU(
+            config.cache.query_cache_bytes, sizeof=lambda e: e[0].nbytes
         )
         self._model_dims: dict[str, int] = {}  # learned from each model's first encoder output
         self._in_flight: dict[str, asyncio.Future] = {}
@@ -78,18 +79,18 @@ class Scorer:
             if not isinstance(documents_result, BaseException) and store is not None:
                 store.release(documents_result[0].slots)  # pinned by the lookup
             raise query_result if isinstance(query_result, BaseException) else documents_result
-        (embedding, hit), (stored, document_hits) = query_result, documents_result
+        ((embedding, query_tokens), hit), (stored, document_hits) = query_result, documents_result
         try:
             # the documents are read where the store keeps them: no gather, no copy
             scores = await self._score_batch(ScoreGroup(query=embedding, docs=stored))
-            document_tokens = int(store.lengths(stored.slots).sum()) if store is not None else 0
+            document_tokens = int(store.tokens(stored.slots).sum()) if store is not None else 0
         finally:
             if store is not None:
                 store.release(stored.slots)
-        service_metrics().scored(query.model, stored.slots.size, int(embedding.shape[0]) + document_tokens)
+        service_metrics().scored(query.model, stored.slots.size, query_tokens + document_tokens)
         return ScoreOutcome(
             scores=scores,
-            query_tokens=int(embedding.shape[0]),
+            query_tokens=query_tokens,
             document_tokens=document_tokens,
             query_cache_hit=hit,
             document_cache_hits=document_hits,
@@ -109,7 +110,8 @@ class Scorer:
         driver read each replica's counters (benchmarks/e2e_bench.py sums them over the replicas)."""
         return self.stats()
 
-    async def _query_embedding(self, query: QuerySpec) -> tuple[np.ndarray, bool]:
+    async def _query_embedding(self, query: QuerySpec) -> tuple[tuple[np.ndarray, int], bool]:
+        """((the query's rows, its input tokens), whether the query cache had them)."""
         cached = self._queries.get(query.key)
         service_metrics().cache_lookups("query", hits=int(cached is not None), misses=int(cached is None))
         if cached is not None:
@@ -120,10 +122,10 @@ class Scorer:
         future = asyncio.get_running_loop().create_future()
         self._in_flight[query.key] = future
         try:
-            embedding = await self._encode_query_batch(query)
-            self._queries.put(query.key, embedding)
-            future.set_result(embedding)
-            return embedding, False
+            entry = await self._encode_query_batch(query)
+            self._queries.put(query.key, entry)
+            future.set_result(entry)
+            return entry, False
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: nobody else may be waiting, and asyncio would log it
@@ -132,13 +134,13 @@ class Scorer:
             del self._in_flight[query.key]
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
-    async def _encode_query_batch(self, queries: list[QuerySpec]) -> list[np.ndarray]:
-        """Query misses of concurrent requests, one encoder call per (model, max_tokens)."""
+    async def _encode_query_batch(self, queries: list[QuerySpec]) -> list[tuple[np.ndarray, int]]:
+        """Query misses of concurrent requests, one encoder call per (model, max_tokens): (rows, input tokens)."""
         service_metrics().batch("encode_queries", len(queries))
         groups: dict[tuple[str, int | None], list[int]] = {}
         for i, query in enumerate(queries):
             groups.setdefault((query.model, query.max_tokens), []).append(i)
-        results: list[np.ndarray] = [np.empty(0)] * len(queries)
+        results: list[tuple[np.ndarray, int]] = [(np.empty(0), 0)] * len(queries)
         encoded = await asyncio.gather(
             *(
                 self._encoders[model].encode_queries.remote([queries[i].text for i in indices], max_tokens)
@@ -146,8 +148,8 @@ class Scorer:
             )
         )
         for indices, packed in zip(groups.values(), encoded):
-            for i, rows in zip(indices, split_rows(packed)):
-                results[i] = np.ascontiguousarray(rows)
+            for i, rows, tokens in zip(indices, split_rows(packed), packed.token_counts.tolist()):
+                results[i] = (np.ascontiguousarray(rows), int(tokens))
         return results
 
     async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[StoredDocuments, int]:
@@ -192,7 +194,10 @@ class Scorer:
                 store = self._kernel(results[indices[0]].dim, model).store
                 keys = [content_key(model, text, calls[i].max_tokens) for i in indices for text in calls[i].texts]
                 lengths = np.concatenate([results[i].lengths for i in indices])
-                slots = await asyncio.to_thread(store.insert, keys, [results[i].data for i in indices], lengths)
+                tokens = np.concatenate([results[i].token_counts for i in indices])
+                slots = await asyncio.to_thread(
+                    store.insert, keys, [results[i].data for i in indices], lengths, tokens
+                )
                 written.append((store, slots))
                 for i, call_slots in zip(indices, np.split(slots, np.cumsum([len(calls[i].texts) for i in indices]))):
                     per_call[i] = call_slots

@@ -30,7 +30,9 @@ class EncodedDocuments:
         self._dim = dim
         self._dtype = dtype
         self._on_lookup = on_lookup
-        self._cache: ByteBoundedLRU[np.ndarray] = ByteBoundedLRU(capacity_bytes, sizeof=lambda a: a.nbytes)
+        # a document's rows and its input tokens (what usage counts; its rows, but for a bi-encoder's vector)
+        self._cache: ByteBoundedLRU[tuple[np.ndarray, int]] = ByteBoundedLRU(capacity_bytes,
+                                                                             sizeof=lambda e: e[0].nbytes)
 
     def stats(self) -> CacheStats:
         return self._cache.stats()
@@ -41,12 +43,18 @@ class EncodedDocuments:
         if not self._cache.capacity_bytes:
             return await encode(texts)
         keys = [content_key(self._model, text, max_tokens) for text in texts]
-        rows, missing = self._cache.get_many(keys)
-        self._on_lookup(len(rows) - len(missing), len(missing))
-        if not missing:
-            return PackedEmbeddings.pack(rows, self._dim, self._dtype)
-        fresh = await encode([texts[i] for i in missing])
-        for i, embedding in zip(missing, split_rows(fresh)):
-            rows[i] = embedding
-            self._cache.put(keys[i], embedding.copy())  # a view would keep the whole call's buffer alive
-        return fresh if len(missing) == len(texts) else PackedEmbeddings.pack(rows, self._dim, self._dtype)
+        entries, missing = self._cache.get_many(keys)
+        self._on_lookup(len(entries) - len(missing), len(missing))
+        if missing:
+            fresh = await encode([texts[i] for i in missing])
+            if len(missing) == len(texts):
+                entries = None
+            for j, (i, embedding) in enumerate(zip(missing, split_rows(fresh))):
+                entry = (embedding.copy(), int(fresh.token_counts[j]))  # a view would keep the call's buffer alive
+                self._cache.put(keys[i], entry)
+                if entries is not None:
+                    entries[i] = entry
+            if entries is None:
+                return fresh
+        return PackedEmbeddings.pack([e[0] for e in entries], self._dim, self._dtype,
+                                     tokens=np.fromiter((e[1] for e in entries), np.int32, count=len(entries)))

@@ -129,6 +129,7 @@ class DocumentStore:
         self._keys = np.empty(0, dtype=object)
         self._length, self._n_pages, self._log_pos, self._stamp, self._pins = (np.zeros(0, dtype=np.int64)
                                                                                for _ in range(5))
+        self._tokens = np.zeros(0, dtype=np.int64)  # input tokens of each entry (its rows but for one-row vectors)
         self._live = np.zeros(0, dtype=bool)
         self._kept = np.zeros(0, dtype=bool)  # the entry has a key (a document scored once has none)
         # what the kernel reads of each entry: its first and one-past-last logical row in the page list (int32, so
@@ -201,6 +202,10 @@ class DocumentStore:
     def lengths(self, slots: np.ndarray) -> np.ndarray:
         return self._length[slots]
 
+    def tokens(self, slots: np.ndarray) -> np.ndarray:
+        """The input tokens of each entry, as `insert` was told (its rows by default): what usage counts."""
+        return self._tokens[slots]
+
     def rows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(logical start of each document in the page list, its end): what the kernel reads."""
         return self.row_start[slots], self.row_end[slots]
@@ -232,9 +237,9 @@ class DocumentStore:
             grow = lambda a: np.concatenate([a, np.zeros(size - a.size, dtype=a.dtype)])  # noqa: E731
             self._keys = np.concatenate([self._keys, np.full(size - self._keys.size, None, dtype=object)])
             (self._length, self._n_pages, self._log_pos, self._stamp, self._pins, self._live, self._kept,
-             self.row_start, self.row_end) = map(grow, (self._length, self._n_pages, self._log_pos, self._stamp,
-                                                        self._pins, self._live, self._kept, self.row_start,
-                                                        self.row_end))
+             self.row_start, self.row_end, self._tokens) = map(grow, (
+                self._length, self._n_pages, self._log_pos, self._stamp, self._pins, self._live, self._kept,
+                self.row_start, self.row_end, self._tokens))
         return slots
 
     def arena_rows(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,13 +326,18 @@ class DocumentStore:
             window *= 2
 
     # -- writes -----------------------------------------------------------------------------------------------
-    def insert(self, keys: Sequence[Hashable | None], parts: Sequence[np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    def insert(self, keys: Sequence[Hashable | None], parts: Sequence[np.ndarray], lengths: np.ndarray,
+               tokens: np.ndarray | None = None) -> np.ndarray:
         """Store documents: `parts` are packed [T_i, d] buffers (one an encoder call) whose rows, one after another,
-        are the documents of `lengths`, keyed by `keys` (None: not kept after its call). Returns their slots,
-        pinned. A key already present keeps its entry. Raises StoreFull when pinned entries leave too few pages."""
+        are the documents of `lengths`, keyed by `keys` (None: not kept after its call); `tokens`: each document's
+        input tokens where they are not its rows (`tokens()`). Returns their slots, pinned. A key already present
+        keeps its entry. Raises StoreFull when pinned entries leave too few pages."""
         lengths = np.asarray(lengths, dtype=np.int64)
         if len(keys) != lengths.size or sum(p.shape[0] for p in parts) != int(lengths.sum()):
             raise ValueError("keys, parts and lengths disagree")
+        tokens = lengths if tokens is None else np.asarray(tokens, dtype=np.int64)
+        if tokens.shape != lengths.shape:
+            raise ValueError("tokens and lengths disagree")
         with self.lock:
             slots = np.fromiter(map(self._index.get, keys, itertools.repeat(-1)), np.int64, count=len(keys))
             new = np.flatnonzero(slots < 0)
@@ -348,6 +358,7 @@ class DocumentStore:
             self._log_pos[fresh] = pos + cu_pages[:-1]
             self._n_pages[fresh] = n_pages
             self._length[fresh] = lengths[new]
+            self._tokens[fresh] = tokens[new]
             self._set_rows(fresh)
             self._live[fresh] = True
             self._pins[fresh] = 0

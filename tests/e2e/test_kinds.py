@@ -112,6 +112,12 @@ def bi_encoder_reference():
     def scores(query: str, documents: list[str]) -> np.ndarray:
         return st.similarity(st.encode([query]), st.encode(documents))[0].double().numpy()
 
+    def tokens(query: str, documents: list[str]) -> int:
+        """Input tokens of the query and the documents as sentence-transformers tokenizes them (what usage counts)."""
+        encoded = st.tokenizer([query, *documents], truncation=True, max_length=st.max_seq_length)
+        return sum(len(ids) for ids in encoded["input_ids"])
+
+    scores.tokens = tokens
     return scores
 
 
@@ -193,15 +199,20 @@ def test_bi_encoder_matches_sentence_transformers(client, bi_encoder_reference):
         assert [d["score"] for d in r.json()["data"]] == pytest.approx(expected_pairs, abs=FP16_DOCUMENTS)
     v2 = client.post("/v2/rerank", json={"model": "minilm-bi", "query": QUERY, "documents": DOCUMENTS, "top_n": 2})
     assert [x["index"] for x in v2.json()["results"]] == list(np.argsort(-expected, kind="stable"))[:2]
+    tokens = bi_encoder_reference.tokens(QUERY, DOCUMENTS)  # one vector a text, but every token counted
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    assert v2.json()["meta"]["tokens"]["input_tokens"] == tokens
 
 
-def test_bi_encoder_vectors_go_through_the_scorer_caches(client, kinds_app):
+def test_bi_encoder_vectors_go_through_the_scorer_caches(client, kinds_app, bi_encoder_reference):
     documents = [f"a document about the number {i}" for i in range(5)]
     before = kinds_app[1].scorer_stats.remote().result()
     first = rerank(client, "minilm-bi", "a fresh query about numbers", documents)
     again = rerank(client, "minilm-bi", "a fresh query about numbers", documents)
     after = kinds_app[1].scorer_stats.remote().result()
     assert by_index(again["results"]) == by_index(first["results"])
+    tokens = bi_encoder_reference.tokens("a fresh query about numbers", documents)
+    assert first["usage"]["prompt_tokens"] == again["usage"]["prompt_tokens"] == tokens  # cached: the same count
     assert after["query_cache"]["hits"] - before["query_cache"]["hits"] >= 1
     assert after["document_cache"]["hits"] - before["document_cache"]["hits"] >= len(documents)
 

@@ -21,3 +21,13 @@ def test_pack_of_nothing_and_of_a_wrong_width():
     assert empty.data.shape == (0, 5) and empty.count == 0
     with pytest.raises(ValueError, match=r"embeddings are \[4\] wide, the buffer 5"):
         PackedEmbeddings.pack([np.zeros((2, 4))], 5)
+
+
+def test_token_counts_are_the_rows_unless_told_otherwise():
+    """A bi-encoder's text is one row but many input tokens: usage counts `tokens` where it is given."""
+    rows = PackedEmbeddings.pack([np.zeros((3, 2)), np.zeros((1, 2))], 2)
+    assert rows.token_counts.tolist() == [3, 1]
+    vectors = PackedEmbeddings(np.zeros((2, 2), np.float32), np.ones(2, np.int32), tokens=np.array([7, 12]))
+    assert vectors.token_counts.tolist() == [7, 12] and vectors.nbytes == 16 + 8 + 16
+    with pytest.raises(ValueError, match="tokens"):
+        PackedEmbeddings(np.zeros((2, 2), np.float32), np.ones(2, np.int32), tokens=np.array([7]))

@@ -40,6 +40,21 @@ def test_lookup_insert_release_and_counters():
     assert store.lengths(slots).tolist() == [16, 1, 0, 17]
 
 
+def test_input_tokens_are_kept_per_entry():
+    """What usage counts: a document's rows unless `insert` is told its input tokens (a bi-encoder's one vector)."""
+    rng = np.random.default_rng(12)
+    store = store_of(10)
+    data, lengths = docs(rng, [1, 1, 1])
+    vectors = store.insert(["a", "b", "c"], [data], lengths, tokens=np.array([9, 30, 2]))
+    rows = store.insert(["d"], [docs(rng, [17])[0]], [17])
+    store.release(np.concatenate([vectors, rows]))
+    found = store.lookup(["c", "d", "a"])
+    assert store.tokens(found).tolist() == [2, 17, 9] and store.lengths(found).tolist() == [1, 17, 1]
+    store.release(found)
+    with pytest.raises(ValueError, match="tokens and lengths disagree"):
+        store.insert(["e"], [data[:1]], [1], tokens=np.array([1, 2]))
+
+
 def test_least_recently_used_goes_first_and_the_bound_holds():
     rng = np.random.default_rng(1)
     store = store_of(4)
