@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+EVICTION = "eviction ms a write (insert's and release's)"
 
 def probe(DocumentStore, entries: int, writes: int = 30) -> dict:
     dim, rng = 16, np.random.default_rng(0)
@@ -46,7 +47,7 @@ def probe(DocumentStore, entries: int, writes: int = 30) -> dict:
         keys = [f"w{j}-{i}" for i in range(1000)]
         store.release(store.insert(keys, [docs], lens))
     return {"entries": len(store._index), "evictions": store.stats().evictions,
-            "eviction ms a write (insert's and release's)": round(1e3 * sum(spent["_evict_until"]) / writes, 3),
+            EVICTION: round(1e3 * sum(spent["_evict_until"]) / writes, 3),
             "release ms (median)": round(1e3 * statistics.median(spent["release"]), 3)}
 
 
@@ -64,8 +65,7 @@ def main() -> None:
           "release ms |")
     print("|---|---|---|")
     for n, r in rows.items():
-        print(f"| {n:,} | {r['eviction ms a write (insert' + chr(39) + 's and release' + chr(39) + 's)']} | "
-              f"{r['release ms (median)']} |")
+        print(f"| {n:,} | {r[EVICTION]} | {r['release ms (median)']} |")
     name = f"store_eviction_probe{'_' + args.tag if args.tag else ''}.json"
     with open(os.path.join(args.out, name), "w") as fh:
         json.dump(rows, fh, indent=1)

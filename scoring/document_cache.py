@@ -47,14 +47,10 @@ class EncodedDocuments:
         self._on_lookup(len(entries) - len(missing), len(missing))
         if missing:
             fresh = await encode([texts[i] for i in missing])
+            for i, embedding, tokens in zip(missing, split_rows(fresh), fresh.token_counts.tolist()):
+                entries[i] = (embedding.copy(), tokens)  # a view would keep the whole call's buffer alive
+                self._cache.put(keys[i], entries[i])
             if len(missing) == len(texts):
-                entries = None
-            for j, (i, embedding) in enumerate(zip(missing, split_rows(fresh))):
-                entry = (embedding.copy(), int(fresh.token_counts[j]))  # a view would keep the call's buffer alive
-                self._cache.put(keys[i], entry)
-                if entries is not None:
-                    entries[i] = entry
-            if entries is None:
                 return fresh
         return PackedEmbeddings.pack([e[0] for e in entries], self._dim, self._dtype,
                                      tokens=np.fromiter((e[1] for e in entries), np.int32, count=len(entries)))

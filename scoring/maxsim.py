@@ -112,10 +112,10 @@ class MaxSimScorer:
                               ) if self._device.type == "cuda" else -1
         self.store = DocumentStore(dim, store_bytes, self._device, dtype, headroom_bytes,
                                    staging_threads=staging_threads)
-        # the query as the kernel reads it, in the storage dtype: quantised for compressed storage (int8 rows like
-        # the documents' for int8, a float8 pair [Lq, 2d] for float8_e4m3, each with a scale a row)
-        self._qdtype = self.store.dtype
-        self._qsize = torch.empty(0, dtype=self._qdtype).element_size()
+        # the query reaches the kernel in the storage dtype: quantised for compressed storage (int8 rows like the
+        # documents' for int8, a float8 pair [Lq, 2d] for float8_e4m3, each with a scale a row); its element size
+        # picks the block configuration
+        self._qsize = self.store.arena.element_size()
         self._layouts: dict[tuple, _Layout] = {}  # (tq, groups, documents) caps -> buffers and graphs, LRU order
 
     @property
@@ -254,7 +254,7 @@ class MaxSimScorer:
         caps = (_pow2(max(tq, 32)), _pow2(n_groups), _pow2(max(b, 64)))
         lay = self._layouts.pop(caps, None)
         if lay is None:
-            lay = _Layout(*caps, self.dim, self._qdtype, self._device)
+            lay = _Layout(*caps, self.dim, self.store.dtype, self._device)
             while len(self._layouts) >= _LAYOUTS:
                 self._layouts.pop(next(iter(self._layouts)))
         self._layouts[caps] = lay
@@ -322,10 +322,10 @@ class MaxSimScorer:
         its chunks, copied back."""
         store = self.store
         lay.dev[:lay.nbytes].copy_(lay.host[:lay.nbytes], non_blocking=True)
-        if lay.pair_dev is not None:  # float8 documents: the queries as float8 pairs (host: 160 µs a call, v15)
-            kmaxsim.float8_query(lay.q_dev, out=(lay.pair_dev, lay.qs_dev))
+        if lay.q_kernel is not lay.q_dev:  # float8 documents: the queries as float8 pairs (host: 160 µs a call, v15)
+            kmaxsim.float8_query(lay.q_dev, out=(lay.q_kernel, lay.qs_dev))
         scores = kmaxsim.maxsim_paged(
-            lay.q_dev if lay.pair_dev is None else lay.pair_dev, lay.cu_dev, store.arena, store.log, store.page_tokens, lay.start_dev, lay.end_dev,
+            lay.q_kernel, lay.cu_dev, store.arena, store.log, store.page_tokens, lay.start_dev, lay.end_dev,
             lay.group_dev, max_lq=n_chunks * cfg.block_q, mean_ld=0.0, scales=store.scales, config=cfg,
             out=lay.out_host, q_scales=lay.qs_dev)
         if scores is not lay.out_host:
@@ -387,10 +387,12 @@ class _Layout:
         self.out_np = h[o_out:o_out + 4 * b].view(np.float32)
         self.out_host = self.host[o_out:o_out + 4 * b].view(torch.float32)
         self.q_dev = self.dev[:tq * dim * qsize].view(qdtype).view(tq, dim)
-        self.qs_dev = self.dev[o_qs:o_qs + 4 * tq].view(torch.float32) if int8 else None
-        self.pair_dev = torch.empty(tq, 2 * dim, dtype=torch.float8_e4m3fn, device=device) if fp8 else None
-        if fp8:
+        if fp8:  # what the kernel reads: the pair and its scales, made on the device from q_dev
+            self.q_kernel = torch.empty(tq, 2 * dim, dtype=torch.float8_e4m3fn, device=device)
             self.qs_dev = torch.empty(tq, dtype=torch.float32, device=device)
+        else:
+            self.q_kernel = self.q_dev
+            self.qs_dev = self.dev[o_qs:o_qs + 4 * tq].view(torch.float32) if int8 else None
         self.cu_dev = ints(self.dev, o_cu, n_groups + 1)
         self.start_dev, self.end_dev, self.group_dev = (ints(self.dev, o, b) for o in (o_start, o_end, o_group))
         self.filled = 0  # documents the last call wrote

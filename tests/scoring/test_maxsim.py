@@ -92,7 +92,7 @@ def stored_reference(scorer: MaxSimScorer, g: ScoreGroup) -> np.ndarray:
     elif store.dtype == torch.float8_e4m3fn:  # and against float8 documents as float8 pairs, on every device
         query = km.dequantize_query(*km.float8_query(torch.from_numpy(query)), torch.float64).numpy()
     elif store.device.type == "cuda":  # the kernel computes in the query's float16 (bfloat16, float32: those)
-        query = torch.from_numpy(query).to(scorer._qdtype).double().numpy()
+        query = torch.from_numpy(query).to(store.dtype).double().numpy()
     return reference(query, values.numpy(), np.diff(cu))
 
 
