@@ -204,16 +204,119 @@ def cold_parts(sm):
         torch.cuda.empty_cache()
 
 
+def register(sm, StoredDocuments, tag, staging_threads=None):
+    """Pinning the encoder's buffer where it lies (cudaHostRegister) against staging it through pinned slots: the
+    registration's cost, a DMA straight from the registered buffer, and the timeline of today's cold call."""
+    cudart = torch.cuda.cudart()
+    for n in (1000,) if staging_threads else (1000, 10000):
+        lens, docs, query = request(n, seed=n)
+        nbytes = docs.nbytes
+        dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        reps = 20 if n <= 1000 else 5
+        pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        record(f"{tag} {n} ({nbytes / 1e6:.0f} MB) pinned H2D", wall_us(lambda: dst.copy_(pinned, non_blocking=True),
+                                                                        reps))
+        src = torch.from_numpy(docs).view(torch.uint8).view(-1)
+        record(f"{tag} {n} pageable H2D (driver-staged)", wall_us(lambda: dst.copy_(src, non_blocking=True), reps))
+        for fresh in (False, True):
+            times = {"register": [], "dma": [], "unregister": [], "all": []}
+            for _ in range(reps):
+                buf = np.empty_like(docs) if fresh else docs
+                if fresh:
+                    buf[...] = docs  # touched, as a deserialised object is
+                t0 = time.perf_counter()
+                err = cudart.cudaHostRegister(buf.ctypes.data, buf.nbytes, 0)
+                t1 = time.perf_counter()
+                dst.copy_(torch.from_numpy(buf).view(torch.uint8).view(-1), non_blocking=True)
+                torch.cuda.synchronize()
+                t2 = time.perf_counter()
+                cudart.cudaHostUnregister(buf.ctypes.data)
+                t3 = time.perf_counter()
+                for k, v in (("register", t1 - t0), ("dma", t2 - t1), ("unregister", t3 - t2), ("all", t3 - t0)):
+                    times[k].append(round(v * 1e6, 1))
+            record(f"{tag} {n} cudaHostRegister {'fresh buffer' if fresh else 'same buffer'} (err {int(err)}), "
+                   "median us", {k: statistics.median(v) for k, v in times.items()})
+        scorer = sm.MaxSimScorer(128, device="cuda", dtype="float16", store_bytes=4 << 30,
+                                 staging_threads=staging_threads)
+        scorer.warmup()
+        store = scorer.store
+        marks: list = []
+        stage_parts = store._stage_parts
+
+        def staged_marked(*a, **k):
+            out = stage_parts(*a, **k)
+            marks.append(("staged", time.perf_counter()))
+            return out
+        store._stage_parts = staged_marked
+        rows = []
+        for j in range(reps + 2):
+            marks.clear()
+            keys = [f"t{n}-{j}-{i}" for i in range(n)]
+            t0 = time.perf_counter()
+            s = store.insert(keys, [docs], lens)
+            t1 = time.perf_counter()
+            scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
+            t2 = time.perf_counter()
+            store.release(s)
+            t3 = time.perf_counter()
+            rows.append({"staging issued": marks[0][1] - t0, "insert": t1 - t0, "score": t2 - t1, "release": t3 - t2,
+                         "all": t3 - t0})
+        del store._stage_parts
+        record(f"{tag} {n} cold timeline, one buffer, median us",
+               {k: round(1e6 * statistics.median(r[k] for r in rows[2:]), 1) for k in rows[0]})
+        # each step's own wall time, nothing synchronised (what the host spends where, overlaps as they are)
+        spent: dict = {}
+
+        def timed(name, fn):
+            def wrapper(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[name] = spent.get(name, 0.0) + (time.perf_counter() - t0) * 1e6
+            return wrapper
+        steps = [m for m in ("_stage_parts", "_stage", "_send", "_pin", "_evict_until", "_take_pages", "_append_log",
+                             "_take_slots", "_set_rows", "_index_new", "_write", "_page_rows", "_write_cuda",
+                             "_metadata", "_drop") if hasattr(store, m)]
+        for m in steps:
+            setattr(store, m, timed(m, getattr(store, m)))
+        kmod = sys.modules[type(store).__module__].kmaxsim
+        write_pages = kmod.write_pages
+        kmod.write_pages = timed("write_pages", write_pages)
+        calls = []
+        for j in range(reps + 2):
+            keys = [f"u{n}-{j}-{i}" for i in range(n)]
+            spent.clear()
+            t0 = time.perf_counter()
+            s = store.insert(keys, [docs], lens)
+            spent["insert"] = (time.perf_counter() - t0) * 1e6
+            scorer.score([sm.ScoreGroup(query, StoredDocuments(s))])
+            store.release(s)
+            torch.cuda.synchronize()
+            calls.append(dict(spent))
+        kmod.write_pages = write_pages
+        for m in steps:
+            delattr(store, m)
+        record(f"{tag} {n} cold insert's steps, total us a call (median over calls)",
+               {m: round(statistics.median(c.get(m, 0.0) for c in calls[2:]), 1) for m in calls[-1]})
+        del scorer, store, pinned, dst
+        torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default=".")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--tag", default="new")
     ap.add_argument("--sections", default="pieces,warm,cold,cold_parts")
+    ap.add_argument("--staging-threads", type=int, default=None)
+    ap.add_argument("--ring-slots", type=int, default=None, help="the store's pinned staging slots (an A/B)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.root))
     from scoring import maxsim as sm
     from scoring.store import StoredDocuments
+    if args.ring_slots:
+        sys.modules["scoring.store"]._RING_SLOTS = args.ring_slots
     record("device", torch.cuda.get_device_name())
     sections = args.sections.split(",")
     try:
@@ -225,6 +328,8 @@ def main():
             cold(sm, StoredDocuments, args.tag)
         if "cold_parts" in sections:
             cold_parts(sm)
+        if "register" in sections:
+            register(sm, StoredDocuments, args.tag, args.staging_threads)
     finally:
         with open(os.path.join(args.out, f"maxsim_path_probe_{args.tag}.json"), "w") as fh:
             json.dump(RESULTS, fh, indent=1)

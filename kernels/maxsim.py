@@ -369,18 +369,23 @@ def maxsim_paged(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, arena: torch.Tenso
                     doc_group, max_lq, mean_ld, config, out, q_scales)
 
 
-def write_pages(src: torch.Tensor, arena: torch.Tensor, scales: torch.Tensor | None, page_src: torch.Tensor,
-                page_rows: torch.Tensor, page_dst: torch.Tensor, page_tokens: int) -> None:
-    """Rows page_src[p] .. + page_rows[p] (≤ page_tokens) of `src` [T, d] into arena page page_dst[p], one program
-    a page; compressed arenas get each row quantised with its scale (`maxsim_triton.write_pages_kernel`)."""
-    n_pages = page_dst.numel()
-    if n_pages == 0:
+def write_pages(src: torch.Tensor, arena: torch.Tensor, scales: torch.Tensor | None, log: torch.Tensor,
+                doc_src: torch.Tensor, doc_len: torch.Tensor, doc_log: torch.Tensor, page_tokens: int,
+                max_pages: int) -> None:
+    """Rows doc_src[b] .. + doc_len[b] of `src` [T, d] into document b's pages, the page list `log`'s entries
+    doc_log[b] onward (int32 each; `max_pages`: the most pages a document takes); compressed arenas get each row
+    quantised with its scale (`maxsim_triton.write_pages_kernel`: programs a document, up to _WRITE_PROGRAMS)."""
+    n_docs = doc_len.numel()
+    if n_docs == 0 or max_pages <= 0:
         return
     qmax = QMAX.get(arena.dtype, 0.0)
-    maxsim_triton.write_pages_kernel[(n_pages,)](
-        src, arena, scales if scales is not None else page_rows, page_src, page_rows, page_dst,
+    maxsim_triton.write_pages_kernel[(n_docs, min(max_pages, _WRITE_PROGRAMS))](
+        src, arena, scales if scales is not None else doc_len, log, doc_src, doc_len, doc_log,
         D_MODEL=arena.shape[1], PAGE=page_tokens, BLOCK_K=_pow2_at_least(arena.shape[1], 16), QMAX=qmax,
         ROUND=arena.dtype == torch.int8, num_warps=4)
+
+
+_WRITE_PROGRAMS = 8  # page writer programs a document; each writes every 8th of its pages
 
 
 def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda", page_tokens: int = 16,
@@ -403,9 +408,9 @@ def warmup(d: int, dtype: torch.dtype = torch.float16, device: str | torch.devic
             scales = torch.ones(2 * ld, device=device) if dtype in COMPRESSED else None
             src = torch.randn(2 * ld, d, generator=g).to(device=device, dtype=qdtype)
             pages = torch.arange(2 * ld // page_tokens, dtype=torch.int32, device=device)
-            first = torch.arange(0, pages.numel(), dtype=torch.int32, device=device)
-            write_pages(src, arena, scales, first * page_tokens, torch.full_like(first, page_tokens), first,
-                        page_tokens)
+            zero = torch.zeros(1, dtype=torch.int32, device=device)
+            write_pages(src, arena, scales, pages, zero, torch.full_like(zero, 2 * ld), zero, page_tokens,
+                        pages.numel())
             Q = torch.randn(lq, d, generator=g).to(device=device, dtype=qdtype)
             q_scales = None
             if dtype == torch.int8:  # the scorer's queries of compressed documents come quantised (`q_scales`)

@@ -235,27 +235,32 @@ def maxsim_kernel(
 
 
 @triton.jit
-def write_pages_kernel(src, dst, dst_scales, page_src, page_rows, page_dst,
+def write_pages_kernel(src, dst, dst_scales, log, doc_src, doc_len, doc_log,
                        D_MODEL: tl.constexpr, PAGE: tl.constexpr, BLOCK_K: tl.constexpr, QMAX: tl.constexpr,
                        ROUND: tl.constexpr):
-    """One program a page: rows page_src[p] .. + page_rows[p] of the staged documents `src` into page page_dst[p]
-    of the arena. QMAX > 0 (compressed storage): each row is divided by its scale amax|row| / QMAX (1 for a zero
-    row), rounded (ROUND: to the nearest integer, halves up, for int8; else the cast to float8 rounds) and stored
-    with its scale. `scoring/store.py` does the same on the CPU, with the same arithmetic."""
-    p = tl.program_id(0)
-    s = tl.load(page_src + p).to(tl.int64)
-    n = tl.load(page_rows + p)
-    page = tl.load(page_dst + p).to(tl.int64)
+    """Document b's rows doc_src[b] .. + doc_len[b] of the staged documents `src` into its pages, the page list's
+    entries log[doc_log[b]] onward, a page a step: program (b, j) writes pages j, j + G, ... of document b (G the
+    grid's second size). QMAX > 0 (compressed storage): each row is divided by its scale amax|row| / QMAX (1 for a
+    zero row), rounded (ROUND: to the nearest integer, halves up, for int8; else the cast to float8 rounds) and
+    stored with its scale. `scoring/store.py` does the same on the CPU, with the same arithmetic."""
+    b = tl.program_id(0)
+    first = tl.load(doc_src + b).to(tl.int64)
+    length = tl.load(doc_len + b)
+    at = tl.load(doc_log + b).to(tl.int64)
     r = tl.arange(0, PAGE)
     k = tl.arange(0, BLOCK_K)
-    m = (r < n)[:, None] & (k < D_MODEL)[None, :]
-    x = tl.load(src + (s + r)[:, None] * D_MODEL + k[None, :], mask=m, other=0.0).to(tl.float32)
-    rows = page * PAGE + r
-    if QMAX > 0:
-        amax = tl.max(tl.abs(x), axis=1)
-        scale = tl.where(amax > 0, tl.math.div_rn(amax, QMAX + 0.0 * amax), 1.0)  # IEEE divisions, as torch's
-        x = tl.minimum(tl.maximum(tl.math.div_rn(x, scale[:, None] + 0.0 * x), -QMAX), QMAX)
-        if ROUND:
-            x = tl.floor(x + 0.5)
-        tl.store(dst_scales + rows, scale, mask=r < n)
-    tl.store(dst + rows[:, None] * D_MODEL + k[None, :], x.to(dst.dtype.element_ty), mask=m)
+    for j in range(tl.program_id(1), (length + PAGE - 1) // PAGE, tl.num_programs(1)):
+        n = tl.minimum(length - j * PAGE, PAGE)
+        s = first + j * PAGE
+        page = tl.load(log + at + j).to(tl.int64)
+        m = (r < n)[:, None] & (k < D_MODEL)[None, :]
+        x = tl.load(src + (s + r)[:, None] * D_MODEL + k[None, :], mask=m, other=0.0).to(tl.float32)
+        rows = page * PAGE + r
+        if QMAX > 0:
+            amax = tl.max(tl.abs(x), axis=1)
+            scale = tl.where(amax > 0, tl.math.div_rn(amax, QMAX + 0.0 * amax), 1.0)  # IEEE divisions, as torch's
+            x = tl.minimum(tl.maximum(tl.math.div_rn(x, scale[:, None] + 0.0 * x), -QMAX), QMAX)
+            if ROUND:
+                x = tl.floor(x + 0.5)
+            tl.store(dst_scales + rows, scale, mask=r < n)
+        tl.store(dst + rows[:, None] * D_MODEL + k[None, :], x.to(dst.dtype.element_ty), mask=m)

@@ -166,7 +166,8 @@ class DocumentStore:
         self._ring_done: list[torch.cuda.Event | None] = []  # each slot's last DMA
         self._ring_next = 0  # the slot filled next
         self._staged: torch.Tensor | None = None
-        self._meta_host: torch.Tensor | None = None
+        self._meta_host: torch.Tensor | None = None  # int32, pinned
+        self._meta_np: np.ndarray | None = None
         self._meta_dev: torch.Tensor | None = None
         self._meta_copied: torch.cuda.Event | None = None  # the last copy from _meta_host
         self.staging_threads = staging_threads or min(_MAX_STAGING_THREADS, len(os.sched_getaffinity(0)))
@@ -378,13 +379,18 @@ class DocumentStore:
         """Index new entries by key. No key, or the same key twice in one call (the first is kept): an entry
         outside the index, dropped once released. Dict and array work in C loops: no Python frame a document."""
         index, pairs = self._index, zip(reversed(keys), reversed(fresh.tolist()))  # reversed: the first one wins
-        if None in keys:
+        before = len(index)  # the keys are new to the index (the caller's lookup, under the lock)
+        anonymous = None in keys
+        if anonymous:
             index.update((k, s) for k, s in pairs if k is not None)
         else:
             index.update(pairs)
+        self._keys[fresh] = np.fromiter(keys, object, count=len(keys))
+        if not anonymous and len(index) == before + len(keys):  # every key distinct: every entry kept
+            self._kept[fresh] = True
+            return
         kept = np.fromiter(map(index.get, keys, itertools.repeat(-1)), np.int64, count=len(keys)) == fresh
         self._kept[fresh] = kept
-        self._keys[fresh] = np.fromiter(keys, object, count=len(keys))
         if not kept.all():
             self._keys[fresh[~kept]] = None
 
@@ -419,13 +425,13 @@ class DocumentStore:
         if pages.size == 0:
             return
         cu = cu_seqlens(lengths)
+        if self.device.type == "cuda":
+            self._write_cuda(staged, cu[new], lengths[new], log_pos + cu_seqlens(n_pages)[:-1], int(n_pages.max()),
+                             pages, log_pos)
+            return
         # one entry a page: the source row of its first token, how many rows it takes, the page
         within, page_rows = self._page_rows(lengths[new], n_pages)
-        starts = np.repeat(cu[new], n_pages) + within * self.page_tokens
-        if self.device.type == "cuda":
-            self._write_cuda(staged, starts, page_rows, pages, log_pos)
-        else:
-            self._write_cpu(parts, starts, page_rows, pages)
+        self._write_cpu(parts, np.repeat(cu[new], n_pages) + within * self.page_tokens, page_rows, pages)
 
     def _write_cpu(self, parts, starts, page_rows, pages) -> None:
         data = torch.from_numpy(np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts))
@@ -465,33 +471,43 @@ class DocumentStore:
             self._stage(parts, staged, row_bytes)
         return staged
 
-    def _write_cuda(self, staged, starts, page_rows, pages, log_pos) -> None:
-        """The page writer over the staged rows, issued on the store's stream and not waited for: a launch issued
-        after it reads the pages it writes (stream order), and the pinned buffers it reads are reused only once
-        their copies have finished (events)."""
-        meta = np.concatenate([starts, page_rows, pages]).astype(np.int32)
-        n = pages.size
+    def _write_cuda(self, staged, doc_src, doc_len, doc_log, max_pages, pages, log_pos) -> None:
+        """The new run of the page list and the page writer over the staged rows (a document's: its first row in
+        `staged`, its length, where its pages start in the page list), issued on the store's stream and not waited
+        for: a launch issued after it reads the pages it writes (stream order), and the pinned buffers it reads are
+        reused only once their copies have finished (events). Metadata is written by numpy into the pinned buffer
+        (each region 16-byte aligned: one specialisation of the kernel) and goes up in one copy."""
+        n, b = pages.size, doc_len.size
+        o_src = -(-n // 4) * 4
+        o_len = o_src + -(-b // 4) * 4
+        o_log = o_len + -(-b // 4) * 4
+        size = o_log + b
         with torch.cuda.stream(self._stream):
-            meta_host, meta_dev = self._metadata(4 * meta.size)
-            meta_host[:4 * meta.size].view(torch.int32).copy_(torch.from_numpy(meta))
-            meta_dev[:4 * meta.size].copy_(meta_host[:4 * meta.size], non_blocking=True)
+            meta_np, meta_host, meta_dev = self._metadata(4 * size)
+            meta_np[:n] = pages
+            meta_np[o_src:o_src + b] = doc_src
+            meta_np[o_len:o_len + b] = doc_len
+            meta_np[o_log:size] = doc_log
+            meta_dev[:size].copy_(meta_host[:size], non_blocking=True)
             self._meta_copied.record(self._stream)
-            m = meta_dev[:4 * meta.size].view(torch.int32)
-            kmaxsim.write_pages(staged, self.arena, self.scales, m[:n], m[n:2 * n], m[2 * n:3 * n], self.page_tokens)
-            self.log[log_pos:log_pos + n].copy_(m[2 * n:3 * n])  # the same pages, in the same order
+            self.log[log_pos:log_pos + n].copy_(meta_dev[:n])
+            kmaxsim.write_pages(staged, self.arena, self.scales, self.log, meta_dev[o_src:o_src + b],
+                                meta_dev[o_len:o_len + b], meta_dev[o_log:size], self.page_tokens, max_pages)
 
-    def _metadata(self, nbytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pinned metadata buffer and its device copy, once the previous call's copy from it has finished."""
+    def _metadata(self, nbytes: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The pinned metadata buffer (as int32: numpy's view, torch's) and its device copy, once the previous call's
+        copy from it has finished."""
         if self._meta_copied is None:
             self._meta_copied = torch.cuda.Event()
         else:
             self._meta_copied.synchronize()
-        if self._meta_host is None or self._meta_host.numel() < nbytes:
-            size = max(nbytes, 2 * (0 if self._meta_host is None else self._meta_host.numel()), 1 << 16)
-            self._meta_host = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        if self._meta_host is None or 4 * self._meta_host.numel() < nbytes:
+            size = max(nbytes, 2 * 4 * (0 if self._meta_host is None else self._meta_host.numel()), 1 << 16) // 4
+            self._meta_host = torch.empty(size, dtype=torch.int32, pin_memory=True)
+            self._meta_np = self._meta_host.numpy()
             with torch.cuda.stream(self._stream):
-                self._meta_dev = torch.empty(size, dtype=torch.uint8, device=self.device)
-        return self._meta_host, self._meta_dev
+                self._meta_dev = torch.empty(size, dtype=torch.int32, device=self.device)
+        return self._meta_np, self._meta_host, self._meta_dev
 
     def _stage(self, parts, staged: torch.Tensor, row_bytes: int) -> None:
         """The packed buffers through the ring of pinned slots into `staged`: consecutive rows, across buffers, fill

@@ -307,15 +307,21 @@ def test_page_writer_matches_the_cpu_store(dtype):
     values and scales in the same pages, rows past a document's end in its last page left alone."""
     gen = torch.Generator().manual_seed(7)
     d, page_tokens = 48, 16
-    src = torch.randn(60, d, generator=gen).half()
+    src = torch.randn(200, d, generator=gen).half()
     src[5] = 0  # a zero row: scale 1
-    page_src = torch.tensor([0, 16, 40, 56], dtype=torch.int32)
-    page_rows = torch.tensor([16, 9, 16, 4], dtype=torch.int32)
-    page_dst = torch.tensor([3, 0, 5, 1], dtype=torch.int32)
-    arena = torch.zeros(6 * page_tokens, d, dtype=dtype)
-    scales = torch.full((6 * page_tokens,), -1.0) if dtype in km.COMPRESSED else None
-    km.write_pages(src, arena, scales, page_src, page_rows, page_dst, page_tokens)
-    for s, n, p in zip(page_src.tolist(), page_rows.tolist(), page_dst.tolist()):
+    # documents of 2, 0, 2 and 9 pages (past the writer's 8 programs a document: one program writes two pages)
+    doc_src = torch.tensor([0, 25, 40, 60], dtype=torch.int32)
+    doc_len = torch.tensor([25, 0, 20, 140], dtype=torch.int32)
+    doc_log = torch.tensor([0, 2, 2, 4], dtype=torch.int32)
+    log = torch.tensor([3, 0, 5, 1, 2, 4, 6, 7, 8, 9, 10, 11, 12], dtype=torch.int32)
+    arena = torch.zeros(13 * page_tokens, d, dtype=dtype)
+    scales = torch.full((13 * page_tokens,), -1.0) if dtype in km.COMPRESSED else None
+    km.write_pages(src, arena, scales, log, doc_src, doc_len, doc_log, page_tokens, 9)
+    written = [(s0 + j * page_tokens, min(page_tokens, length - j * page_tokens), int(log[at + j]))
+               for s0, length, at in zip(doc_src.tolist(), doc_len.tolist(), doc_log.tolist())
+               for j in range(-(-length // page_tokens))]
+    assert sorted(p for _, _, p in written) == list(range(13))
+    for s, n, p in written:
         got = arena[p * page_tokens:p * page_tokens + n].float()
         if dtype in km.COMPRESSED:
             want, want_scales = quantize(src[s:s + n], dtype)

@@ -1,5 +1,6 @@
 """The MaxSim kernels on CUDA (skipped without a GPU, as in CI): every form and storage dtype against float64,
 across the model dimensions the service meets, and the page writer against torch's quantisation."""
+import numpy as np
 import pytest
 import torch
 
@@ -101,15 +102,16 @@ def test_page_writer_matches_torch(dtype):
     d, page = 128, 16
     src = torch.randn(1000, d, device="cuda", generator=g).half()
     src[7] = 0
-    n_pages = 1000 // page
-    page_src = torch.arange(0, 1000, page, dtype=torch.int32, device="cuda")[:n_pages]
-    page_rows = torch.full((n_pages,), page, dtype=torch.int32, device="cuda")
-    page_rows[-1] = 5
-    page_dst = torch.randperm(n_pages, device="cuda").to(torch.int32)
-    arena = torch.zeros(n_pages * page, d, dtype=dtype, device="cuda")
-    scales = torch.zeros(n_pages * page, device="cuda") if dtype in km.COMPRESSED else None
-    km.write_pages(src, arena, scales, page_src, page_rows, page_dst, page)
-    rows = (page_dst.long()[:, None] * page + torch.arange(page, device="cuda")).flatten()
+    lengths = [300, 0, 195, 505]  # documents of 19, 0, 13 and 32 pages, the last rows of two in part-filled pages
+    n_pages = [-(-n // page) for n in lengths]
+    log = torch.randperm(sum(n_pages), device="cuda").to(torch.int32)  # their pages anywhere in the arena
+    as_dev = lambda x: torch.tensor(x, dtype=torch.int32, device="cuda")  # noqa: E731
+    doc_src, doc_log = as_dev(np.cumsum([0, *lengths[:-1]])), as_dev(np.cumsum([0, *n_pages[:-1]]))
+    arena = torch.zeros(sum(n_pages) * page, d, dtype=dtype, device="cuda")
+    scales = torch.zeros(sum(n_pages) * page, device="cuda") if dtype in km.COMPRESSED else None
+    km.write_pages(src, arena, scales, log, doc_src, as_dev(lengths), doc_log, page, max(n_pages))
+    page_rows = as_dev([min(page, n - j * page) for n, k in zip(lengths, n_pages) for j in range(k)])
+    rows = (log.long()[:, None] * page + torch.arange(page, device="cuda")).flatten()
     valid = (torch.arange(page, device="cuda")[None, :] < page_rows[:, None]).flatten()
     got = bits(arena)[rows[valid]].view(dtype)
     if dtype in km.COMPRESSED:
