@@ -303,6 +303,33 @@ def register(sm, StoredDocuments, tag, staging_threads=None):
         torch.cuda.empty_cache()
 
 
+def parts_copy(sm):
+    """The host side of staging the encoder calls' buffers: one host copy a buffer into pinned memory (what the
+    ring does) against one copy of one buffer, at several thread counts, and the store's staging of each form."""
+    n = 1000
+    lens, docs, query = request(n, seed=n)
+    calls = encoder_calls(docs, lens)
+    pinned = torch.empty(docs.nbytes, dtype=torch.uint8, pin_memory=True)
+    flat = pinned.view(torch.float16).view(-1, 128)
+    whole = torch.from_numpy(docs)
+    srcs = [torch.from_numpy(c) for c in calls]
+    cu = np.concatenate([[0], np.cumsum([c.shape[0] for c in calls])])
+
+    def per_part():
+        for i, t in enumerate(srcs):
+            flat[cu[i]:cu[i + 1]].copy_(t)
+    for threads in (4, 8, 16):
+        torch.set_num_threads(threads)
+        record(f"{n} host copy, one buffer, {threads} threads", wall_us(lambda: flat.copy_(whole), 20))
+        record(f"{n} host copy, {len(calls)} buffers, {threads} threads", wall_us(per_part, 20))
+    torch.set_num_threads(16)
+    scorer = sm.MaxSimScorer(128, device="cuda", dtype="float16", store_bytes=4 << 30)
+    scorer.warmup()
+    staged = torch.empty(docs.nbytes, dtype=torch.uint8, device="cuda").view(torch.float16).view(-1, 128)
+    for name, parts in (("one buffer", [docs]), (f"{len(calls)} buffers", calls)):
+        record(f"{n} store._stage alone (+ sync), {name}", wall_us(lambda: scorer.store._stage(parts, staged, 256), 20))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default=".")
@@ -328,6 +355,8 @@ def main():
             cold(sm, StoredDocuments, args.tag)
         if "cold_parts" in sections:
             cold_parts(sm)
+        if "parts" in sections:
+            parts_copy(sm)
         if "register" in sections:
             register(sm, StoredDocuments, args.tag, args.staging_threads)
     finally:

@@ -523,27 +523,36 @@ class DocumentStore:
             self._ring = [torch.empty(slot_rows * row_bytes, dtype=torch.uint8, pin_memory=True)
                           for _ in range(_RING_SLOTS)]
             self._ring_done, self._ring_next = [None] * _RING_SLOTS, 0
-        dtype = staged.dtype
         depth = min(slot_rows, max(1, _FIRST_CHUNK_BYTES // row_bytes))  # rows this slot takes before its DMA
-        row = filled = 0  # rows of `staged` issued; rows in the slot being filled
-        slot = None
+        row = filled = 0  # rows of `staged` issued; rows gathered for the slot filled next
+        pending: list[torch.Tensor] = []  # those rows: whole buffers, or the pieces of one cut at a slot's end
         for part in parts:
             src = torch.from_numpy(np.ascontiguousarray(part))
             r0 = 0
             while r0 < src.shape[0]:
-                if slot is None:
-                    k = self._ring_next
-                    if self._ring_done[k] is not None:
-                        self._ring_done[k].synchronize()  # the slot's previous copy to the GPU has finished
-                    slot = self._ring[k].view(dtype)[:slot_rows * self.dim].view(slot_rows, self.dim)
                 n = min(depth - filled, src.shape[0] - r0)
-                slot[filled:filled + n].copy_(src[r0:r0 + n])  # torch's threads (and the conversion)
+                pending.append(src if n == src.shape[0] else src[r0:r0 + n])
                 filled, r0 = filled + n, r0 + n
                 if filled == depth:
-                    self._send(slot, staged, row, filled)
-                    row, filled, slot, depth = row + filled, 0, None, slot_rows
+                    self._fill(pending, staged, row, filled)
+                    row, filled, pending, depth = row + filled, 0, [], slot_rows
         if filled:
-            self._send(slot, staged, row, filled)
+            self._fill(pending, staged, row, filled)
+
+    def _fill(self, pieces: list[torch.Tensor], staged: torch.Tensor, row: int, n: int) -> None:
+        """The next slot, once its previous DMA has finished, filled with `pieces` (n rows, converted to the staging
+        dtype) in one torch call (its threads; one cat, not a Python loop over an encoder call's ~2 MB buffers:
+        staging 37 of them, H200, three rounds, 2.24 / 2.75 / 2.91 ms against 3.17 / 2.63 / 3.89 a buffer at a
+        time; one buffer 2.0-2.1 either way), then sent."""
+        k = self._ring_next
+        if self._ring_done[k] is not None:
+            self._ring_done[k].synchronize()
+        slot = self._ring[k].view(staged.dtype)[:n * self.dim].view(n, self.dim)
+        if len(pieces) == 1:
+            slot.copy_(pieces[0])
+        else:
+            torch.cat(pieces, out=slot)
+        self._send(slot, staged, row, n)
 
     def _send(self, slot: torch.Tensor, staged: torch.Tensor, row: int, n: int) -> None:
         """DMA of a slot's first n rows to rows row.. of `staged`, its event recorded; the next slot's turn."""
