@@ -36,7 +36,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     config = parse_app_config(args)
     late_interaction = {
         model.name: Encoder.options(name=encoder_deployment_name(model.name)).bind(
-            model, config.cache.encoder_document_cache_bytes
+            model, config.cache.encoder_document_cache_bytes, config.cache.document_dtype
         )
         for model in config.late_interaction_models
     }

@@ -25,7 +25,7 @@ from ray import serve
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.checkpoints import encoding_in_force, load_checkpoint
-from scoring.config import LateInteractionModelConfig, resolve_model_path
+from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
 from scoring.expansion import MaskedExpansionQueries
@@ -50,7 +50,8 @@ def encoder_document_cache(model: str, capacity_bytes: int, dim: int, dtype: np.
 # on a cluster with `ray_actor_options` (README, Deploying to a cluster).
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
 class Encoder(EngineReplica):
-    async def __init__(self, model: LateInteractionModelConfig, document_cache_bytes: int = 0):
+    async def __init__(self, model: LateInteractionModelConfig, document_cache_bytes: int = 0,
+                       document_dtype: str = "float16"):
         """Start the engine (loading the weights), then encode one text: the replica is ready only once it can serve."""
         started = time.perf_counter()
         self._model = model
@@ -81,8 +82,9 @@ class Encoder(EngineReplica):
             if encoding.query_expansion and not encoding.attend_to_expansion_tokens
             else None
         )
-        self._dtype = np.dtype(model.embedding_dtype)
-        self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._dtype)
+        # `document_dtype`: the scorer's storage, which the documents' handoff dtype follows (`embedding_dtype: auto`)
+        self._query_dtype, self._document_dtype = map(np.dtype, handoff_dtypes(model.embedding_dtype, document_dtype))
+        self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._document_dtype)
         warm_up = time.perf_counter()
         width = (await self._encode_one(self._tokens.document_ids(["warm-up"])[0])).shape[1]
         if width != self._dim:
@@ -107,7 +109,7 @@ class Encoder(EngineReplica):
         else:
             with service_metrics().stage("encode", self._model.name):
                 rows = await asyncio.to_thread(self._masked_queries.encode, queries)
-        return PackedEmbeddings.pack(rows, self._dim, self._dtype)
+        return PackedEmbeddings.pack(rows, self._dim, self._query_dtype)
 
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
         """Token embeddings of each document (marker, truncation to `max_tokens`, skiplist tokens dropped), packed;
@@ -128,7 +130,7 @@ class Encoder(EngineReplica):
         token_ids = self._tokens.document_ids(texts, max_tokens)
         rows = await self._model_rows(token_ids)
         kept = [r if (keep := self._tokens.document_keep(ids)) is None else r[keep] for ids, r in zip(token_ids, rows)]
-        return PackedEmbeddings.pack(kept, self._dim, self._dtype)
+        return PackedEmbeddings.pack(kept, self._dim, self._document_dtype)
 
     async def _model_rows(self, token_ids: list[list[int]]) -> list[np.ndarray]:
         """vLLM's token embeddings of each sequence, concurrently (vLLM batches them)."""

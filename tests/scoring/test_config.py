@@ -1,6 +1,6 @@
 import pytest
 
-from scoring.config import AppConfig, ConfigError, parse_app_config, resolve_model_path
+from scoring.config import AppConfig, ConfigError, handoff_dtypes, parse_app_config, resolve_model_path
 from tests.conftest import default_app_args
 
 
@@ -98,3 +98,17 @@ def test_new_kinds_name_their_bad_keys(model, named):
     with pytest.raises(ConfigError) as err:
         parse_app_config({"models": [model]})
     assert named in str(err.value)
+
+
+@pytest.mark.parametrize("embedding_dtype, document_dtype, want", [
+    ("auto", "float16", ("float32", "float16")),
+    ("auto", "int8", ("float32", "float16")),
+    ("auto", "float8_e4m3", ("float32", "float16")),
+    ("auto", "float32", ("float32", "float32")),  # float16 would round what the scorer keeps exactly
+    ("float32", "float16", ("float32", "float32")),
+    ("float16", "float32", ("float16", "float16")),
+])
+def test_handoff_dtypes_follow_the_scorers_storage(embedding_dtype, document_dtype, want):
+    assert handoff_dtypes(embedding_dtype, document_dtype) == want
+    model = AppConfig.model_validate({"cache": {"document_dtype": document_dtype}}).late_interaction_models[0]
+    assert model.embedding_dtype == "auto"
