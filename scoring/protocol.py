@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from scoring.readiness import State as ReadinessState
 
@@ -89,8 +89,16 @@ class ScoreRequest(_Request):
     )
 
     model: StrictStr | None = None
-    queries: StrictStr | list[StrictStr] = Field(description="One query, or one query per document.")
-    documents: StrictStr | list[Document] = Field(description="One document or a list.")
+    # vLLM's server takes the pair under any of its four spellings: queries/documents, queries/items, text_1/text_2
+    # (its older API, still what many clients send) and data_1/data_2
+    queries: StrictStr | list[StrictStr] = Field(
+        description="One query, or one query per document (also accepted as `text_1` or `data_1`, as vLLM does).",
+        validation_alias=AliasChoices("queries", "text_1", "data_1"),
+    )
+    documents: StrictStr | list[Document] = Field(
+        description="One document or a list (also accepted as `items`, `text_2` or `data_2`, as vLLM does).",
+        validation_alias=AliasChoices("documents", "items", "text_2", "data_2"),
+    )
     max_tokens_per_doc: PositiveInt | None = None
     max_tokens_per_query: PositiveInt | None = None
 

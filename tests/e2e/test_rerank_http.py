@@ -98,6 +98,12 @@ def test_score_shapes(client, path):
     plants = post(client, path, {"queries": "how do plants make energy?", "documents": [DOCUMENTS[3]]}).json()
     assert pair_scores[1] == pytest.approx(plants["data"][0]["score"], rel=1e-5)
 
+    # vLLM's other spellings of the pair (text_1/text_2 is what its older clients send)
+    for first, second in (("text_1", "text_2"), ("data_1", "data_2"), ("queries", "items")):
+        other = post(client, path, {first: QUERY, second: DOCUMENTS})
+        assert other.status_code == 200, other.text
+        assert [d["score"] for d in other.json()["data"]] == pytest.approx([d["score"] for d in data], rel=1e-5)
+
 
 def test_models_and_health(client):
     models = client.get("/v1/models").json()

@@ -55,3 +55,22 @@ def test_rerank_results_top_n_and_documents():
     results = rerank_results(np.array([0.2, 0.7, 0.1]), ["a", "b", "c"], top_n=2, return_documents=True)
     assert [(r.index, r.document.text) for r in results] == [(1, "b"), (0, "a")]
     assert rerank_results(np.array([0.2]), ["a"], None, False)[0].document is None
+
+
+@pytest.mark.parametrize("body", [
+    {"queries": "q", "documents": ["a", "b"]},
+    {"queries": "q", "items": ["a", "b"]},
+    {"text_1": "q", "text_2": ["a", "b"]},
+    {"data_1": "q", "data_2": ["a", "b"]},
+])
+def test_score_requests_take_every_spelling_vllm_takes(body):
+    """vLLM's /score reads the pair as queries/documents, queries/items, text_1/text_2 or data_1/data_2."""
+    request = ScoreRequest.model_validate(body)
+    assert (request.queries, request.documents) == ("q", ["a", "b"])
+    groups, n = score_groups(request, CONFIG)
+    assert n == 2
+
+
+def test_a_score_request_without_documents_names_the_field():
+    with pytest.raises(ValueError, match="documents"):
+        ScoreRequest.model_validate({"text_1": "q"})
