@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from scoring.readiness import State as ReadinessState
 
@@ -63,11 +63,19 @@ class RerankRequest(_RerankFields):
 
     model_config = _examples(top_n=1)
 
-    documents: list[Document] = Field(description="Candidate documents: strings or `{\"text\": ...}`.")
+    documents: list[Document] = Field(
+        description="Candidate documents: strings or `{\"text\": ...}` (one string alone is a list of one, as "
+        "vLLM takes it)."
+    )
     return_documents: StrictBool = Field(default=True, description="Include each document's text.")
     max_tokens_per_query: PositiveInt | None = Field(
         default=None, description="Truncate the query to this many tokens (special tokens included)."
     )
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _one_document(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 class RerankV2Request(_RerankFields):

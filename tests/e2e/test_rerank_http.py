@@ -47,6 +47,12 @@ def test_rerank_ranks_paris_first(client, path):
     assert all(x["document"]["text"] == DOCUMENTS[x["index"]] for x in results)
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > len(DOCUMENTS) * 2
 
+    # one document given as a string alone, as vLLM's server takes it: a list of one
+    one = post(client, path, {"query": QUERY, "documents": DOCUMENTS[PARIS]})
+    assert one.status_code == 200, one.text
+    assert [(x["index"], x["document"]["text"]) for x in one.json()["results"]] == [(0, DOCUMENTS[PARIS])]
+    assert one.json()["results"][0]["relevance_score"] == pytest.approx(scores[0], rel=1e-5)
+
 
 def test_top_n_and_document_objects(client):
     docs = [{"text": d} for d in DOCUMENTS]
@@ -161,7 +167,8 @@ def test_handle_matches_http(client, handle):
 BAD_REQUESTS = [
     ("/v1/rerank", {"query": "", "documents": DOCUMENTS}, 422, "query"),
     ("/v1/rerank", {"query": "   ", "documents": DOCUMENTS}, 422, "query"),
-    ("/v1/rerank", {"query": QUERY, "documents": "not a list"}, 422, "documents"),
+    ("/v2/rerank", {"query": QUERY, "documents": "not a list"}, 422, "documents"),  # Cohere's shape: a list only
+    ("/v1/rerank", {"query": QUERY, "documents": {"not": "a list"}}, 422, "documents"),
     ("/v1/rerank", {"query": QUERY, "documents": []}, 422, "documents"),
     ("/v1/rerank", {"query": QUERY, "documents": ["x"] * 1001}, 413, "1001 documents"),
     ("/v1/rerank", {"model": "no-such-model", "query": QUERY, "documents": DOCUMENTS}, 404, "no-such-model"),

@@ -3,7 +3,7 @@ import pytest
 
 from scoring.config import parse_app_config
 from scoring.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
-from scoring.protocol import ScoreRequest
+from scoring.protocol import RerankRequest, ScoreRequest
 from scoring.ranking import rank
 from scoring.requests import place_scores, rerank_group, rerank_results, resolve_model, score_groups
 
@@ -74,3 +74,10 @@ def test_score_requests_take_every_spelling_vllm_takes(body):
 def test_a_score_request_without_documents_names_the_field():
     with pytest.raises(ValueError, match="documents"):
         ScoreRequest.model_validate({"text_1": "q"})
+
+
+def test_one_rerank_document_given_alone_is_a_list_of_one():
+    """vLLM's /rerank takes `documents` as one string too; a number is still a 422."""
+    assert RerankRequest.model_validate({"query": "q", "documents": "d"}).documents == ["d"]
+    with pytest.raises(ValueError, match="valid list"):
+        RerankRequest.model_validate({"query": "q", "documents": 3})
