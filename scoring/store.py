@@ -83,6 +83,11 @@ def _runs(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts - cu[:-1], counts) + np.arange(int(cu[-1]), dtype=np.int64)
 
 
+def _up4(n: int) -> int:
+    """n rounded up to a multiple of 4: int32 entries to a 16-byte boundary."""
+    return -(-n // 4) * 4
+
+
 def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows / scale in `dtype`, float32 scale a row): the CPU's write of compressed pages, the same arithmetic as
     the page-writing kernel."""
@@ -355,8 +360,8 @@ class DocumentStore:
             taken = self._take_pages(need)
             pos = self._append_log(taken)
             fresh = self._take_slots(new.size)
-            cu_pages = cu_seqlens(n_pages)
-            self._log_pos[fresh] = pos + cu_pages[:-1]
+            doc_log = pos + cu_seqlens(n_pages)[:-1]  # where each new document's pages start in the page list
+            self._log_pos[fresh] = doc_log
             self._n_pages[fresh] = n_pages
             self._length[fresh] = lengths[new]
             self._tokens[fresh] = tokens[new]
@@ -367,7 +372,7 @@ class DocumentStore:
             slots[new] = fresh
             self._pin(fresh)
             try:
-                self._write(parts, staged, lengths, new, n_pages, taken, pos)
+                self._write(parts, staged, lengths, new, n_pages, taken, pos, doc_log)
             except BaseException:  # entries whose pages were not written must not be found
                 self._pins[fresh] = 0
                 self._drop(fresh)
@@ -419,15 +424,15 @@ class DocumentStore:
         self._log_end += pages.size
         return pos
 
-    def _write(self, parts, staged, lengths, new, n_pages, pages, log_pos) -> None:
-        """Rows of the new documents (positions `new` of `lengths`) into their pages; the page list's new run. On
-        CUDA the rows come from `staged` (every row of `parts`, on the device)."""
+    def _write(self, parts, staged, lengths, new, n_pages, pages, log_pos, doc_log) -> None:
+        """Rows of the new documents (positions `new` of `lengths`) into their pages; the page list's new run (from
+        `log_pos`; `doc_log`: where each document's pages start in it). On CUDA the rows come from `staged` (every
+        row of `parts`, on the device)."""
         if pages.size == 0:
             return
         cu = cu_seqlens(lengths)
         if self.device.type == "cuda":
-            self._write_cuda(staged, cu[new], lengths[new], log_pos + cu_seqlens(n_pages)[:-1], int(n_pages.max()),
-                             pages, log_pos)
+            self._write_cuda(staged, cu[new], lengths[new], doc_log, int(n_pages.max()), pages, log_pos)
             return
         # one entry a page: the source row of its first token, how many rows it takes, the page
         within, page_rows = self._page_rows(lengths[new], n_pages)
@@ -478,12 +483,12 @@ class DocumentStore:
         reused only once their copies have finished (events). Metadata is written by numpy into the pinned buffer
         (each region 16-byte aligned: one specialisation of the kernel) and goes up in one copy."""
         n, b = pages.size, doc_len.size
-        o_src = -(-n // 4) * 4
-        o_len = o_src + -(-b // 4) * 4
-        o_log = o_len + -(-b // 4) * 4
+        o_src = _up4(n)
+        o_len = o_src + _up4(b)
+        o_log = o_len + _up4(b)
         size = o_log + b
         with torch.cuda.stream(self._stream):
-            meta_np, meta_host, meta_dev = self._metadata(4 * size)
+            meta_np, meta_host, meta_dev = self._metadata(size)
             meta_np[:n] = pages
             meta_np[o_src:o_src + b] = doc_src
             meta_np[o_len:o_len + b] = doc_len
@@ -494,15 +499,15 @@ class DocumentStore:
             kmaxsim.write_pages(staged, self.arena, self.scales, self.log, meta_dev[o_src:o_src + b],
                                 meta_dev[o_len:o_len + b], meta_dev[o_log:size], self.page_tokens, max_pages)
 
-    def _metadata(self, nbytes: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """The pinned metadata buffer (as int32: numpy's view, torch's) and its device copy, once the previous call's
-        copy from it has finished."""
+    def _metadata(self, count: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The pinned int32 metadata buffer of at least `count` entries (numpy's view, torch's) and its device copy,
+        once the previous call's copy from it has finished."""
         if self._meta_copied is None:
             self._meta_copied = torch.cuda.Event()
         else:
             self._meta_copied.synchronize()
-        if self._meta_host is None or 4 * self._meta_host.numel() < nbytes:
-            size = max(nbytes, 2 * 4 * (0 if self._meta_host is None else self._meta_host.numel()), 1 << 16) // 4
+        if self._meta_host is None or self._meta_host.numel() < count:
+            size = max(count, 2 * (0 if self._meta_host is None else self._meta_host.numel()), 1 << 14)
             self._meta_host = torch.empty(size, dtype=torch.int32, pin_memory=True)
             self._meta_np = self._meta_host.numpy()
             with torch.cuda.stream(self._stream):
