@@ -12,7 +12,6 @@ import logging
 import time
 from typing import Any, Awaitable, TypeVar
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse

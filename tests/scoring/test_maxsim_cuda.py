@@ -118,6 +118,30 @@ def test_eviction_while_in_use_and_a_mixed_request(dtype):
     np.testing.assert_array_equal(got, [before[1], alone[0], before[0], alone[1]])
 
 
+def test_a_full_store_refuses_after_staging_and_stays_usable():
+    """An insert that finds every page pinned raises StoreFull after its documents were staged (their copies still
+    in flight): nothing of it is kept, and the next inserts, through the same ring, store and score what they are
+    given."""
+    rng = np.random.default_rng(7)
+    d = 64
+    page_bytes = st.PAGE_TOKENS * d * 2
+    scorer = sm.MaxSimScorer(dim=d, device="cuda", store_bytes=4 * page_bytes, headroom_bytes=2 * page_bytes)
+    store = scorer.store
+    held = group(rng, 8, [16 * 5], d)
+    pinned = store.insert(["held"], [held.docs], held.lengths)
+    big = group(rng, 8, [16 * 16] * 64, d)  # 2 MB of rows: still staging when the bookkeeping refuses it
+    with pytest.raises(st.StoreFull):
+        store.insert([f"big{i}" for i in range(64)], [big.docs], big.lengths)
+    assert (store.lookup([f"big{i}" for i in range(64)]) == -1).all() and store.used_pages == 5
+    store.release(pinned)
+    for i in range(3):
+        g = group(rng, 8, [16, 30, 1], d)
+        s = sm.ScoreGroup(g.query, StoredDocuments(store.insert([f"after{i}-{b}" for b in range(3)], [g.docs],
+                                                                g.lengths)))
+        np.testing.assert_allclose(scorer.score([s])[0], rounded_reference(g, torch.float16), rtol=1e-4, atol=1e-3)
+        store.release(s.docs.slots)
+
+
 @pytest.mark.parametrize("dtype", ["float8_e4m3", "int8"])
 def test_warmup_compiles_what_a_call_uses(dtype):
     scorer = sm.MaxSimScorer(dim=64, device="cuda", dtype=dtype)
