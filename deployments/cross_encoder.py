@@ -24,6 +24,7 @@ from scoring.cross_encoder import (
     PairInput,
     activation_name,
     check_one_label,
+    pair_length,
 )
 from scoring.messages import ScoreOutcome
 
@@ -42,20 +43,19 @@ class CrossEncoder(EngineReplica):
         model_config = self._engine.model_config
         check_one_label(model_config.hf_config, model.name)
         self._head = CrossEncoderHead(activation_name(model_config.hf_config, model.activation_fn))
-        self._tokens = CrossEncoderTokenizer(
-            AutoTokenizer.from_pretrained(model.resolved_tokenizer()),
-            int(model_config.max_model_len),
-            model.max_tokens_per_query,
-            model.max_tokens_per_doc,
-        )
+        tokenizer = AutoTokenizer.from_pretrained(model.resolved_tokenizer())
+        self._max_len = pair_length(model_config.hf_config, tokenizer.model_max_length,
+                                    int(model_config.max_model_len))
+        self._tokens = CrossEncoderTokenizer(tokenizer, self._max_len, model.max_tokens_per_query,
+                                             model.max_tokens_per_doc)
         warm_up = time.perf_counter()
         await self.score("warm-up", ["warm-up"])
         logger.info(
-            "CrossEncoder %s ready in %.1fs (warm-up %.2fs, max_model_len=%d, activation %s)",
+            "CrossEncoder %s ready in %.1fs (warm-up %.2fs, pairs of up to %d tokens, activation %s)",
             model.name,
             time.perf_counter() - started,
             time.perf_counter() - warm_up,
-            model_config.max_model_len,
+            self._max_len,
             self._head.name,
         )
 

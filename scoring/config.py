@@ -193,8 +193,9 @@ class CrossEncoderModelConfig(_EngineConfig):
     max_tokens_per_doc: int | None = Field(
         default=None,
         ge=1,
-        description="Documents are truncated to this many tokens; in any case a pair is cut to max_model_len, the "
-        "document first.",
+        description="Documents are truncated to this many tokens; in any case a pair is cut where "
+        "sentence-transformers cuts it (the engine's max_model_len, the tokenizer's model_max_length and the "
+        "position table: a RoBERTa-family table starts after the padding id), the document first.",
     )
 
 

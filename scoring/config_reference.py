@@ -110,7 +110,7 @@ def render() -> str:
     lines = []
     for heading, model, path in SECTIONS[:1] + _nested_sections() + SECTIONS[1:]:
         title = heading if heading != path.split(".")[-1] else f"`{path}`"
-        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else ""
+        doc = " ".join(line.strip() for line in (model.__doc__ or "").strip().split("\n\n")[0].splitlines())
         lines += [f"#### {title}", "", f"`{path}` — {doc}", "", *table(model, path), ""]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -17,7 +17,7 @@ import torch
 
 from scoring.config import EMBEDDED_MODEL, resolve_model_path
 from tests.conftest import default_app_args
-from tests.tiny_cross_encoder import build_tiny_cross_encoder
+from tests.tiny_cross_encoder import build_tiny_cross_encoder, build_tiny_xlmr_cross_encoder
 from tests.tiny_qwen3 import build_tiny_qwen3
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +40,9 @@ FP16_DOCUMENTS = 2e-3  # the scorer stores documents as float16 (cache.document_
 def checkpoints(tmp_path_factory):
     return {
         "cross_encoder": build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder")),
+        # XLM-RoBERTa (bge-reranker's architecture), saved by transformers 5: no position_embedding_type in its
+        # config, so vLLM takes the position table's 130 for its length where sentence-transformers cuts to 128
+        "xlmr_cross_encoder": build_tiny_xlmr_cross_encoder(tmp_path_factory.mktemp("tiny-xlmr-cross-encoder")),
         "generative": build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3")),
     }
 
@@ -54,6 +57,7 @@ def kinds_app(serve_instance, checkpoints):
         "models": [
             default_app_args()["models"][0],
             {"name": "tiny-ce", "kind": "cross_encoder", "model": str(checkpoints["cross_encoder"])},
+            {"name": "tiny-xlmr-ce", "kind": "cross_encoder", "model": str(checkpoints["xlmr_cross_encoder"])},
             {"name": "minilm-bi", "kind": "bi_encoder", "model": EMBEDDED_MODEL},
             {"name": "tiny-qwen3", "kind": "generative", "model": str(checkpoints["generative"])},
             {"name": "colbert-then-ce", "kind": "cascade", "first": "minilm-colbert", "then": "tiny-ce",
@@ -75,13 +79,11 @@ def client(kinds_app):
         yield c
 
 
-@pytest.fixture(scope="module")
-def cross_encoder_reference(checkpoints):
+def cross_encoder_scores(path):
     """sentence-transformers' CrossEncoder on the checkpoint, and transformers' forward + sigmoid beside it."""
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = checkpoints["cross_encoder"]
     st = CrossEncoder(str(path), device="cpu")
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -101,6 +103,11 @@ def cross_encoder_reference(checkpoints):
 
     scores.tokens = tokens
     return scores
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_reference(checkpoints):
+    return cross_encoder_scores(checkpoints["cross_encoder"])
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +162,19 @@ def test_cross_encoder_matches_sentence_transformers(client, cross_encoder_refer
         assert by_index(r.json()["results"]) == pytest.approx(expected, abs=1e-5)
     v2 = client.post("/v2/rerank", json={"model": "tiny-ce", "query": QUERY, "documents": DOCUMENTS}).json()
     assert v2["meta"]["tokens"]["input_tokens"] == tokens and "document" not in v2["results"][0]
+
+
+def test_xlm_roberta_cross_encoder_matches_sentence_transformers(client, checkpoints):
+    """bge-reranker's architecture: pairs as `<s> q </s></s> d </s>` with no token types, positions after the
+    padding id, and a document longer than the model cut where sentence-transformers cuts it (128 tokens, not the
+    130 of the position table vLLM reports)."""
+    reference = cross_encoder_scores(checkpoints["xlmr_cross_encoder"])
+    expected = reference(QUERY, DOCUMENTS)
+    assert len(set(np.round(expected, 4))) == len(DOCUMENTS)
+    body = rerank(client, "tiny-xlmr-ce")
+    assert by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
+    tokens = reference.tokens(QUERY, DOCUMENTS)
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
 def test_cross_encoder_score_pairs(client, cross_encoder_reference):
