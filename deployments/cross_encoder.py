@@ -24,9 +24,9 @@ from scoring.cross_encoder import (
     PairInput,
     activation_name,
     check_one_label,
-    pair_length,
 )
 from scoring.messages import ScoreOutcome
+from scoring.requests import sequence_limit
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,8 +44,8 @@ class CrossEncoder(EngineReplica):
         check_one_label(model_config.hf_config, model.name)
         self._head = CrossEncoderHead(activation_name(model_config.hf_config, model.activation_fn))
         tokenizer = AutoTokenizer.from_pretrained(model.resolved_tokenizer())
-        self._max_len = pair_length(model_config.hf_config, tokenizer.model_max_length,
-                                    int(model_config.max_model_len))
+        self._max_len = sequence_limit(model_config.hf_config, tokenizer.model_max_length,
+                                       int(model_config.max_model_len))
         self._tokens = CrossEncoderTokenizer(tokenizer, self._max_len, model.max_tokens_per_query,
                                              model.max_tokens_per_doc)
         warm_up = time.perf_counter()

@@ -70,27 +70,6 @@ class CrossEncoderHead:
             return self._activation(torch.from_numpy(np.asarray(logits, dtype=np.float32))).double().numpy()
 
 
-# model types whose position ids start after the padding id (vLLM's and transformers' RoBERTa embeddings)
-OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta"})
-
-
-def pair_length(hf_config: Any, tokenizer_max: int | None, engine_max: int) -> int:
-    """The longest pair to send: the engine's max_model_len, cut as sentence-transformers' CrossEncoder cuts a pair,
-    to the tokenizer's `model_max_length` and the position table. A RoBERTa-family table holds
-    max_position_embeddings - padding id - 1 positions (bge-reranker-base: 514 - 2 = 512): vLLM takes the
-    tokenizer's limit only where the config says `position_embedding_type: absolute`, which checkpoints saved by
-    transformers 5 leave out, and then gives those models two tokens past the end of their table."""
-    limits = [engine_max]
-    if tokenizer_max:
-        limits.append(int(tokenizer_max))
-    positions = getattr(hf_config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        if getattr(hf_config, "model_type", None) in OFFSET_POSITIONS:
-            positions -= (getattr(hf_config, "pad_token_id", None) or 0) + 1
-        limits.append(positions)
-    return min(limits)
-
-
 def check_one_label(hf_config: Any, model: str) -> None:
     labels = getattr(hf_config, "num_labels", 1)
     if labels != 1:

@@ -14,7 +14,6 @@ from scoring.cross_encoder import (
     CrossEncoderTokenizer,
     activation_name,
     check_one_label,
-    pair_length,
 )
 
 QUERY = "what is the capital of France?"
@@ -94,22 +93,3 @@ def test_more_than_one_label_is_refused_naming_the_model():
     with pytest.raises(ValueError, match="'nli'.*num_labels=1.*3"):
         check_one_label(SimpleNamespace(num_labels=3), "nli")
 
-
-@pytest.mark.parametrize(
-    "hf_config, tokenizer_max, engine_max, expected",
-    [
-        # BERT: positions from 0, the tokenizer's limit equal to the table
-        (SimpleNamespace(model_type="bert", max_position_embeddings=512, pad_token_id=0), 512, 512, 512),
-        # bge-reranker-base saved by transformers 5 (no position_embedding_type: vLLM says 514)
-        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=514, pad_token_id=1), 512, 514, 512),
-        # the same with no tokenizer limit (transformers' 1e30): the table alone
-        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=514, pad_token_id=1), int(1e30), 514, 512),
-        # a tokenizer shorter than the table (sentence-transformers cuts to it), and an engine shorter than both
-        (SimpleNamespace(model_type="roberta", max_position_embeddings=514, pad_token_id=1), 256, 514, 256),
-        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=8194, pad_token_id=1), 8192, 1024, 1024),
-        # rotary positions (no table), no tokenizer limit
-        (SimpleNamespace(model_type="qwen3"), None, 4096, 4096),
-    ],
-)
-def test_pair_length_is_what_sentence_transformers_cuts_to(hf_config, tokenizer_max, engine_max, expected):
-    assert pair_length(hf_config, tokenizer_max, engine_max) == expected
