@@ -1,7 +1,8 @@
 """Cross-encoder checkpoints built on the spot (no cross-encoder weights can be downloaded here), for tests and
-benchmarks: a BertForSequenceClassification with one label and the MiniLM WordPiece tokenizer, or an
-XLMRobertaForSequenceClassification (bge-reranker's architecture) with a Unigram tokenizer trained here, saved in
-the ordinary on-disk format, so vLLM and sentence-transformers load them like any cross-encoder from the hub."""
+benchmarks: a BertForSequenceClassification with one label and the MiniLM WordPiece tokenizer, an
+XLMRobertaForSequenceClassification (bge-reranker's architecture) with a Unigram tokenizer trained here, or a
+ModernBertForSequenceClassification (gte-reranker-modernbert's), saved in the ordinary on-disk format, so vLLM and
+sentence-transformers load them like any cross-encoder from the hub."""
 
 from __future__ import annotations
 
@@ -74,6 +75,31 @@ def build_tiny_xlmr_cross_encoder(path: str | Path, *, hidden_size: int = 128, l
                   bos_token_id=0, eos_token_id=2)
 
 
+def build_tiny_modernbert_cross_encoder(path: str | Path, *, hidden_size: int = 128, layers: int = 3,
+                                        max_positions: int = 256, window: int = 64, seed: int = 0) -> Path:
+    """A random ModernBertForSequenceClassification with one label (gte-reranker-modernbert's architecture: rotary
+    positions, a global-attention layer then local ones of `window` tokens, no token types), its config.json in the
+    hub's keys (`global_attn_every_n_layers`, `global_rope_theta`, ...) rather than transformers 5's, with the MiniLM
+    WordPiece tokenizer as a `[CLS] A [SEP] B [SEP]` tokenizer without token types."""
+    import json
+
+    from transformers import AutoTokenizer, ModernBertConfig, ModernBertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL), model_max_length=max_positions,
+                                              model_input_names=["input_ids", "attention_mask"])
+    path = _write(path, tokenizer, ModernBertConfig, ModernBertForSequenceClassification, hidden_size=hidden_size,
+                  layers=layers, seed=seed, max_position_embeddings=max_positions, local_attention=window,
+                  architectures=["ModernBertForSequenceClassification"], pad_token_id=tokenizer.pad_token_id,
+                  cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    config = json.loads((path / "config.json").read_text())
+    for key in ("layer_types", "rope_parameters"):
+        config.pop(key)
+    config.update(global_attn_every_n_layers=3, global_rope_theta=160000.0, local_rope_theta=10000.0)
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return path
+
+
 def build_minilm_cross_encoder(path: str | Path, seed: int = 0) -> Path:
     """The packaged MiniLM's BERT with a random one-label classification head: a real-sized cross-encoder."""
     import torch
@@ -95,7 +121,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Write a tiny random cross-encoder (for trying cross_encoder).")
     parser.add_argument("path", help="directory to write (config.json, weights, tokenizer)")
     parser.add_argument("--max-positions", type=int, default=512, help="the positions a pair may take")
-    parser.add_argument("--family", choices=("bert", "xlm-roberta"), default="bert")
+    parser.add_argument("--family", choices=("bert", "xlm-roberta", "modernbert"), default="bert")
     args = parser.parse_args()
-    build = build_tiny_cross_encoder if args.family == "bert" else build_tiny_xlmr_cross_encoder
+    build = {"bert": build_tiny_cross_encoder, "xlm-roberta": build_tiny_xlmr_cross_encoder,
+             "modernbert": build_tiny_modernbert_cross_encoder}[args.family]
     print(build(args.path, max_positions=args.max_positions))

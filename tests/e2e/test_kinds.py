@@ -17,7 +17,11 @@ import torch
 
 from scoring.config import EMBEDDED_MODEL, resolve_model_path
 from tests.conftest import default_app_args
-from tests.tiny_cross_encoder import build_tiny_cross_encoder, build_tiny_xlmr_cross_encoder
+from tests.tiny_cross_encoder import (
+    build_tiny_cross_encoder,
+    build_tiny_modernbert_cross_encoder,
+    build_tiny_xlmr_cross_encoder,
+)
 from tests.tiny_qwen3 import build_tiny_qwen3
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +47,8 @@ def checkpoints(tmp_path_factory):
         # XLM-RoBERTa (bge-reranker's architecture), saved by transformers 5: no position_embedding_type in its
         # config, so vLLM takes the position table's 130 for its length where sentence-transformers cuts to 128
         "xlmr_cross_encoder": build_tiny_xlmr_cross_encoder(tmp_path_factory.mktemp("tiny-xlmr-cross-encoder")),
+        # ModernBERT (gte-reranker-modernbert's): rotary positions, local attention, pairs of up to 256 tokens
+        "modernbert_cross_encoder": build_tiny_modernbert_cross_encoder(tmp_path_factory.mktemp("tiny-modernbert")),
         "generative": build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3")),
     }
 
@@ -58,6 +64,8 @@ def kinds_app(serve_instance, checkpoints):
             default_app_args()["models"][0],
             {"name": "tiny-ce", "kind": "cross_encoder", "model": str(checkpoints["cross_encoder"])},
             {"name": "tiny-xlmr-ce", "kind": "cross_encoder", "model": str(checkpoints["xlmr_cross_encoder"])},
+            {"name": "tiny-modernbert-ce", "kind": "cross_encoder",
+             "model": str(checkpoints["modernbert_cross_encoder"])},
             {"name": "minilm-bi", "kind": "bi_encoder", "model": EMBEDDED_MODEL},
             {"name": "tiny-qwen3", "kind": "generative", "model": str(checkpoints["generative"])},
             {"name": "colbert-then-ce", "kind": "cascade", "first": "minilm-colbert", "then": "tiny-ce",
@@ -79,8 +87,9 @@ def client(kinds_app):
         yield c
 
 
-def cross_encoder_scores(path):
-    """sentence-transformers' CrossEncoder on the checkpoint, and transformers' forward + sigmoid beside it."""
+def cross_encoder_scores(path, max_length: int = 128):
+    """sentence-transformers' CrossEncoder on the checkpoint, and transformers' forward + sigmoid beside it (pairs
+    cut to `max_length`, the checkpoint's)."""
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -90,7 +99,7 @@ def cross_encoder_scores(path):
 
     def scores(query: str, documents: list[str]) -> np.ndarray:
         predicted = st.predict([(query, d) for d in documents], convert_to_numpy=True)
-        encoded = tokenizer([query] * len(documents), documents, truncation="only_second", max_length=128,
+        encoded = tokenizer([query] * len(documents), documents, truncation="only_second", max_length=max_length,
                             padding=True, return_tensors="pt")
         with torch.no_grad():
             own = torch.sigmoid(model(**encoded).logits[:, 0]).numpy()
@@ -98,7 +107,7 @@ def cross_encoder_scores(path):
         return own.astype(np.float64)
 
     def tokens(query: str, documents: list[str]) -> int:
-        encoded = tokenizer([query] * len(documents), documents, truncation="only_second", max_length=128)
+        encoded = tokenizer([query] * len(documents), documents, truncation="only_second", max_length=max_length)
         return sum(len(ids) for ids in encoded["input_ids"])
 
     scores.tokens = tokens
@@ -164,14 +173,18 @@ def test_cross_encoder_matches_sentence_transformers(client, cross_encoder_refer
     assert v2["meta"]["tokens"]["input_tokens"] == tokens and "document" not in v2["results"][0]
 
 
-def test_xlm_roberta_cross_encoder_matches_sentence_transformers(client, checkpoints):
-    """bge-reranker's architecture: pairs as `<s> q </s></s> d </s>` with no token types, positions after the
-    padding id, and a document longer than the model cut where sentence-transformers cuts it (128 tokens, not the
-    130 of the position table vLLM reports)."""
-    reference = cross_encoder_scores(checkpoints["xlmr_cross_encoder"])
+@pytest.mark.parametrize("model, checkpoint, max_length", [
+    # bge-reranker's architecture: `<s> q </s></s> d </s>`, no token types, positions after the padding id; the
+    # long document cut where sentence-transformers cuts it (128 tokens, not the 130 of the table vLLM reports)
+    ("tiny-xlmr-ce", "xlmr_cross_encoder", 128),
+    # gte-reranker-modernbert's: rotary positions, 64-token local attention over a 256-token pair
+    ("tiny-modernbert-ce", "modernbert_cross_encoder", 256),
+])
+def test_other_cross_encoder_families_match_sentence_transformers(client, checkpoints, model, checkpoint, max_length):
+    reference = cross_encoder_scores(checkpoints[checkpoint], max_length)
     expected = reference(QUERY, DOCUMENTS)
     assert len(set(np.round(expected, 4))) == len(DOCUMENTS)
-    body = rerank(client, "tiny-xlmr-ce")
+    body = rerank(client, model)
     assert by_index(body["results"]) == pytest.approx(expected, abs=1e-5)
     tokens = reference.tokens(QUERY, DOCUMENTS)
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
