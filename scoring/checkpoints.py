@@ -79,7 +79,7 @@ class Checkpoint:
     encoding: Encoding  # the checkpoint's own settings, before our config's overrides
     engine_path: Path  # the checkpoint itself, or its converted copy (Stanford)
     projection: tuple[DenseLayer, ...]  # in engine_path's layout
-    max_positions: int | None  # config.json's max_position_embeddings
+    max_positions: int | None  # the positions config.json's table holds (`position_table`)
 
     def engine_max_model_len(self, encoding: Encoding, configured: int | None) -> int | None:
         """The max_model_len to start vLLM with. vLLM takes a sentence-transformers `max_seq_length` as the
@@ -114,11 +114,27 @@ def local_checkpoint(model: str) -> Path:
     return folder
 
 
+# model types whose position ids start after the padding id (vLLM's and transformers' RoBERTa embeddings)
+OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta"})
+
+
+def position_table(model_type: str | None, max_position_embeddings: Any, pad_token_id: Any) -> int | None:
+    """The positions a model's table holds for tokens (None: no table, e.g. rotary positions): its
+    max_position_embeddings, less padding id + 1 for a RoBERTa-family model, whose positions start after the
+    padding id (bge-reranker-base: 514 - 2 = 512)."""
+    if not isinstance(max_position_embeddings, int) or max_position_embeddings <= 0:
+        return None
+    if model_type in OFFSET_POSITIONS:
+        return max_position_embeddings - (pad_token_id or 0) - 1
+    return max_position_embeddings
+
+
 def load_checkpoint(model: str, cache_dir: str | Path | None = None) -> Checkpoint:
     """Read `model`'s encoding settings; for a Stanford checkpoint, write (once) the copy vLLM loads."""
     path = local_checkpoint(model)
     config = _read_json(path / "config.json")
-    positions = config.get("max_position_embeddings")
+    positions = position_table(config.get("model_type"), config.get("max_position_embeddings"),
+                               config.get("pad_token_id"))
     if STANFORD_ARCHITECTURE in (config.get("architectures") or []):
         engine_path = stanford_engine_layout(path, cache_dir)
         projection = dense_layers(engine_path)

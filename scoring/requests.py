@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from scoring.checkpoints import position_table
 from scoring.config import AppConfig, ModelConfig
 from scoring.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
 from scoring.protocol import Document, DocumentObject, DocumentText, RerankResult, ScoreRequest
@@ -32,10 +33,6 @@ def tightest(*limits: int | None) -> int | None:
     return min(present) if present else None
 
 
-# model types whose position ids start after the padding id (vLLM's and transformers' RoBERTa embeddings)
-OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta"})
-
-
 def sequence_limit(hf_config: Any, tokenizer_max: int | None, engine_max: int) -> int:
     """The longest sequence to send an encoder: the engine's max_model_len, cut as sentence-transformers cuts a
     text or a pair, to the tokenizer's `model_max_length` (None: not applied) and the position table. A
@@ -45,10 +42,10 @@ def sequence_limit(hf_config: Any, tokenizer_max: int | None, engine_max: int) -
     limits = [engine_max]
     if tokenizer_max:
         limits.append(int(tokenizer_max))
-    positions = getattr(hf_config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        if getattr(hf_config, "model_type", None) in OFFSET_POSITIONS:
-            positions -= (getattr(hf_config, "pad_token_id", None) or 0) + 1
+    positions = position_table(getattr(hf_config, "model_type", None),
+                               getattr(hf_config, "max_position_embeddings", None),
+                               getattr(hf_config, "pad_token_id", None))
+    if positions is not None:
         limits.append(positions)
     return min(limits)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint
+from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint, position_table
 from scoring.config import EMBEDDED_MODEL, LateInteractionModelConfig
 from tests.tiny_colbert import build_pylate_colbert, build_stanford_colbert
 
@@ -97,3 +97,10 @@ def test_config_keys_override_the_checkpoint(pylate):
     e = encoding_in_force(model, load_checkpoint(model.model).encoding)
     assert (e.document_length, e.attend_to_expansion_tokens, e.skiplist_words) == (16, True, ())
     assert (e.query_length, e.query_prefix) == (12, "[unused0]")  # the checkpoint's, where the config says nothing
+
+
+def test_a_roberta_table_holds_its_size_less_the_padding_id_and_one():
+    """The length checks read the positions a token can take: an XLM-R ColBERT's 514-row table holds 512."""
+    assert position_table("xlm-roberta", 514, 1) == 512 and position_table("roberta", 514, 1) == 512
+    assert position_table("bert", 512, 0) == 512 and position_table("modernbert", 8192, 50283) == 8192
+    assert position_table("qwen3", None, None) is None
