@@ -116,7 +116,7 @@ def timeline(ring: Ring, src: torch.Tensor, dst: torch.Tensor) -> dict:
 
 def sweep(args) -> dict:
     """Ring shapes at 1,000 documents: (slot MB, first MB, slots, memory, copy threads), wall and timelines."""
-    lens, docs, _ = request(1000, seed=1000)
+    _, docs, _ = request(1000, seed=1000)
     src = torch.from_numpy(docs).view(torch.uint8).view(-1)
     dst = torch.empty(src.numel(), dtype=torch.uint8, device="cuda")
     pinned_src = torch.empty(src.numel(), dtype=torch.uint8, pin_memory=True)
@@ -167,7 +167,7 @@ def main() -> None:
     stream = torch.cuda.Stream()
     results: dict = {"device": torch.cuda.get_device_name(), "threads": args.threads, "rows": {}}
     for n in map(int, args.documents.split(",")):
-        lens, docs, _ = request(n, seed=n)
+        _, docs, _ = request(n, seed=n)
         src = torch.from_numpy(docs).view(torch.uint8).view(-1)
         nbytes = src.numel()
         dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")

@@ -22,9 +22,9 @@ from deployments.encoder import encoder_document_cache
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.bi_encoder import BiEncoderTokenizer, l2_normalized, read_layout
+from scoring.checkpoints import sequence_limit
 from scoring.config import BiEncoderModelConfig
 from scoring.embeddings import PackedEmbeddings
-from scoring.requests import sequence_limit
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,8 +46,7 @@ class BiEncoder(EngineReplica):
         tokenizer = AutoTokenizer.from_pretrained(model.resolved_tokenizer())
         # sentence-transformers cuts at max_seq_length where the checkpoint has one, else at the tokenizer's limit
         tokenizer_max = None if self._layout.max_seq_length else tokenizer.model_max_length
-        limit = sequence_limit(model_config.hf_config, tokenizer_max, int(model_config.max_model_len))
-        self._tokens = BiEncoderTokenizer(tokenizer, model, self._layout, limit)
+        self._tokens = BiEncoderTokenizer(tokenizer, model, self._layout, sequence_limit(model_config, tokenizer_max))
         self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, np.dtype(np.float32))
         warm_up = time.perf_counter()
         await self.encode_queries(["warm-up"])

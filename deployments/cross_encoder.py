@@ -17,6 +17,7 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
+from scoring.checkpoints import sequence_limit
 from scoring.config import CrossEncoderModelConfig
 from scoring.cross_encoder import (
     CrossEncoderHead,
@@ -26,7 +27,6 @@ from scoring.cross_encoder import (
     check_one_label,
 )
 from scoring.messages import ScoreOutcome
-from scoring.requests import sequence_limit
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,8 +44,7 @@ class CrossEncoder(EngineReplica):
         check_one_label(model_config.hf_config, model.name)
         self._head = CrossEncoderHead(activation_name(model_config.hf_config, model.activation_fn))
         tokenizer = AutoTokenizer.from_pretrained(model.resolved_tokenizer())
-        self._max_len = sequence_limit(model_config.hf_config, tokenizer.model_max_length,
-                                       int(model_config.max_model_len))
+        self._max_len = sequence_limit(model_config, tokenizer.model_max_length)
         self._tokens = CrossEncoderTokenizer(tokenizer, self._max_len, model.max_tokens_per_query,
                                              model.max_tokens_per_doc)
         warm_up = time.perf_counter()

@@ -129,6 +129,24 @@ def position_table(model_type: str | None, max_position_embeddings: Any, pad_tok
     return max_position_embeddings
 
 
+def sequence_limit(model_config: Any, tokenizer_max: int | None = None) -> int:
+    """The longest sequence to send an engine whose vLLM model config is `model_config`: its max_model_len, cut as
+    sentence-transformers cuts a text or a pair, to the tokenizer's `model_max_length` (None: not applied) and the
+    position table (`position_table`). vLLM takes the tokenizer's limit only where config.json says
+    `position_embedding_type: absolute`, which transformers 5 no longer writes, and then gives a RoBERTa-family
+    model the whole table: two positions past the end of what its tokens can take."""
+    hf_config = model_config.hf_config
+    limits = [int(model_config.max_model_len)]
+    if tokenizer_max:
+        limits.append(int(tokenizer_max))
+    positions = position_table(getattr(hf_config, "model_type", None),
+                               getattr(hf_config, "max_position_embeddings", None),
+                               getattr(hf_config, "pad_token_id", None))
+    if positions is not None:
+        limits.append(positions)
+    return min(limits)
+
+
 def load_checkpoint(model: str, cache_dir: str | Path | None = None) -> Checkpoint:
     """Read `model`'s encoding settings; for a Stanford checkpoint, write (once) the copy vLLM loads."""
     path = local_checkpoint(model)

@@ -7,11 +7,10 @@ scores back into a wire response.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from scoring.checkpoints import position_table
 from scoring.config import AppConfig, ModelConfig
 from scoring.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
 from scoring.protocol import Document, DocumentObject, DocumentText, RerankResult, ScoreRequest
@@ -31,23 +30,6 @@ def tightest(*limits: int | None) -> int | None:
     """The smallest of the token limits that are set (request, model config, checkpoint); None when none is."""
     present = [limit for limit in limits if limit is not None]
     return min(present) if present else None
-
-
-def sequence_limit(hf_config: Any, tokenizer_max: int | None, engine_max: int) -> int:
-    """The longest sequence to send an encoder: the engine's max_model_len, cut as sentence-transformers cuts a
-    text or a pair, to the tokenizer's `model_max_length` (None: not applied) and the position table. A
-    RoBERTa-family table holds max_position_embeddings - padding id - 1 positions (bge-reranker-base: 514 - 2 =
-    512): vLLM takes the tokenizer's limit only where config.json says `position_embedding_type: absolute`, which
-    transformers 5 no longer writes, and then sends those models two tokens past the end of their table."""
-    limits = [engine_max]
-    if tokenizer_max:
-        limits.append(int(tokenizer_max))
-    positions = position_table(getattr(hf_config, "model_type", None),
-                               getattr(hf_config, "max_position_embeddings", None),
-                               getattr(hf_config, "pad_token_id", None))
-    if positions is not None:
-        limits.append(positions)
-    return min(limits)
 
 
 def resolve_model(config: AppConfig, name: str | None) -> ModelConfig:

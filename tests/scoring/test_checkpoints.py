@@ -2,12 +2,13 @@
 
 import json
 import string
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint, position_table
+from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint, position_table, sequence_limit
 from scoring.config import EMBEDDED_MODEL, LateInteractionModelConfig
 from tests.tiny_colbert import build_pylate_colbert, build_stanford_colbert
 
@@ -104,3 +105,24 @@ def test_a_roberta_table_holds_its_size_less_the_padding_id_and_one():
     assert position_table("xlm-roberta", 514, 1) == 512 and position_table("roberta", 514, 1) == 512
     assert position_table("bert", 512, 0) == 512 and position_table("modernbert", 8192, 50283) == 8192
     assert position_table("qwen3", None, None) is None
+
+
+@pytest.mark.parametrize(
+    "hf_config, tokenizer_max, engine_max, expected",
+    [
+        # BERT: positions from 0, the tokenizer's limit equal to the table
+        (SimpleNamespace(model_type="bert", max_position_embeddings=512, pad_token_id=0), 512, 512, 512),
+        # bge-reranker-base saved by transformers 5 (no position_embedding_type: vLLM says 514)
+        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=514, pad_token_id=1), 512, 514, 512),
+        # the same with no tokenizer limit (transformers' 1e30): the table alone
+        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=514, pad_token_id=1), int(1e30), 514, 512),
+        # a tokenizer shorter than the table (sentence-transformers cuts to it), and an engine shorter than both
+        (SimpleNamespace(model_type="roberta", max_position_embeddings=514, pad_token_id=1), 256, 514, 256),
+        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=8194, pad_token_id=1), 8192, 1024, 1024),
+        # rotary positions (no table), no tokenizer limit
+        (SimpleNamespace(model_type="qwen3"), None, 4096, 4096),
+    ],
+)
+def test_sequence_limit_is_where_sentence_transformers_cuts(hf_config, tokenizer_max, engine_max, expected):
+    engine = SimpleNamespace(hf_config=hf_config, max_model_len=engine_max)  # vLLM's model config, as read
+    assert sequence_limit(engine, tokenizer_max) == expected

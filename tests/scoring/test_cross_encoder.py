@@ -92,4 +92,3 @@ def test_heads_apply_the_activation():
 def test_more_than_one_label_is_refused_naming_the_model():
     with pytest.raises(ValueError, match="'nli'.*num_labels=1.*3"):
         check_one_label(SimpleNamespace(num_labels=3), "nli")
-

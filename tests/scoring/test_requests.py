@@ -1,5 +1,3 @@
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -7,7 +5,7 @@ from scoring.config import parse_app_config
 from scoring.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
 from scoring.protocol import RerankRequest, ScoreRequest
 from scoring.ranking import rank
-from scoring.requests import place_scores, rerank_group, rerank_results, resolve_model, score_groups, sequence_limit
+from scoring.requests import place_scores, rerank_group, rerank_results, resolve_model, score_groups
 
 CONFIG = parse_app_config({"limits": {"max_documents": 5, "max_query_chars": 20, "max_document_chars": 30}})
 
@@ -83,23 +81,3 @@ def test_one_rerank_document_given_alone_is_a_list_of_one():
     assert RerankRequest.model_validate({"query": "q", "documents": "d"}).documents == ["d"]
     with pytest.raises(ValueError, match="valid list"):
         RerankRequest.model_validate({"query": "q", "documents": 3})
-
-
-@pytest.mark.parametrize(
-    "hf_config, tokenizer_max, engine_max, expected",
-    [
-        # BERT: positions from 0, the tokenizer's limit equal to the table
-        (SimpleNamespace(model_type="bert", max_position_embeddings=512, pad_token_id=0), 512, 512, 512),
-        # bge-reranker-base saved by transformers 5 (no position_embedding_type: vLLM says 514)
-        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=514, pad_token_id=1), 512, 514, 512),
-        # the same with no tokenizer limit (transformers' 1e30): the table alone
-        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=514, pad_token_id=1), int(1e30), 514, 512),
-        # a tokenizer shorter than the table (sentence-transformers cuts to it), and an engine shorter than both
-        (SimpleNamespace(model_type="roberta", max_position_embeddings=514, pad_token_id=1), 256, 514, 256),
-        (SimpleNamespace(model_type="xlm-roberta", max_position_embeddings=8194, pad_token_id=1), 8192, 1024, 1024),
-        # rotary positions (no table), no tokenizer limit
-        (SimpleNamespace(model_type="qwen3"), None, 4096, 4096),
-    ],
-)
-def test_sequence_limit_is_where_sentence_transformers_cuts(hf_config, tokenizer_max, engine_max, expected):
-    assert sequence_limit(hf_config, tokenizer_max, engine_max) == expected
