@@ -24,7 +24,7 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.checkpoints import encoding_in_force, load_checkpoint
+from scoring.checkpoints import encoding_in_force, load_checkpoint, sequence_limit
 from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
@@ -74,9 +74,8 @@ class Encoder(EngineReplica):
 
         model_config = self._engine.model_config
         self._dim = encoding.embedding_dim
-        self._tokens = LateInteractionTokenizer(
-            AutoTokenizer.from_pretrained(tokenizer_path), encoding, int(model_config.max_model_len)
-        )
+        self._tokens = LateInteractionTokenizer(AutoTokenizer.from_pretrained(tokenizer_path), encoding,
+                                                sequence_limit(model_config))
         self._masked_queries = (
             MaskedExpansionQueries(checkpoint.engine_path, checkpoint.projection, _torch_dtype(model.dtype))
             if encoding.query_expansion and not encoding.attend_to_expansion_tokens
