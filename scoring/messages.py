@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 import numpy as np
 
 from scoring.cache import content_key
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image a client sent (a query or a document), decoded from its URL and checked by the media policy: the
+    image file's bytes and their SHA-256, which keys it in every cache (the same page sent as a data URL or a file
+    URL is one entry). `source` is what the client sent, echoed back when a result returns its document."""
+
+    data: bytes = field(repr=False)
+    digest: str
+    mime: str
+    width: int
+    height: int
+    source: str = field(default="", repr=False, compare=False)
+
+
+# A query or a document as the deployments see it: text, or one image.
+Item = Union[str, ImageInput]
 
 
 @dataclass(frozen=True)
