@@ -24,7 +24,8 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.checkpoints import encoding_in_force, load_checkpoint, sequence_limit
+from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint, sequence_limit
+from scoring.colbert_families import narrowed, remote_code_refusal
 from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
@@ -56,7 +57,22 @@ class Encoder(EngineReplica):
         started = time.perf_counter()
         self._model = model
         checkpoint = load_checkpoint(model.model)
+        refusal = remote_code_refusal(model.name, checkpoint.path, checkpoint.config, model.trust_remote_code)
+        if refusal:
+            raise CheckpointError(refusal)
         encoding = encoding_in_force(model, checkpoint.encoding)
+        masked_queries = encoding.query_expansion and not encoding.attend_to_expansion_tokens
+        if masked_queries and checkpoint.family is not None and not checkpoint.family.transformers_forward:
+            raise CheckpointError(
+                f"model {model.name!r}: queries not attending to their expansion need a transformers forward pass "
+                f"with an attention mask, and a {checkpoint.family.name} backbone has none offline; set "
+                "`attend_to_expansion_tokens: true`"
+            )
+        family_args = {}
+        if checkpoint.family is not None:  # vLLM's ColBERT class for this backbone, over the checkpoint's layout
+            family_args["hf_overrides"] = {"architectures": [checkpoint.family.architecture]}
+        if model.trust_remote_code:
+            family_args["trust_remote_code"] = True
         if checkpoint.encoding.format == "pylate":
             # vLLM would cap sequences at PyLate's sentence-transformers max_seq_length (the document length less
             # the marker); engine_max_model_len checks the length against the position embeddings instead
@@ -69,16 +85,17 @@ class Encoder(EngineReplica):
             max_model_len=checkpoint.engine_max_model_len(encoding, model.max_model_len),
             runner="pooling",
             pooler_config={"task": "token_embed"},
+            **family_args,
         )
         from transformers import AutoTokenizer
 
         model_config = self._engine.model_config
-        self._dim = encoding.embedding_dim
-        self._tokens = LateInteractionTokenizer(AutoTokenizer.from_pretrained(tokenizer_path), encoding,
-                                                sequence_limit(model_config))
+        self._dim = encoding.embedding_dim  # narrower than the checkpoint's with a Matryoshka `embedding_dim`
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=model.trust_remote_code)
+        self._tokens = LateInteractionTokenizer(tokenizer, encoding, sequence_limit(model_config))
         self._masked_queries = (
             MaskedExpansionQueries(checkpoint.engine_path, checkpoint.projection, _torch_dtype(model.dtype))
-            if encoding.query_expansion and not encoding.attend_to_expansion_tokens
+            if masked_queries
             else None
         )
         # `document_dtype`: the scorer's storage, which the documents' handoff dtype follows (`embedding_dtype: auto`)
@@ -86,10 +103,9 @@ class Encoder(EngineReplica):
         self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._document_dtype)
         warm_up = time.perf_counter()
         width = (await self._encode_one(self._tokens.document_ids(["warm-up"])[0])).shape[1]
-        if width != self._dim:
-            raise RuntimeError(
-                f"model {model.name!r}: vLLM returns {width}-wide embeddings, the checkpoint says {self._dim}"
-            )
+        if width != checkpoint.encoding.embedding_dim:
+            raise RuntimeError(f"model {model.name!r}: vLLM returns {width}-wide embeddings, the checkpoint says "
+                               f"{checkpoint.encoding.embedding_dim}")
         await self.encode_queries(["warm-up"])
         logger.info(
             "Encoder %s ready in %.1fs (warm-up encode %.2fs, max_model_len=%d, encoding %s)",
@@ -107,7 +123,7 @@ class Encoder(EngineReplica):
             rows = await self._model_rows([query.ids for query in queries])
         else:
             with service_metrics().stage("encode", self._model.name):
-                rows = await asyncio.to_thread(self._masked_queries.encode, queries)
+                rows = narrowed(await asyncio.to_thread(self._masked_queries.encode, queries), self._dim)
         return PackedEmbeddings.pack(rows, self._dim, self._query_dtype)
 
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
@@ -134,7 +150,7 @@ class Encoder(EngineReplica):
     async def _model_rows(self, token_ids: list[list[int]]) -> list[np.ndarray]:
         """vLLM's token embeddings of each sequence, concurrently (vLLM batches them)."""
         with service_metrics().stage("encode", self._model.name):
-            return list(await asyncio.gather(*(self._encode_one(ids) for ids in token_ids)))
+            return narrowed(await asyncio.gather(*(self._encode_one(ids) for ids in token_ids)), self._dim)
 
     async def _encode_one(self, ids: list[int]) -> np.ndarray:
         from vllm import PoolingParams

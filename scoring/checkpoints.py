@@ -24,10 +24,11 @@ import os
 import shutil
 import string
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from scoring.colbert_families import JINA, Family, family_of, jina_settings, projection_width
 from scoring.config import LateInteractionModelConfig, resolve_model_path
 
 PYLATE_SETTINGS = "config_sentence_transformers.json"
@@ -80,6 +81,8 @@ class Checkpoint:
     engine_path: Path  # the checkpoint itself, or its converted copy (Stanford)
     projection: tuple[DenseLayer, ...]  # in engine_path's layout
     max_positions: int | None  # the positions config.json's table holds (`position_table`)
+    family: Family | None = None  # a non-BERT backbone: the vLLM ColBERT class to run (scoring/colbert_families.py)
+    config: dict[str, Any] = field(default_factory=dict)  # config.json as read
 
     def engine_max_model_len(self, encoding: Encoding, configured: int | None) -> int | None:
         """The max_model_len to start vLLM with. vLLM takes a sentence-transformers `max_seq_length` as the
@@ -153,7 +156,12 @@ def load_checkpoint(model: str, cache_dir: str | Path | None = None) -> Checkpoi
     config = _read_json(path / "config.json")
     positions = position_table(config.get("model_type"), config.get("max_position_embeddings"),
                                config.get("pad_token_id"))
-    if STANFORD_ARCHITECTURE in (config.get("architectures") or []):
+    stanford = STANFORD_ARCHITECTURE in (config.get("architectures") or [])
+    family = family_of(config, stanford)
+    if family is JINA:
+        encoding = _jina_encoding(path, projection_width(_stanford_weights_file(path)))
+        return Checkpoint(path, encoding, path, (), positions, family, config)
+    if stanford:
         engine_path = stanford_engine_layout(path, cache_dir)
         projection = dense_layers(engine_path)
         encoding = _stanford_encoding(path, projection[-1].out_features)
@@ -161,7 +169,7 @@ def load_checkpoint(model: str, cache_dir: str | Path | None = None) -> Checkpoi
     projection = dense_layers(path)
     width = projection[-1].out_features if projection else int(config["hidden_size"])
     encoding = _pylate_encoding(path, width) if _is_pylate(path) else _plain_encoding(width)
-    return Checkpoint(path, encoding, path, projection, positions)
+    return Checkpoint(path, encoding, path, projection, positions, family, config)
 
 
 def encoding_in_force(model: LateInteractionModelConfig, checkpoint: Encoding) -> Encoding:
@@ -174,7 +182,13 @@ def encoding_in_force(model: LateInteractionModelConfig, checkpoint: Encoding) -
         "query_expansion": model.query_expansion,
         "attend_to_expansion_tokens": model.attend_to_expansion_tokens,
         "skiplist_words": None if model.skiplist_words is None else tuple(model.skiplist_words),
+        "embedding_dim": model.embedding_dim,
     }
+    if model.embedding_dim is not None and model.embedding_dim > checkpoint.embedding_dim:
+        raise CheckpointError(
+            f"model {model.name!r}: embedding_dim {model.embedding_dim} exceeds the {checkpoint.embedding_dim} "
+            "values a token embedding of this checkpoint has"
+        )
     return replace(checkpoint, **{key: value for key, value in overrides.items() if value is not None})
 
 
@@ -248,6 +262,12 @@ def _stanford_encoding(path: Path, width: int) -> Encoding:
         skiplist_words=tuple(string.punctuation) if get("mask_punctuation", True) else (),
         embedding_dim=width,
     )
+
+
+def _jina_encoding(path: Path, width: int) -> Encoding:
+    """jina-colbert-v2: its model card's PyLate usage (`jina_settings`) over `artifact.metadata`'s lengths."""
+    metadata = _read_json(path / STANFORD_METADATA) if (path / STANFORD_METADATA).is_file() else {}
+    return Encoding(format="stanford", **jina_settings(metadata), embedding_dim=width)
 
 
 def _plain_encoding(width: int) -> Encoding:

@@ -105,6 +105,17 @@ class LateInteractionModelConfig(_EngineConfig):
         default=None,
         description="Tokens (PyLate's default: punctuation) whose embeddings are dropped from documents before MaxSim.",
     )
+    embedding_dim: int | None = Field(
+        default=None,
+        ge=1,
+        description="Matryoshka width: keep the first `embedding_dim` values of each token embedding, normalised "
+        "again (jina-colbert-v2: 128, 96 or 64). Null: the checkpoint's full width.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow a checkpoint whose config.json loads code from its repository (`auto_map`, e.g. "
+        "jina-colbert-v2's config class) to run it. Such a checkpoint is refused while this is false.",
+    )
     embedding_dtype: Literal["auto", "float32", "float16"] = Field(
         default="auto",
         description="dtype of token embeddings handed from encoder to scorer. `auto`: documents as float16 where "

@@ -4,7 +4,8 @@ ColBERT library do for the checkpoints they train.
 - A marker (`[unused0]` / `[unused1]`, `[Q] ` / `[D] `) is one token inserted right after `[CLS]`, not text.
 - Lengths count every token: a text is tokenized (with its special tokens) to one token less than the length,
   then the marker goes in.
-- Query expansion pads a query with `[MASK]` to the query length, after its `[SEP]`; `attended` says how many
+- Query expansion pads a query with `[MASK]` (a decoder's end-of-sequence token where there is no mask token) to
+  the query length, after its `[SEP]`; `attended` says how many
   leading tokens the other tokens attend to (all of them unless the checkpoint says not to attend to the
   expansion).
 - The skiplist (punctuation by default) drops tokens' embeddings from documents after the forward pass, which
@@ -53,8 +54,14 @@ class LateInteractionTokenizer:
         self._max_model_len = max_model_len
         self._query_marker = self._marker_id(encoding.query_prefix, "query_prefix")
         self._document_marker = self._marker_id(encoding.document_prefix, "document_prefix")
-        if encoding.query_expansion and tokenizer.mask_token_id is None:
-            raise ValueError("query expansion pads with the mask token, and this tokenizer has none")
+        # PyLate pads with the mask token, or for a tokenizer without one (a decoder's, e.g. LFM2's) its
+        # end-of-sequence token, else its padding token
+        self._expansion_id = next(
+            (i for i in (tokenizer.mask_token_id, getattr(tokenizer, "eos_token_id", None),
+                         getattr(tokenizer, "pad_token_id", None)) if i is not None), None)
+        if encoding.query_expansion and self._expansion_id is None:
+            raise ValueError("query expansion pads with the mask, end-of-sequence or padding token: this tokenizer "
+                             "has none")
         # PyLate's conversion, word by word (a word outside the vocabulary becomes the unknown token's id)
         self._skiplist = np.array(
             sorted({tokenizer.convert_tokens_to_ids(word) for word in encoding.skiplist_words} - {None}), np.int64
@@ -71,7 +78,7 @@ class LateInteractionTokenizer:
         for ids in self._encode(texts, length, self._query_marker):
             attended = len(ids)
             if self._encoding.query_expansion:
-                ids = ids + [self._tokenizer.mask_token_id] * (length - len(ids))
+                ids = ids + [self._expansion_id] * (length - len(ids))
                 if self._encoding.attend_to_expansion_tokens:
                     attended = len(ids)
             queries.append(QueryTokens(ids, attended))
