@@ -25,7 +25,7 @@ from ray import serve
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint, sequence_limit
-from scoring.colbert_families import narrowed, remote_code_refusal
+from scoring.colbert_families import family_refusal, narrowed, remote_code_refusal
 from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
@@ -57,7 +57,9 @@ class Encoder(EngineReplica):
         started = time.perf_counter()
         self._model = model
         checkpoint = load_checkpoint(model.model)
-        refusal = remote_code_refusal(model.name, checkpoint.path, checkpoint.config, model.trust_remote_code)
+        refusal = family_refusal(model.name, checkpoint.family) or remote_code_refusal(
+            model.name, checkpoint.path, checkpoint.config, model.trust_remote_code
+        )
         if refusal:
             raise CheckpointError(refusal)
         encoding = encoding_in_force(model, checkpoint.encoding)

@@ -7,7 +7,8 @@ is told the class (`hf_overrides`) over the checkpoint's own folder: every one o
 it is (the projection from `1_Dense/`, or `linear.weight` beside jina's `roberta.*` weights).
 
 - ModernBERT (lightonai/GTE-ModernColBERT-v1, LateOn) and LFM2 (LiquidAI/LFM2-ColBERT-350M) are PyLate
-  checkpoints: encoded from `config_sentence_transformers.json` like any PyLate one.
+  checkpoints: encoded from `config_sentence_transformers.json` like any PyLate one. LFM2 is recognised and refused
+  for now (`Family.unsupported` says why).
 - jina-colbert-v2 is a Stanford-library checkpoint over Jina's rotary XLM-RoBERTa, whose config class is code in
   the model's repository (`auto_map`). It is encoded as its model card's PyLate usage encodes it: markers
   `[QueryMarker]` / `[DocumentMarker]`, `[MASK]` expansion attended to (`attend_to_expansion_tokens=True`), query
@@ -38,10 +39,18 @@ class Family:
     architecture: str  # the vLLM class the engine runs
     # whether transformers can run the backbone offline (for queries whose expansion is not attended to)
     transformers_forward: bool
+    # why this service does not serve the family yet (its scores would not be its library's), or None
+    unsupported: str | None = None
 
 
 MODERNBERT = Family("modernbert", "ColBERTModernBertModel", transformers_forward=True)
-LFM2 = Family("lfm2", "ColBERTLfm2Model", transformers_forward=True)
+LFM2 = Family(
+    "lfm2", "ColBERTLfm2Model", transformers_forward=True,
+    unsupported="vLLM 0.32's ColBERTLfm2Model does not run LFM2's attention blocks causally (its CLS pooling type "
+    "makes the engine treat the model as encoder-only), while PyLate runs transformers' causal Lfm2Model: token "
+    "embeddings after the first differ (by up to 0.1 a value on a tiny random checkpoint), so scores would not be "
+    "PyLate's",
+)
 JINA = Family("jina-xlm-roberta", "ColBERTJinaRobertaModel", transformers_forward=False)
 
 
@@ -69,6 +78,13 @@ def remote_code_refusal(model_name: str, path: Path, config: dict[str, Any], tru
         f"model {model_name!r}: {path}/config.json loads its config class from code in the model's repository "
         f"(auto_map: {code!r}); set `trust_remote_code: true` on this model to run that code"
     )
+
+
+def family_refusal(model_name: str, family: Family | None) -> str | None:
+    """Why a recognised family is not served (`Family.unsupported`), or None."""
+    if family is None or family.unsupported is None:
+        return None
+    return f"model {model_name!r}: a {family.name} ColBERT is not served: {family.unsupported}"
 
 
 def jina_settings(metadata: dict[str, Any]) -> dict[str, Any]:

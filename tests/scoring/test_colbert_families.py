@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint
-from scoring.colbert_families import JINA, LFM2, MODERNBERT, narrowed, remote_code_refusal
+from scoring.colbert_families import JINA, LFM2, MODERNBERT, family_refusal, narrowed, remote_code_refusal
 from scoring.config import LateInteractionModelConfig
 from scoring.tokens import LateInteractionTokenizer
 from tests.tiny_colbert_families import build_jina_colbert, build_lfm2_colbert, build_modernbert_colbert
@@ -49,6 +49,11 @@ def test_pylate_families_run_on_vllms_colbert_class(folders, name, family):
     checkpoint = load_checkpoint(str(folders[name]))
     assert checkpoint.family is family and checkpoint.encoding.format == "pylate"
     assert (checkpoint.encoding.query_prefix, checkpoint.encoding.embedding_dim) == ("[Q] ", 48)
+
+
+def test_lfm2_is_refused_naming_why_and_the_others_are_not():
+    assert "not run LFM2's attention blocks causally" in family_refusal("lfm2", LFM2)
+    assert family_refusal("jina", JINA) is None and family_refusal("mb", MODERNBERT) is None
 
 
 def test_lfm2_queries_are_padded_with_its_end_of_sequence_token(folders):
