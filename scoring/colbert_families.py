@@ -13,9 +13,11 @@ it is (the projection from `1_Dense/`, or `linear.weight` beside jina's `roberta
   the model's repository (`auto_map`). It is encoded as its model card's PyLate usage encodes it: markers
   `[QueryMarker]` / `[DocumentMarker]`, `[MASK]` expansion attended to (`attend_to_expansion_tokens=True`), query
   and document lengths from `artifact.metadata` (`query_maxlen`, `doc_maxlen`) as PyLate reads them, punctuation
-  skiplist. Its Matryoshka widths (128 / 96 / 64: jina-colbert-v2-96 and -64 are the first rows of the same
-  projection) are the model option `embedding_dim`: the first `embedding_dim` values of each normalised token
-  embedding, normalised again, which equals normalising the narrower projection's output.
+  skiplist. Its Matryoshka widths (128 / 96 / 64, trained with Matryoshka representation loss; the card also
+  publishes jina-colbert-v2-96 and -64 as checkpoints of their own) are the model option `embedding_dim`: the first
+  `embedding_dim` values of each normalised token embedding, normalised again, which equals normalising the output
+  of the projection's first `embedding_dim` rows (Matryoshka truncation). That the -96 / -64 checkpoints are
+  exactly those rows is assumed here, not checked against them.
 No Ray or vLLM import here.
 """
 
@@ -46,10 +48,10 @@ class Family:
 MODERNBERT = Family("modernbert", "ColBERTModernBertModel", transformers_forward=True)
 LFM2 = Family(
     "lfm2", "ColBERTLfm2Model", transformers_forward=True,
-    unsupported="vLLM 0.32's ColBERTLfm2Model does not run LFM2's attention blocks causally (its CLS pooling type "
-    "makes the engine treat the model as encoder-only), while PyLate runs transformers' causal Lfm2Model: token "
-    "embeddings after the first differ (by up to 0.1 a value on a tiny random checkpoint), so scores would not be "
-    "PyLate's",
+    unsupported="vLLM 0.32's LFM2 forward pass (CPU) is not causal: a token's embedding changes with the tokens "
+    "after it (as ColBERTLfm2Model and as Lfm2ForCausalLM run for pooling alike), while PyLate runs transformers' "
+    "causal Lfm2Model; on a tiny random checkpoint token embeddings after the first differ by up to 0.07 a value, "
+    "so scores would not be PyLate's",
 )
 JINA = Family("jina-xlm-roberta", "ColBERTJinaRobertaModel", transformers_forward=False)
 
