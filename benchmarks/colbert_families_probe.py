@@ -40,8 +40,8 @@ def main() -> None:
             return reference.tok(text, truncation=True, max_length=64)["input_ids"]
 
         if reference.forward is engine:
-            engine.encode_all([reference.query_ids(q)[0] for q in QUERIES]
-                              + [reference.document_ids(d) for d in DOCUMENTS] + [plain(t) for t in QUERIES + DOCUMENTS])
+            ids = [reference.query_ids(q)[0] for q in QUERIES] + [reference.document_ids(d) for d in DOCUMENTS]
+            engine.encode_all(ids + [plain(t) for t in QUERIES + DOCUMENTS])
         relative = []
         for query in QUERIES:
             q = reference.forward(plain(query), [1] * len(plain(query)))

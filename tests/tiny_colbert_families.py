@@ -133,7 +133,7 @@ def build_lfm2_colbert(path: str | Path, *, query_length: int = 12, document_len
     return path
 
 
-JINA_CONFIG_MODULE = '''"""The fields of a rotary XLM-RoBERTa config that vLLM's ColBERTJinaRobertaModel reads (a test stand-in)."""
+JINA_CONFIG_MODULE = '''"""A rotary XLM-RoBERTa config: what vLLM's ColBERTJinaRobertaModel reads (a test stand-in)."""
 from transformers import PretrainedConfig
 
 
