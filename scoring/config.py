@@ -5,7 +5,9 @@ Validated before any replica starts; an unknown or invalid key fails with a mess
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import typing
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -409,7 +411,30 @@ def parse_app_config(args: dict[str, Any] | AppConfig | None) -> AppConfig:
     try:
         return AppConfig.model_validate(args or {})
     except ValidationError as exc:
-        raise ConfigError(f"invalid application config: {describe_validation_errors(exc.errors())}") from None
+        errors = [_with_hint(err) for err in exc.errors()]
+        raise ConfigError(f"invalid application config: {describe_validation_errors(errors)}") from None
+
+
+def _config_keys() -> list[str]:
+    """Every key a config section takes, for the did-you-mean of an unknown one."""
+    model_kinds = typing.get_args(typing.get_args(ModelConfig)[0])
+    sections = (AppConfig, *(field.annotation for field in AppConfig.model_fields.values()), *model_kinds)
+    return sorted({key for section in sections if isinstance(section, type) and issubclass(section, BaseModel)
+                   for key in section.model_fields})
+
+
+def _with_hint(error: dict[str, Any]) -> dict[str, Any]:
+    """A typo's error says what was probably meant: `kidn: unknown key (did you mean 'kind'?)`."""
+    if error.get("type") == "extra_forbidden" and error.get("loc"):
+        close = difflib.get_close_matches(str(error["loc"][-1]), _config_keys(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return {**error, "msg": f"unknown key{hint}"}
+    if error.get("type") == "union_tag_invalid":
+        kinds = [tag.strip(" '") for tag in error.get("ctx", {}).get("expected_tags", "").split(",")]
+        close = difflib.get_close_matches(str(error.get("ctx", {}).get("tag", "")), kinds, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return {**error, "msg": f"kind {error['ctx']['tag']!r} does not exist; the kinds are {', '.join(kinds)}{hint}"}
+    return error
 
 
 def resolve_model_path(model: str) -> str:
