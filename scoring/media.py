@@ -154,10 +154,9 @@ def decode_data_url(url: str, field: str, media: MediaConfig) -> bytes:
     if not comma or not header.lower().endswith(";base64") or not mime.startswith("image/"):
         raise ValidationFailed(f"{field}: a data URL must read data:image/<type>;base64,<data>; got {header[:64]!r}")
     payload = "".join(payload.split())  # line breaks in base64 are common and harmless
-    if len(payload) // 4 * 3 > media.max_image_bytes + 2:
-        raise PayloadTooLarge(
-            f"{field}: the image has about {len(payload) // 4 * 3} bytes; the limit is {media.max_image_bytes}"
-        )
+    size = len(payload) // 4 * 3 - payload[-2:].count("=")  # exact for valid base64: refused before decoding
+    if size > media.max_image_bytes:
+        raise PayloadTooLarge(f"{field}: the image has {size} bytes; the limit is {media.max_image_bytes}")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -194,12 +193,11 @@ def read_file(path: str, url: str, field: str, media: MediaConfig) -> bytes:
         raise InvalidRequest(f"{field}: {url[:200]} does not exist") from None
     except OSError as exc:
         raise InvalidRequest(f"{field}: {url[:200]} cannot be read ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         # the file opened is the one checked: a path component swapped for a symlink after the check shows here
         opened = Path(f"/proc/self/fd/{fd}")
         if opened.exists() and not _under_allowed_dir(os.path.realpath(opened), media):
             raise InvalidRequest(f"{field}: {url[:200]} is not under an allowed media directory")
-        stat = os.fstat(fd)
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise InvalidRequest(f"{field}: {url[:200]} is not a regular file")
@@ -207,7 +205,10 @@ def read_file(path: str, url: str, field: str, media: MediaConfig) -> bytes:
             raise PayloadTooLarge(
                 f"{field}: the image has {status.st_size} bytes; the limit is {media.max_image_bytes}"
             )
-        return f.read(media.max_image_bytes + 1)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(media.max_image_bytes + 1)
+    finally:
+        os.close(fd)
 
 
 def allowed_host(url, media: MediaConfig) -> bool:
