@@ -33,7 +33,7 @@ from urllib.parse import unquote
 from scoring.config import AppConfig, MediaConfig, ModelConfig
 from scoring.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
 from scoring.messages import ImageInput, Item
-from scoring.requests import ImageRef, QueryGroup, has_images
+from scoring.requests import ImageRef, QueryGroup
 
 logger = logging.getLogger(__name__)
 
@@ -223,20 +223,29 @@ def allowed_host(url, media: MediaConfig) -> bool:
     return False
 
 
+def allowed_url(url: str, field: str, media: MediaConfig):
+    """An http(s) URL as a `yarl.URL` (the one the download uses, so the host checked is the host contacted), if its
+    host is allowed."""
+    import yarl
+
+    try:
+        target = yarl.URL(url)
+    except (ValueError, IndexError, TypeError):  # yarl's parser raises these for malformed hosts
+        raise ValidationFailed(f"{field}: {url[:200]} is not a valid URL") from None
+    if not allowed_host(target, media):
+        raise InvalidRequest(
+            f"{field}: downloads from {target.host or '(no host)'} are not allowed here (media.allowed_media_hosts)"
+        )
+    return target
+
+
 async def download(url: str, field: str, media: MediaConfig) -> bytes:
     """The body of an http(s) URL from an allowed host: redirects followed on the same host only, at most
     max_image_bytes + 1 bytes read, everything within fetch_timeout_s."""
     import aiohttp
     import yarl
 
-    try:
-        target = yarl.URL(url)
-    except ValueError:
-        raise ValidationFailed(f"{field}: {url[:200]} is not a valid URL") from None
-    if not allowed_host(target, media):
-        raise InvalidRequest(
-            f"{field}: downloads from {target.host or '(no host)'} are not allowed here (media.allowed_media_hosts)"
-        )
+    target = allowed_url(url, field, media)
     timeout = aiohttp.ClientTimeout(total=media.fetch_timeout_s)
     try:
         # trust_env off: no proxy from the environment; identity encoding: the byte cap counts what is decoded
@@ -244,12 +253,15 @@ async def download(url: str, field: str, media: MediaConfig) -> bytes:
             for _ in range(MAX_REDIRECTS + 1):
                 async with session.get(target, allow_redirects=False, headers={"Accept-Encoding": "identity"}) as r:
                     if r.status in (301, 302, 303, 307, 308) and "Location" in r.headers:
-                        following = target.join(yarl.URL(r.headers["Location"]))
+                        try:
+                            following = target.join(yarl.URL(r.headers["Location"]))
+                        except (ValueError, IndexError, TypeError):
+                            raise InvalidRequest(f"{field}: {url[:200]} redirects to a malformed URL") from None
                         if (following.scheme, following.host, following.port) != (target.scheme, target.host,
                                                                                    target.port):  # fmt: skip
                             raise InvalidRequest(
-                                f"{field}: {url[:200]} redirects to another host ({following.host}); redirects are "
-                                "followed on the same host only"
+                                f"{field}: {url[:200]} redirects to another host or port ({following.host}:"
+                                f"{following.port}); redirects are followed on the same host only"
                             )
                         target = following
                         continue
@@ -288,51 +300,73 @@ class MediaLoader:
         return cls(config.media, image_models(config))
 
     async def resolve(self, model: str, groups: list[QueryGroup]) -> list[QueryGroup]:
-        """A request's groups with their images loaded; an image for a model that takes none is refused first,
-        before anything is read."""
-        if not has_images(groups):
+        """A request's groups with their images loaded, in the order that reads nothing it need not: every URL
+        through the policy and every data URL decoded and checked (no I/O: any model gets these errors); then an
+        image for a model that takes none is refused, before a file is read or a host contacted; then the files
+        and downloads. Each distinct URL is loaded once; the first failure is the request's error."""
+        refs = list(dict.fromkeys(item for g in groups for item in (g.query, *g.documents) if isinstance(item, ImageRef)))
+        if not refs:
             return groups
+        schemes = {ref: self.admit(ref) for ref in refs}
+        budget = [self.media.max_request_image_bytes]
+        loaded = await self._load_all([ref for ref in refs if schemes[ref] == "data"], budget)
         if model not in self.image_models:
             served = ", ".join(sorted(self.image_models)) or "none"
             raise InvalidRequest(
                 f"model {model!r} takes text only (its checkpoint is not a vision model); models here that take "
                 f"images: {served}"
             )
-        return await self.load_groups(groups)
+        loaded |= await self._load_all([ref for ref in refs if schemes[ref] != "data"], budget)
+
+        def item(value) -> Item:
+            return loaded[value] if isinstance(value, ImageRef) else value
+
+        return [replace(g, query=item(g.query), documents=[item(d) for d in g.documents]) for g in groups]
+
+    def admit(self, ref: ImageRef) -> str:
+        """The URL's scheme if the policy lets it be read (no file is opened, no host contacted); else the error."""
+        try:
+            ref.url.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationFailed(f"{ref.field}: the URL contains invalid unicode (a lone surrogate)") from None
+        if "\0" in ref.url:
+            raise ValidationFailed(f"{ref.field}: the URL contains a NUL character")
+        scheme = ref.url.partition(":")[0].lower()
+        if scheme == "file":
+            local_path(ref.url, ref.field, self.media)
+        elif scheme in ("http", "https"):
+            allowed_url(ref.url, ref.field, self.media)
+        elif scheme != "data":
+            raise InvalidRequest(
+                f"{ref.field}: image URLs are data:, file: or http(s): URLs; got {(scheme or ref.url)[:32]!r}"
+            )
+        return scheme
 
     async def load(self, ref: ImageRef) -> ImageInput:
+        """One image, read under the policy and checked."""
         url, field, media = ref.url, ref.field, self.media
-        scheme = url.partition(":")[0].lower()
+        scheme = self.admit(ref)
         if scheme == "data":
             data = decode_data_url(url, field, media)
             source = url.partition(",")[0]  # the header: the bytes themselves travel as `data`
         elif scheme == "file":
-            path = local_path(url, field, media)
-            data = await asyncio.to_thread(read_file, path, url, field, media)
-            source = url
-        elif scheme in ("http", "https"):
-            data = await download(url, field, media)
+            data = await asyncio.to_thread(read_file, local_path(url, field, media), url, field, media)
             source = url
         else:
-            raise InvalidRequest(
-                f"{field}: image URLs are data:, file: or http(s): URLs; got {(scheme or url)[:32]!r}"
-            )
+            data = await download(url, field, media)
+            source = url
         async with self._decodes:
             return await asyncio.to_thread(check_image, data, field, media, source)
 
-    async def load_groups(self, groups: Sequence[QueryGroup]) -> list[QueryGroup]:
-        """`groups` with every `ImageRef` loaded; each distinct reference is read once. The first failure is the
-        request's error; the bytes of the request's images together stay within max_request_image_bytes."""
-        refs = list(dict.fromkeys(item for g in groups for item in (g.query, *g.documents) if isinstance(item, ImageRef)))
+    async def _load_all(self, refs: list[ImageRef], budget: list[int]) -> dict[ImageRef, ImageInput]:
+        """`refs` loaded, a few at a time; `budget[0]`: the bytes the request's images may still take."""
         gate = asyncio.Semaphore(READS_AT_ONCE)
-        total = 0
 
         async def load(ref: ImageRef) -> ImageInput:
-            nonlocal total
             async with gate:
                 image = await self.load(ref)
-            total += len(image.data)
-            if total > self.media.max_request_image_bytes:
+            budget[0] -= len(image.data)
+            if budget[0] < 0:
                 raise PayloadTooLarge(
                     f"{ref.field}: the request's images pass {self.media.max_request_image_bytes} bytes together "
                     "(media.max_request_image_bytes)"
@@ -341,12 +375,7 @@ class MediaLoader:
 
         tasks = [asyncio.ensure_future(load(ref)) for ref in refs]
         try:
-            loaded = dict(zip(refs, await asyncio.gather(*tasks)))
+            return dict(zip(refs, await asyncio.gather(*tasks)))
         finally:
             for task in tasks:
                 task.cancel()
-
-        def item(value) -> Item:
-            return loaded[value] if isinstance(value, ImageRef) else value
-
-        return [replace(g, query=item(g.query), documents=[item(d) for d in g.documents]) for g in groups]

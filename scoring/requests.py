@@ -90,10 +90,6 @@ def document_texts(documents: Sequence[Document | ContentObject]) -> list[str | 
     return [request_item(d, f"documents[{i}]") for i, d in enumerate(documents)]
 
 
-def has_images(groups: Sequence[QueryGroup]) -> bool:
-    return any(isinstance(item, ImageRef) for g in groups for item in (g.query, *g.documents))
-
-
 def echo(document: str | DocumentObject | ContentObject) -> DocumentText:
     """A result's document as the client sent it; a content object as its parts (vLLM's `multi_modal`)."""
     if isinstance(document, str):

@@ -87,6 +87,9 @@ BAD_DATA = [
     (data_url(png_claiming(200_000, 200_000)), PayloadTooLarge, "documents[3]"),  # past PIL's own bomb limit
     ("ftp://example.com/a.png", InvalidRequest, "data:, file: or http(s)"),
     ("gopher://127.0.0.1/", InvalidRequest, "data:, file: or http(s)"),
+    ("no scheme at all", InvalidRequest, "data:, file: or http(s)"),
+    ("file:///etc/passwd\0.png", ValidationFailed, "NUL"),
+    ("http://127.0.0.1/\ud800", ValidationFailed, "lone surrogate"),
 ]
 
 
@@ -387,6 +390,24 @@ def test_an_image_for_a_text_model_is_refused_before_anything_is_read(listener):
     assert not listener.connected()
     text = rerank_group("q", ["a"], APP)
     assert asyncio.run(MediaLoader(MediaConfig()).resolve("minilm-colbert", [text])) == [text]
+
+
+def test_what_needs_no_io_is_checked_for_any_model(listener):
+    """A bad data URL or a URL the policy refuses gets its own error whatever the model (nothing was read for it);
+    only then is a text-only model's refusal the answer."""
+    loader = MediaLoader(MediaConfig(), image_models=frozenset())
+
+    def resolve(*urls):
+        request = RerankRequest.model_validate({"query": "q", "documents": [{"content": [image_part(u)]} for u in urls]})
+        return asyncio.run(loader.resolve("text", [rerank_group(request.query, request.documents, APP)]))
+
+    with pytest.raises(ValidationFailed, match=r"documents\[1\]: the data is not an image"):
+        resolve(data_url(PNG), data_url(b"not an image"))
+    with pytest.raises(InvalidRequest, match=r"documents\[1\]: downloads from 127.0.0.1 are not allowed"):
+        resolve(data_url(PNG), f"http://127.0.0.1:{listener.port}/p.png")
+    with pytest.raises(InvalidRequest, match="model 'text' takes text only"):
+        resolve(data_url(PNG))
+    assert not listener.connected()
 
 
 def test_groups_load_each_image_once_and_key_it_by_its_digest(media_dir):
