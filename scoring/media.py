@@ -25,11 +25,13 @@ import json
 import logging
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import unquote
 
+from scoring.cache import ByteBoundedLRU
 from scoring.config import AppConfig, MediaConfig, ModelConfig
 from scoring.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
 from scoring.messages import ImageInput, Item
@@ -55,6 +57,7 @@ MAX_REDIRECTS = 3
 CHUNK_BYTES = 1 << 16
 DECODES_AT_ONCE = 2  # full decodes in threads at once: each holds up to max_image_pixels x 4 bytes
 READS_AT_ONCE = 8  # files and downloads of one request at once
+CHECKED_CACHE_BYTES = 16 * 2**20  # digests of checked images: about 65,000 at ~256 bytes each
 
 
 def checkpoint_architectures(model: ModelConfig) -> list[str]:
@@ -93,7 +96,7 @@ def image_models(config: AppConfig) -> frozenset[str]:
     return frozenset(names)
 
 
-def check_image(data: bytes, field: str, media: MediaConfig, source: str) -> ImageInput:
+def check_image(data: bytes, field: str, media: MediaConfig, source: str, digest: str | None = None) -> ImageInput:
     """`data` as an `ImageInput` if it is one still image the policy accepts, fully decoded once to prove it;
     else the error naming `field` and the cause. CPU-bound: run it in a thread."""
     from PIL import Image, UnidentifiedImageError
@@ -128,7 +131,7 @@ def check_image(data: bytes, field: str, media: MediaConfig, source: str) -> Ima
         raise ValidationFailed(f"{field}: the image could not be decoded (truncated or corrupt: {exc})") from None
     return ImageInput(
         data=data,
-        digest=hashlib.sha256(data).hexdigest(),
+        digest=digest or hashlib.sha256(data).hexdigest(),
         mime=MIME.get(image_format, "application/octet-stream"),
         width=width,
         height=height,
@@ -292,7 +295,10 @@ class MediaLoader:
     def __init__(self, media: MediaConfig, image_models: frozenset[str] = frozenset()):
         self.media = media
         self.image_models = image_models
-        self._decodes = asyncio.Semaphore(DECODES_AT_ONCE)
+        # a pool of its own bounds the decodes at once (and their memory) on whatever loop calls
+        self._decoder = ThreadPoolExecutor(DECODES_AT_ONCE, thread_name_prefix="image-decode")
+        # digests of images that passed check_image under this policy
+        self._checked: ByteBoundedLRU[tuple[str, int, int]] = ByteBoundedLRU(CHECKED_CACHE_BYTES, lambda _: 256)
 
     @classmethod
     def for_app(cls, config: AppConfig) -> "MediaLoader":
@@ -347,16 +353,32 @@ class MediaLoader:
         url, field, media = ref.url, ref.field, self.media
         scheme = self.admit(ref)
         if scheme == "data":
-            data = decode_data_url(url, field, media)
-            source = url.partition(",")[0]  # the header: the bytes themselves travel as `data`
-        elif scheme == "file":
+            # the base64 too is decoded off the event loop
+            header = url.partition(",")[0]  # the image's source: its bytes travel as `data`
+            return await self._in_pool(lambda: self.check(decode_data_url(url, field, media), field, header))
+        if scheme == "file":
             data = await asyncio.to_thread(read_file, local_path(url, field, media), url, field, media)
-            source = url
         else:
             data = await download(url, field, media)
-            source = url
-        async with self._decodes:
-            return await asyncio.to_thread(check_image, data, field, media, source)
+        return await self._in_pool(self.check, data, field, url)
+
+    def check(self, data: bytes, field: str, source: str) -> ImageInput:
+        """`check_image`, done once per distinct file: the checks depend on the bytes and the policy alone, so a
+        digest seen before skips the decode (a page image takes tens of ms to decode, its SHA-256 well under one)."""
+        if len(data) > self.media.max_image_bytes:
+            raise PayloadTooLarge(
+                f"{field}: the image has {len(data)} bytes; the limit is {self.media.max_image_bytes}"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        known = self._checked.get(digest)
+        if known is not None:
+            return ImageInput(data=data, digest=digest, mime=known[0], width=known[1], height=known[2], source=source)
+        image = check_image(data, field, self.media, source, digest)
+        self._checked.put(digest, (image.mime, image.width, image.height))
+        return image
+
+    async def _in_pool(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
 
     async def _load_all(self, refs: list[ImageRef], budget: list[int]) -> dict[ImageRef, ImageInput]:
         """`refs` loaded, a few at a time; `budget[0]`: the bytes the request's images may still take."""

@@ -471,3 +471,23 @@ def test_takes_images_reads_the_checkpoints_architectures(tmp_path):
     )  # fmt: skip
     assert takes_images(config.model_by_name("colpali")) and not takes_images(config.model_by_name("text"))
     assert image_models(config) == {"colpali", "m0", "overridden", "vision-cascade"}
+
+
+def test_an_image_is_decoded_once_per_loader(monkeypatch):
+    """The checks depend on the bytes and the policy alone: a page seen before is not decoded again (its digest is
+    computed each time), whatever URL brings it; a bad image is refused every time."""
+    import scoring.media as media_module
+
+    decoded = []
+    real = media_module.check_image
+    monkeypatch.setattr(media_module, "check_image", lambda data, *args: decoded.append(data) or real(data, *args))
+    loader = MediaLoader(MediaConfig())
+    first = asyncio.run(loader.load(ImageRef(data_url(PNG), "documents[0]")))
+    again = asyncio.run(loader.load(ImageRef(data_url(PNG, "image/jpeg"), "documents[1]")))
+    assert decoded == [PNG] and again == first and again.source == "data:image/jpeg;base64"
+    for _ in range(2):
+        with pytest.raises(ValidationFailed, match="truncated"):
+            asyncio.run(loader.load(ImageRef(data_url(PNG[:-30]), "documents[2]")))
+    assert len(decoded) == 3
+    with pytest.raises(PayloadTooLarge, match="1200 pixels; the limit is 100"):  # another policy checks again
+        asyncio.run(MediaLoader(MediaConfig(max_image_pixels=100)).load(ImageRef(data_url(PNG), "query")))
