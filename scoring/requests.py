@@ -86,7 +86,7 @@ def request_item(value: str | DocumentObject | ContentObject, field: str) -> str
     return ImageRef(url=images[0].image_url.url, field=field)
 
 
-def document_texts(documents: Sequence[Document | ContentObject]) -> list[str | ImageRef]:
+def document_items(documents: Sequence[Document | ContentObject]) -> list[str | ImageRef]:
     return [request_item(d, f"documents[{i}]") for i, d in enumerate(documents)]
 
 
@@ -148,7 +148,7 @@ def rerank_group(
     query: str | DocumentObject | ContentObject, documents: Sequence[Document | ContentObject], config: AppConfig
 ) -> QueryGroup:
     query = request_item(query, "query")
-    texts = document_texts(documents)
+    texts = document_items(documents)
     check_query(query, config)
     check_documents(texts, config)
     return QueryGroup(query=query, documents=texts, positions=list(range(len(texts))))
@@ -157,7 +157,7 @@ def rerank_group(
 def score_groups(request: ScoreRequest, config: AppConfig) -> tuple[list[QueryGroup], int]:
     """vLLM's /score pairing: 1:1, 1:N (one query) or N:N (pairwise). Returns the groups and pair count."""
     queries = [request_item(q, f"queries[{i}]") for i, q in enumerate(request.queries)]
-    documents = document_texts(request.documents)
+    documents = document_items(request.documents)
     if not queries:
         raise ValidationFailed("queries must not be empty")
     if len(queries) == 1:
@@ -167,7 +167,7 @@ def score_groups(request: ScoreRequest, config: AppConfig) -> tuple[list[QueryGr
             f"queries ({len(queries)}) and documents ({len(documents)}) must be 1:N or of equal length"
         )
     check_documents(documents, config)
-    groups: dict[str, QueryGroup] = {}
+    groups: dict[RequestItem, QueryGroup] = {}
     for position, (query, document) in enumerate(zip(queries, documents)):
         group = groups.get(query)
         if group is None:
