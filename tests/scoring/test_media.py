@@ -491,3 +491,44 @@ def test_an_image_is_decoded_once_per_loader(monkeypatch):
     assert len(decoded) == 3
     with pytest.raises(PayloadTooLarge, match="1200 pixels; the limit is 100"):  # another policy checks again
         asyncio.run(MediaLoader(MediaConfig(max_image_pixels=100)).load(ImageRef(data_url(PNG), "query")))
+
+
+# any input: a 4xx or an image, never another exception
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from scoring.errors import ServiceError  # noqa: E402
+
+SEEDS = [PNG, image_bytes("JPEG"), image_bytes("WEBP"), image_bytes("GIF"), animated_gif()]
+URL_PREFIXES = ["http://", "https://", "HTTP://", "file://", "file:///tmp/", "data:", "data:image/png;base64,",
+                "http://127.0.0.1:1", "http://[", "ftp://", ""]  # fmt: skip
+
+
+@st.composite
+def mutated_images(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 6))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data[: draw(st.integers(0, len(data)))])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=mutated_images())
+def test_mutated_images_are_checked_or_refused_with_a_4xx(data):
+    try:
+        image = load(data_url(data), MediaConfig(allowed_formats=["PNG", "JPEG", "WEBP", "GIF"]))
+    except ServiceError as exc:
+        assert 400 <= exc.status_code < 500 and exc.message.startswith("documents[3]: ")
+    else:
+        assert image.digest == hashlib.sha256(data).hexdigest() and image.width * image.height > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=st.builds(lambda prefix, rest: prefix + rest, st.sampled_from(URL_PREFIXES), st.text(max_size=30)))
+def test_any_url_is_a_4xx(url):
+    media = MediaConfig(allowed_media_hosts=["example.invalid"], allowed_local_media_dirs=["/nonexistent-media"],
+                        fetch_timeout_s=0.2)  # fmt: skip
+    with pytest.raises(ServiceError) as caught:
+        load(url, media)
+    assert 400 <= caught.value.status_code < 500
