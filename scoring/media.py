@@ -28,7 +28,6 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import unquote
 
 from scoring.cache import ByteBoundedLRU
@@ -122,7 +121,9 @@ def check_image(data: bytes, field: str, media: MediaConfig, source: str, digest
             raise ValidationFailed(
                 f"{field}: {known} images are not accepted here; allowed: {', '.join(media.allowed_formats)}"
             ) from None
-        raise ValidationFailed(f"{field}: the data is not an image (or not one in a format this service reads)") from None
+        raise ValidationFailed(
+            f"{field}: the data is not an image (or not one in a format this service reads)"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"{field}: {exc}") from None
     except (PayloadTooLarge, ValidationFailed):
@@ -310,7 +311,8 @@ class MediaLoader:
         through the policy and every data URL decoded and checked (no I/O: any model gets these errors); then an
         image for a model that takes none is refused, before a file is read or a host contacted; then the files
         and downloads. Each distinct URL is loaded once; the first failure is the request's error."""
-        refs = list(dict.fromkeys(item for g in groups for item in (g.query, *g.documents) if isinstance(item, ImageRef)))
+        items = (item for g in groups for item in (g.query, *g.documents))
+        refs = list(dict.fromkeys(item for item in items if isinstance(item, ImageRef)))
         if not refs:
             return groups
         schemes = {ref: self.admit(ref) for ref in refs}

@@ -84,7 +84,7 @@ def rerank(*documents) -> dict:
 PNG = png()
 # (route, body, status, words the message holds): the bad-input table of issue 28 on a text-only model
 BAD_IMAGES = [
-    ("/v1/rerank", rerank(image("data:image/png;base64,!!notbase64")), 422, "documents[1]: the data URL is not valid base64"),
+    ("/v1/rerank", rerank(image("data:image/png;base64,!!notbase64")), 422, "documents[1]: the data URL is not valid"),
     ("/v1/rerank", rerank(image(data_url(b"plain text, not an image"))), 422, "documents[1]: the data is not an image"),
     ("/v1/rerank", rerank(image(data_url(PNG[:-30]))), 422, "documents[1]: the image could not be decoded (truncated"),
     ("/rerank", rerank(image(data_url(bmp(), "image/bmp"))), 422, "documents[1]: BMP images are not accepted here"),

@@ -374,7 +374,8 @@ def test_rerank_echoes_image_documents_as_vllm_does():
     )
     import numpy as np
 
-    results = [r.model_dump(exclude_none=True) for r in rerank_results(np.array([0.1, 0.9]), request.documents, None, True)]
+    results = rerank_results(np.array([0.1, 0.9]), request.documents, None, True)
+    results = [r.model_dump(exclude_none=True) for r in results]
     assert results[0]["document"] == {"multi_modal": [image_part("data:image/png;base64,AAAA")]}
     assert results[1]["document"] == {"text": "x"}
 
@@ -398,7 +399,8 @@ def test_what_needs_no_io_is_checked_for_any_model(listener):
     loader = MediaLoader(MediaConfig(), image_models=frozenset())
 
     def resolve(*urls):
-        request = RerankRequest.model_validate({"query": "q", "documents": [{"content": [image_part(u)]} for u in urls]})
+        documents = [{"content": [image_part(u)]} for u in urls]
+        request = RerankRequest.model_validate({"query": "q", "documents": documents})
         return asyncio.run(loader.resolve("text", [rerank_group(request.query, request.documents, APP)]))
 
     with pytest.raises(ValidationFailed, match=r"documents\[1\]: the data is not an image"):
