@@ -22,6 +22,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from scoring.config import AppConfig
+from scoring.errors import ValidationFailed
 from scoring.protocol import ScoreRequest
 from scoring.requests import QueryGroup, score_groups, tightest
 
@@ -147,8 +148,14 @@ class ListwisePrompts:
 
     def _fitted(self, query: str, texts: list[str], positions: list[int], instruction: str | None) -> list[Block]:
         ids = self._encode(listwise_prompt(query, [texts[i] for i in positions], instruction))
-        if len(ids) <= self._max_length or len(positions) == 1:
+        if len(ids) <= self._max_length:
             return [Block(ids, positions)]
+        if len(positions) == 1:
+            # only a request's own instruction can get here: the limits were fitted to the configured one
+            raise ValidationFailed(
+                f"documents[{positions[0]}] with the query and instruction takes {len(ids)} tokens; the model reads "
+                f"{self._max_length}: shorten the instruction or lower max_tokens_per_doc"
+            )
         half = len(positions) // 2
         return self._fitted(query, texts, positions[:half], instruction) + self._fitted(
             query, texts, positions[half:], instruction

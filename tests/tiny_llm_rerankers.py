@@ -49,3 +49,18 @@ def build_tiny_mxbai_reranker(path: str | Path, *, max_positions: int = 1024, se
                          initializer_range=0.2, tie_word_embeddings=True, bos_token_id=2000, eos_token_id=2002,
                          architectures=["Qwen2ForCausalLM"])
     return _save(path, tokenizer, config, Qwen2ForCausalLM, seed)
+
+
+def build_tiny_qwen3_seq_cls(path: str | Path, *, max_positions: int = 1024, seed: int = 0) -> Path:
+    """A random Qwen3ForSequenceClassification with one label: the format of Qwen3-Reranker's sequence-classification
+    conversions (tomaarsen/Qwen3-Reranker-0.6B-seq-cls: the yes/no rows of the LM head folded into `score`)."""
+    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
+    specials = {"<|endoftext|>": 2000, "<|im_start|>": 2001, "<|im_end|>": 2002}
+    tokenizer = byte_level_tokenizer(specials, VOCAB_SIZE, max_positions, eos_token="<|im_end|>",
+                                     pad_token="<|endoftext|>")
+    config = Qwen3Config(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=1, num_key_value_heads=1, head_dim=64,
+                         max_position_embeddings=max_positions, initializer_range=0.2, num_labels=1,
+                         pad_token_id=2000, eos_token_id=2002, architectures=["Qwen3ForSequenceClassification"])
+    return _save(path, tokenizer, config, Qwen3ForSequenceClassification, seed)

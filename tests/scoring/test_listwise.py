@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scoring.config import parse_app_config
+from scoring.errors import ValidationFailed
 from scoring.listwise import (
     ASSISTANT,
     EMBED_TOKEN,
@@ -67,6 +68,8 @@ def test_block_prompts_cut_texts_and_halve_a_block_that_does_not_fit():
     tight = ListwisePrompts(WordTokenizer(), max_length=one_block - 1, max_query_tokens=3, max_doc_tokens=1,
                             block_size=4)
     assert [b.positions for b in tight.blocks("q", ["x"] * 4)] == [[0, 1], [2, 3]]
+    with pytest.raises(ValidationFailed, match="takes .* tokens; the model reads"):
+        tight.blocks("q", ["x"], instruction=" ".join(["long"] * 50))
     # the request's limits tighten the model's, and a request's instruction replaces the configured one
     instructed = ListwisePrompts(WordTokenizer(), 10**6, 8, 8, 4, instruction="configured")
     (block,) = instructed.blocks("q", ["a b c"], max_tokens_per_doc=1, instruction="mine")
