@@ -11,6 +11,7 @@ size of 64.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from scoring.config import EMBEDDED_MODEL, resolve_model_path
@@ -23,32 +24,42 @@ VOCAB_SIZE = RERANK_TOKEN_ID + 1
 PROJECTOR_DIM = 512  # vLLM's JinaForRanking sets embedding_size to 512 whatever the config says
 
 
-def byte_level_tokenizer(specials: dict[str, int], vocab_size: int, model_max_length: int, trained: int = 2000,
-                         **tokens: str):
-    """A byte-level BPE tokenizer (nothing added around a text, as Qwen's) trained here on the MiniLM vocabulary's
-    words, whose `specials` have the given ids; the trained tokens take the other ids in order, and ids left over up
-    to `vocab_size` are filler entries `<unused_N>`. `tokens`: `bos_token`, `eos_token`, ... by content."""
+@functools.lru_cache(maxsize=None)
+def _trained_bpe(trained: int) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """A byte-level BPE trained on the MiniLM vocabulary's words (as written and title-cased, and the label words
+    so that they are single tokens): its tokens in id order and its merges. Trained once a process."""
     import json
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     words = (Path(resolve_model_path(EMBEDDED_MODEL)) / "vocab.txt").read_text(encoding="utf-8").split()
     words = [w for w in words if not w.startswith(("[", "##"))]
     corpus = [" ".join(words[i:i + 64]) for i in range(0, len(words), 64)]
-    corpus += [line.title() for line in corpus] + ["Yes No yes no"] * 200  # label words become single tokens
+    corpus += [line.title() for line in corpus] + ["Yes No yes no"] * 200
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=trained,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    learned = sorted(bpe.get_vocab().items(), key=lambda item: item[1])
+    tokens = tuple(token for token, _ in sorted(bpe.get_vocab().items(), key=lambda item: item[1]))
+    merges = tuple(tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                   for m in json.loads(bpe.to_str())["model"]["merges"])
+    return tokens, merges
+
+
+def byte_level_tokenizer(specials: dict[str, int], vocab_size: int, model_max_length: int, trained: int = 2000,
+                         **tokens: str):
+    """A byte-level BPE tokenizer (nothing added around a text, as Qwen's; `_trained_bpe`) whose `specials` have
+    the given ids; the trained tokens take the other ids in order, and ids left over up to `vocab_size` are filler
+    entries `<unused_N>`. `tokens`: `bos_token`, `eos_token`, ... by content."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    learned, merges = _trained_bpe(trained)
     free = (i for i in range(vocab_size) if i not in set(specials.values()))
-    vocab = {token: next(free) for token, _ in learned} | dict(specials)
+    vocab = {token: next(free) for token in learned} | dict(specials)
     taken = set(vocab.values())
     vocab |= {f"<unused_{i}>": i for i in range(vocab_size) if i not in taken}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(bpe.to_str())["model"]["merges"]]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(specials))  # they exist in the vocabulary, so they keep its ids
