@@ -37,7 +37,9 @@ KINDS = ("late_interaction", "cross_encoder", "bi_encoder", "listwise")
 MODEL_NAMES = {"late_interaction": "minilm-colbert", "cross_encoder": "minilm-ce", "bi_encoder": "minilm-bi",
                "listwise": "tiny-jina"}
 MAX_MODEL_LEN = 256
-LISTWISE_MAX_MODEL_LEN = 4096  # a list of 20 documents of 48 words in one prompt
+# The model closes a block once the room left (the context less twice the query and the documents) is at most its
+# 2,048-token document limit: at 8,192 a request's 20 documents of 48 words are one block, as in vLLM's one prompt.
+LISTWISE_MAX_MODEL_LEN = 8192
 
 
 def listwise_checkpoint(cross_encoder: Path) -> Path:
