@@ -5,7 +5,8 @@ which deployment to call and how, and returns one `ScoreOutcome` per group. A ne
 `scoring/`, a deployment, and a backend here.
 - `EmbeddingBackend` (late_interaction, bi_encoder): the scorer replica that is the home of the query, which
   finds or makes the embeddings and scores them (MaxSim; for one vector per text, the cosine).
-- `CrossEncoderBackend`, `GenerativeBackend`: a replica that scores a query's documents itself, one call a group.
+- `CrossEncoderBackend` (cross_encoder, listwise), `GenerativeBackend`: a replica that scores a query's documents
+  itself, one call a group.
 - `CascadeBackend`: a first backend over every document, a second one over the first's best `candidates`.
 """
 
@@ -139,14 +140,15 @@ class CascadeBackend(_GroupByGroup):
 def build_backends(
     config: AppConfig, scorer: DeploymentHandle, rankers: dict[str, DeploymentHandle], guard: Guard
 ) -> dict[str, Backend]:
-    """The backend of every model of `config`, by name. `rankers`: the deployment of each generative and
-    cross-encoder model."""
+    """The backend of every model of `config`, by name. `rankers`: the deployment of each generative,
+    cross-encoder and listwise model."""
     backends: dict[str, Backend] = {}
 
     def backend(model: ModelConfig) -> Backend:
         if model.kind in ("late_interaction", "bi_encoder"):
             return EmbeddingBackend(model.name, scorer, guard)
-        if model.kind == "cross_encoder":
+        if model.kind in ("cross_encoder", "listwise"):
+            # a listwise replica takes the same call: (query, documents, limits) -> one outcome for the list
             return CrossEncoderBackend(model.name, rankers[model.name], guard)
         if model.kind == "generative":
             return GenerativeBackend(model.name, rankers[model.name], guard)

@@ -23,6 +23,7 @@ from scoring.cross_encoder import (
     CrossEncoderHead,
     CrossEncoderTokenizer,
     PairInput,
+    Qwen3RerankerPairs,
     activation_name,
     check_one_label,
 )
@@ -45,8 +46,12 @@ class CrossEncoder(EngineReplica):
         self._head = CrossEncoderHead(activation_name(model_config.hf_config, model.activation_fn))
         tokenizer = AutoTokenizer.from_pretrained(model.resolved_tokenizer())
         self._max_len = sequence_limit(model_config, tokenizer.model_max_length)
-        self._tokens = CrossEncoderTokenizer(tokenizer, self._max_len, model.max_tokens_per_query,
-                                             model.max_tokens_per_doc)
+        if model.template == "qwen3-reranker":
+            self._tokens = Qwen3RerankerPairs(tokenizer, self._max_len, model.instruction,
+                                              model.max_tokens_per_query, model.max_tokens_per_doc)
+        else:
+            self._tokens = CrossEncoderTokenizer(tokenizer, self._max_len, model.max_tokens_per_query,
+                                                 model.max_tokens_per_doc)
         warm_up = time.perf_counter()
         await self.score("warm-up", ["warm-up"])
         logger.info(
@@ -64,9 +69,14 @@ class CrossEncoder(EngineReplica):
         documents: list[str],
         max_tokens_per_query: int | None = None,
         max_tokens_per_doc: int | None = None,
+        instruction: str | None = None,
     ) -> ScoreOutcome:
-        """The relevance of each document to `query`, in input order; tokens: every pair's."""
-        pairs = self._tokens.pairs(query, documents, max_tokens_per_query, max_tokens_per_doc)
+        """The relevance of each document to `query`, in input order; tokens: every pair's. `instruction`: this
+        request's for a model with a template (None: the configured one); a model without one has none."""
+        if instruction is not None and isinstance(self._tokens, Qwen3RerankerPairs):
+            pairs = self._tokens.pairs(query, documents, max_tokens_per_query, max_tokens_per_doc, instruction)
+        else:
+            pairs = self._tokens.pairs(query, documents, max_tokens_per_query, max_tokens_per_doc)
         with service_metrics().stage("cross_encoder", self._model.name):
             logits = await asyncio.gather(*(self._logit(pair) for pair in pairs))
         tokens = sum(len(pair.token_ids) for pair in pairs)

