@@ -20,6 +20,7 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
+from scoring.chunking import WindowBudget
 from scoring.config import GenerativeModelConfig
 from scoring.generative import (
     GenerativeJob,
@@ -29,7 +30,7 @@ from scoring.generative import (
     shared_prefix_length,
 )
 from scoring.protocol import MAX_LABEL_TOKEN_IDS
-from scoring.templates import TokenIds, build_template, label_token_ids
+from scoring.templates import TEMPLATES_WITH_INSTRUCTION, PromptTemplate, TokenIds, build_template, label_token_ids
 
 logger = logging.getLogger("ray.serve")
 
@@ -61,7 +62,9 @@ class Generative(EngineReplica):
             label_token_ids=self._labels,
             kv_block_size=self._block_size,
         )
+        self._tokenizer = tokenizer
         self._template = build_template(model.template, tokenizer, self._info.max_model_len, model.instruction)
+        self._instructed: dict[str, PromptTemplate] = {}
         self._raw = build_template("raw", tokenizer, self._info.max_model_len)
         self._prefixes_in_flight: dict[tuple[int, ...], asyncio.Future] = {}
         warm_up = time.perf_counter()
@@ -79,11 +82,39 @@ class Generative(EngineReplica):
     def info(self) -> GenerativeModelInfo:
         return self._info
 
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents into windows that fit a prompt beside the query: the
+        template's own tokens are measured on a prompt with an empty document (whatever the template)."""
+        probe = "query"
+        fixed = len(self._template.prompts(probe, [""])[0]) - self._count(probe)
+        slot = self._model.template in TEMPLATES_WITH_INSTRUCTION
+        return WindowBudget(
+            self._model.resolved_tokenizer(),
+            document_tokens=self._info.max_model_len - 1 - fixed,
+            query_shares_input=True,
+            instruction_tokens=self._count(self._model.instruction) if slot else 0,
+        )
+
+    def _count(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _template_for(self, instruction: str | None) -> PromptTemplate:
+        """The model's template, or one with a request's instruction (the last 64 kept: building one is cheap)."""
+        if instruction is None:
+            return self._template
+        template = self._instructed.pop(instruction, None) or build_template(
+            self._model.template, self._tokenizer, self._info.max_model_len, instruction
+        )
+        self._instructed[instruction] = template
+        if len(self._instructed) > 64:
+            del self._instructed[next(iter(self._instructed))]
+        return template
+
     async def score(self, job: GenerativeJob) -> GenerativeOutcome:
         """The first label's probability for every item, in input order."""
         from vllm import SamplingParams
 
-        template = self._raw if job.raw_prompt else self._template
+        template = self._raw if job.raw_prompt else self._template_for(job.instruction)
         prompts = template.prompts(
             job.query,
             job.items,

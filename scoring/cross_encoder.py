@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
+from scoring.chunking import WindowBudget
 from scoring.requests import tightest
 
 SIGMOID = "torch.nn.Sigmoid"
@@ -124,6 +125,16 @@ class CrossEncoderTokenizer:
             PairInput(list(ids), _second_segment(types[i]) if types is not None else None)
             for i, ids in enumerate(encoded["input_ids"])
         ]
+
+    def window_budget(self, tokenizer: str) -> WindowBudget:
+        """The document text one pair holds: the pair's length less its special tokens and the query."""
+        return WindowBudget(
+            tokenizer,
+            document_tokens=self._max_model_len - self._specials,
+            document_limit=self._max_doc,
+            query_shares_input=True,
+            query_limit=tightest(self._max_query, self._max_model_len - self._specials - 1),
+        )
 
     def _cut_query(self, query: str, limit: int | None) -> tuple[str, int]:
         """The query text cut after its `limit`-th token (by character offsets, so the text is unchanged up to

@@ -13,8 +13,9 @@ import numpy as np
 
 from scoring.config import AppConfig, ModelConfig
 from scoring.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
-from scoring.protocol import Document, DocumentObject, DocumentText, RerankResult, ScoreRequest
+from scoring.protocol import ChunkSpan, Document, DocumentText, RerankResult, ScoreRequest
 from scoring.ranking import rank
+from scoring.records import object_text, record_text
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,11 @@ def resolve_model(config: AppConfig, name: str | None) -> ModelConfig:
     return model
 
 
-def document_texts(documents: Sequence[Document]) -> list[str]:
-    return [d.text if isinstance(d, DocumentObject) else d for d in documents]
+def document_texts(documents: Sequence[Document], rank_fields: Sequence[str] | None = None) -> list[str]:
+    """The text each document is scored by: a string, an object's `text`, or a record's `rank_fields`."""
+    if rank_fields is not None:
+        return [record_text(d, rank_fields, f"documents[{i}]") for i, d in enumerate(documents)]
+    return [object_text(d, f"documents[{i}]") for i, d in enumerate(documents)]
 
 
 def check_text(text: str, field: str) -> None:
@@ -80,8 +84,10 @@ def check_documents(documents: Sequence[str], config: AppConfig) -> None:
         check_text(doc, f"documents[{i}]")
 
 
-def rerank_group(query: str, documents: Sequence[Document], config: AppConfig) -> QueryGroup:
-    texts = document_texts(documents)
+def rerank_group(
+    query: str, documents: Sequence[Document], config: AppConfig, rank_fields: Sequence[str] | None = None
+) -> QueryGroup:
+    texts = document_texts(documents, rank_fields)
     check_query(query, config)
     check_documents(texts, config)
     return QueryGroup(query=query, documents=texts, positions=list(range(len(texts))))
@@ -90,7 +96,12 @@ def rerank_group(query: str, documents: Sequence[Document], config: AppConfig) -
 def score_groups(request: ScoreRequest, config: AppConfig) -> tuple[list[QueryGroup], int]:
     """vLLM's /score pairing: 1:1, 1:N (one query) or N:N (pairwise). Returns the groups and pair count."""
     queries = [request.queries] if isinstance(request.queries, str) else list(request.queries)
-    documents = [request.documents] if isinstance(request.documents, str) else document_texts(request.documents)
+    documents = (
+        [request.documents]
+        if isinstance(request.documents, str) and request.rank_fields is None
+        else document_texts([request.documents] if isinstance(request.documents, str) else request.documents,
+                            request.rank_fields)
+    )
     if not queries:
         raise ValidationFailed("queries must not be empty")
     if len(queries) == 1:
@@ -125,14 +136,31 @@ def rerank_results(
     top_n: int | None,
     return_documents: bool,
     order: Sequence[int] | None = None,
+    chunks: Sequence[tuple[int, int]] | None = None,
+    records: Sequence[dict] | None = None,
 ) -> list[RerankResult]:
-    """Results best first: by score, or in `order` when a cascade decided it."""
+    """Results best first: by score, or in `order` when a cascade decided it. `chunks`: each document's best
+    window (long documents chunked); `records`: the objects to echo in place of the text (with rank_fields)."""
     order = rank(scores, top_n) if order is None else list(order)[: top_n or None]
     return [
         RerankResult(
             index=i,
             relevance_score=float(scores[i]),
-            document=DocumentText(text=documents[i]) if return_documents else None,
+            document=(records[i] if records is not None else DocumentText(text=documents[i]))
+            if return_documents
+            else None,
+            chunk=ChunkSpan(start=chunks[i][0], end=chunks[i][1]) if chunks is not None else None,
         )
         for i in order
     ]
+
+
+def place_chunks(
+    groups: Sequence[QueryGroup], group_chunks: Sequence[Sequence[tuple[int, int]] | None], count: int
+) -> list[tuple[int, int] | None]:
+    """Scatter each group's winning windows back to the positions of its pairs (None where not chunked)."""
+    out: list[tuple[int, int] | None] = [None] * count
+    for group, chunks in zip(groups, group_chunks):
+        for position, chunk in zip(group.positions, chunks or ()):
+            out[position] = chunk
+    return out
