@@ -59,7 +59,7 @@ class Backend(Protocol):
         """One outcome per group, in order."""
 
 
-def _instructed(instruction: str | None) -> dict:
+def instructed(instruction: str | None) -> dict:
     """The keyword a backend call takes for a request's instruction, only when there is one."""
     return {} if instruction is None else {"instruction": instruction}
 
@@ -93,7 +93,7 @@ class _GroupByGroup:
     async def score(self, groups, max_tokens_per_query, max_tokens_per_doc, instruction=None):
         return await bounded(
             [
-                partial(self._score, g, max_tokens_per_query, max_tokens_per_doc, **_instructed(instruction))
+                partial(self._score, g, max_tokens_per_query, max_tokens_per_doc, **instructed(instruction))
                 for g in groups
             ]
         )
@@ -150,8 +150,9 @@ class CascadeBackend(_GroupByGroup):
     ) -> ScoreOutcome:
         """The first stage over every document, the second on its best `candidates`, the two orders merged. When
         the first stage chunked long documents, the second scores each candidate's winning window."""
+        first_instruction = instruction if self.first_instructed else None
         (first,) = await self.first.score(
-            [group], max_tokens_per_query, max_tokens_per_doc, **_instructed(instruction if self.first_instructed else None)
+            [group], max_tokens_per_query, max_tokens_per_doc, **instructed(first_instruction)
         )
         candidates = rank(first.scores, self.candidates)
         windows = first.chunks or [(0, len(d)) for d in group.documents]
@@ -160,8 +161,9 @@ class CascadeBackend(_GroupByGroup):
             documents=[group.documents[i][windows[i][0] : windows[i][1]] for i in candidates],
             positions=candidates,
         )
+        then_instruction = instruction if self.then_instructed else None
         (second,) = await self.then.score(
-            [shortlist], max_tokens_per_query, max_tokens_per_doc, **_instructed(instruction if self.then_instructed else None)
+            [shortlist], max_tokens_per_query, max_tokens_per_doc, **instructed(then_instruction)
         )
         order, scores = cascade_order(first.scores, candidates, second.scores)
         return ScoreOutcome(
@@ -186,7 +188,7 @@ class ChunkedBackend:
     async def score(self, groups, max_tokens_per_query, max_tokens_per_doc, instruction=None):
         windowed = [await self.split(group) for group in groups]
         outcomes = await self.inner.score(
-            [w.group for w in windowed], max_tokens_per_query, max_tokens_per_doc, **_instructed(instruction)
+            [w.group for w in windowed], max_tokens_per_query, max_tokens_per_doc, **instructed(instruction)
         )
         return [w.best(outcome) for w, outcome in zip(windowed, outcomes)]
 

@@ -24,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from dataclasses import replace
 
-from deployments.backends import Backend, CascadeBackend, ChunkedBackend, build_backends
+from deployments.backends import Backend, CascadeBackend, ChunkedBackend, build_backends, instructed
 from deployments.guard import GuardSettings, RequestGuard
 from deployments.metrics import request_recorder
 from deployments.readiness import ReadinessTracker, health_of
@@ -341,9 +341,7 @@ class Ingress:
         backend = self._backends[model.name]
         if options is not None and (options.long_documents or model.long_documents) == "chunk":
             backend = await self._chunked(model, backend, options, max_tokens_per_query, max_tokens_per_doc)
-        return await backend.score(
-            groups, max_tokens_per_query, max_tokens_per_doc, **({} if instruction is None else {"instruction": instruction})
-        )
+        return await backend.score(groups, max_tokens_per_query, max_tokens_per_doc, **instructed(instruction))
 
     async def _chunked(
         self,

@@ -141,7 +141,8 @@ def test_ties_keep_the_first_window(wordpiece):
 
 def test_too_many_windows_is_a_413_naming_the_document(wordpiece):
     chunker = Chunker(wordpiece, WindowBudget(tokenizer="minilm", document_tokens=4))
-    with pytest.raises(PayloadTooLarge, match=r"documents\[11\] is 10 tokens long: 4 windows .* max_chunks_per_doc \(3\)"):
+    message = r"documents\[11\] is 10 tokens long: 4 windows .* max_chunks_per_doc \(3\)"
+    with pytest.raises(PayloadTooLarge, match=message):
         chunker.split(group(["ok", "a b c d e f g h i j"]), size=4, overlap=2, max_chunks=3)
 
 
@@ -149,7 +150,8 @@ def test_window_size_leaves_room_for_the_query_and_the_request_limit(wordpiece):
     alone = Chunker(wordpiece, WindowBudget(tokenizer="m", document_tokens=254, document_overhead=2))
     assert alone.window_size("what is the capital of France?") == 254
     assert alone.window_size("q", max_tokens_per_doc=32) == 30  # [CLS] and [SEP] counted by max_tokens_per_doc
-    paired = Chunker(wordpiece, WindowBudget(tokenizer="m", document_tokens=125, query_shares_input=True, query_limit=124))
+    budget = WindowBudget(tokenizer="m", document_tokens=125, query_shares_input=True, query_limit=124)
+    paired = Chunker(wordpiece, budget)
     assert paired.window_size("what is the capital of France?") == 125 - 7
     assert paired.window_size("what is the capital of France?", max_tokens_per_query=3) == 122
     assert paired.window_size("what is the capital of France?", max_tokens_per_doc=20) == 20
