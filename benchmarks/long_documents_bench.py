@@ -20,15 +20,51 @@ import asyncio
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from benchmarks.e2e_bench import MODEL_NAME, RESULTS, OurServer, Server, TextSource, VLLMServer
+from benchmarks.e2e_bench import ENCODER, MODEL_NAME, RESULTS, SCORER, OurServer, Server, TextSource, VLLMServer
 
 WINDOW = 254  # the model's 256 tokens less [CLS] and [SEP]
+
+
+REQUEST_TIMEOUT_S = 1800  # a cold request of 100 documents of 2,000 tokens takes minutes on two cores
+
+
+class OurLongDocumentsServer(OurServer):
+    """serve_config.yaml's application with a request timeout long enough for a cold request (`serve_long`)."""
+
+    def __init__(self, port: int, log: Path):
+        command = [sys.executable, "-m", "benchmarks.long_documents_bench", "--serve", str(port)]
+        Server.__init__(self, command, port, log, stdin=subprocess.PIPE)
+
+
+def serve_long(port: int) -> None:
+    """Child process: Ray, Serve on `port`, serve_config.yaml's app (one replica each), until stdin closes."""
+    import ray
+    from ray import serve
+
+    from tests.conftest import wait_until
+    from tests.e2e.serve_configs import app_from_serve_config, app_running, deploy
+
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    fixed = {"autoscaling_config": None, "num_replicas": 1}
+    app = app_from_serve_config("reranker", "/", {ENCODER: fixed, SCORER: fixed})
+    app["args"].setdefault("limits", {})["request_timeout_s"] = REQUEST_TIMEOUT_S
+    deploy(app)
+    wait_until(lambda: app_running("reranker"), timeout=1800, interval=1)
+    for _ in sys.stdin:
+        pass
+    serve.shutdown()
+    ray.shutdown()
 
 
 def build_requests(args: argparse.Namespace) -> tuple[list[dict], list[int]]:
@@ -109,13 +145,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS / "long_documents_bench.json")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve_long(args.serve)
 
     from tests.conftest import _free_port
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     requests, answers = build_requests(args)
-    ours = OurServer(_free_port(), RESULTS / "long-documents-ours.log", scorer_replicas=1)
+    ours = OurLongDocumentsServer(_free_port(), RESULTS / "long-documents-ours.log")
     try:
         rows = run(ours, requests, answers, {"long_documents": "chunk"}, args, ["cold", "warm"])
     finally:

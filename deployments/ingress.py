@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Awaitable, TypeVar
 
 from fastapi import FastAPI, Request
@@ -21,8 +22,6 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
-
-from dataclasses import replace
 
 from deployments.backends import Backend, CascadeBackend, ChunkedBackend, build_backends, instructed
 from deployments.guard import GuardSettings, RequestGuard
