@@ -40,7 +40,10 @@ class _LongDocumentSettings(_Strict):
         "cascade chunks in its first stage and its second stage scores the winning window.",
     )
     chunk_overlap: int = Field(
-        default=32, ge=0, description="Tokens each window shares with the one before (at most half a window)."
+        default=32,
+        ge=0,
+        description="Tokens each window shares with the one before; an overlap of a whole window or more becomes "
+        "half a window.",
     )
     max_chunks_per_doc: int = Field(
         default=64, ge=1, description="Windows one document may become; a longer document is a 413 naming it."
