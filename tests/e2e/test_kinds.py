@@ -528,3 +528,25 @@ def test_instruction_for_a_model_without_a_slot_is_a_400_naming_it(client, route
     r = client.post(route, json={"model": model, **query, "documents": DOCUMENTS, "instruction": "Find it"})
     assert r.status_code == 400, r.text
     assert f"model {model!r}" in r.json()["error"]["message"] and "takes no instruction" in r.json()["error"]["message"]
+
+
+def test_handle_methods_take_the_same_fields(client, kinds_app, minilm_tokenizer):
+    handle = kinds_app[1]
+    text, spans = five_windows(minilm_tokenizer, 30)
+    chunked = {"model": "minilm-colbert", "query": QUERY, "documents": [CHUNK_DISTRACTORS[0], text],
+               "long_documents": "chunk", "max_tokens_per_doc": 32}
+    over_http = client.post("/v1/rerank", json=chunked).json()
+    by_handle = handle.rerank.remote(chunked).result()
+    assert [(r.index, r.relevance_score, r.chunk.start, r.chunk.end) for r in by_handle.results] == [
+        (r["index"], r["relevance_score"], r["chunk"]["start"], r["chunk"]["end"]) for r in over_http["results"]
+    ]
+    v2 = handle.rerank_v2.remote({"model": "minilm-colbert", "query": QUERY, "documents": RECORDS,
+                                  "rank_fields": ["title", "text"], "return_documents": True}).result()
+    assert [r.document for r in sorted(v2.results, key=lambda r: r.index)] == RECORDS
+    score = handle.score.remote({"model": "minilm-bi", "queries": QUERY, "documents": DOCUMENTS,
+                                 "instruction": INSTRUCTION}).result()
+    http_score = client.post("/v1/score", json={"model": "minilm-bi", "queries": QUERY, "documents": DOCUMENTS,
+                                                "instruction": INSTRUCTION}).json()
+    assert [d.score for d in score.data] == [d["score"] for d in http_score["data"]]
+    with pytest.raises(Exception, match="takes no instruction"):
+        handle.rerank.remote({"model": "tiny-ce", "query": QUERY, "documents": DOCUMENTS, "instruction": "x"}).result()
