@@ -69,7 +69,12 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     needs |= {m.name: (cross_encoder_deployment_name(m.name),) for m in config.cross_encoder_models}
     needs |= {m.name: (listwise_deployment_name(m.name),) for m in config.listwise_models}
     return Ingress.bind(
-        config, scorer, rankers, late_interaction, model_deployments=model_deployments(config, needs)
+        config,
+        scorer,
+        rankers,
+        late_interaction,
+        model_deployments=model_deployments(config, needs),
+        windowed=late_interaction | bi_encoders | rankers,
     )
 
 

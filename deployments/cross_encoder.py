@@ -18,6 +18,7 @@ from ray import serve
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.checkpoints import sequence_limit
+from scoring.chunking import WindowBudget
 from scoring.config import CrossEncoderModelConfig
 from scoring.cross_encoder import (
     CrossEncoderHead,
@@ -87,6 +88,10 @@ class CrossEncoder(EngineReplica):
             document_tokens=tokens,
             query_cache_hit=False,
         )
+
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents into windows that fit a pair beside the query."""
+        return self._tokens.window_budget(self._model.resolved_tokenizer())
 
     async def _logit(self, pair: PairInput) -> float:
         from vllm import PoolingParams

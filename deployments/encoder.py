@@ -25,6 +25,7 @@ from ray import serve
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.checkpoints import encoding_in_force, load_checkpoint, sequence_limit
+from scoring.chunking import WindowBudget
 from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
@@ -72,6 +73,7 @@ class Encoder(EngineReplica):
         )
         from transformers import AutoTokenizer
 
+        self._tokenizer_path = tokenizer_path
         model_config = self._engine.model_config
         self._dim = encoding.embedding_dim
         self._tokens = LateInteractionTokenizer(AutoTokenizer.from_pretrained(tokenizer_path), encoding,
@@ -120,6 +122,10 @@ class Encoder(EngineReplica):
     def stats(self) -> dict:
         """Document cache counters of this replica."""
         return {"encoder_document_cache": asdict(self._documents.stats())}
+
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents into windows this model encodes whole."""
+        return self._tokens.window_budget(self._tokenizer_path)
 
     def encoding(self) -> dict:
         """The encoding settings in force (the checkpoint's, overridden by the config's keys), for /v1/models."""

@@ -20,6 +20,7 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
+from scoring.chunking import WindowBudget
 from scoring.config import LOGIT_TEMPLATES, GenerativeModelConfig
 from scoring.generative import (
     GenerativeJob,
@@ -30,7 +31,7 @@ from scoring.generative import (
     template_scores,
 )
 from scoring.protocol import MAX_LABEL_TOKEN_IDS
-from scoring.templates import TokenIds, build_template, label_token_ids
+from scoring.templates import TEMPLATES_WITH_INSTRUCTION, TokenIds, build_template, label_token_ids
 
 logger = logging.getLogger("ray.serve")
 
@@ -68,6 +69,7 @@ class Generative(EngineReplica):
         self._template = build_template(
             model.template, tokenizer, self._info.max_model_len, model.instruction, model.max_tokens_per_doc
         )
+        self._tokenizer = tokenizer
         self._raw = build_template("raw", tokenizer, self._info.max_model_len)
         self._prefixes_in_flight: dict[tuple[int, ...], asyncio.Future] = {}
         warm_up = time.perf_counter()
@@ -84,6 +86,22 @@ class Generative(EngineReplica):
 
     def info(self) -> GenerativeModelInfo:
         return self._info
+
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents into windows that fit a prompt beside the query: the
+        template's own tokens are measured on a prompt with an empty document (whatever the template)."""
+        probe = "query"
+        fixed = len(self._template.prompts(probe, [""])[0]) - self._count(probe)
+        slot = self._model.template in TEMPLATES_WITH_INSTRUCTION
+        return WindowBudget(
+            self._model.resolved_tokenizer(),
+            document_tokens=self._info.max_model_len - 1 - fixed,
+            query_shares_input=True,
+            instruction_tokens=self._count(self._model.instruction or "") if slot else 0,
+        )
+
+    def _count(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def score(self, job: GenerativeJob) -> GenerativeOutcome:
         """The first label's probability for every item, in input order."""

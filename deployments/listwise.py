@@ -31,6 +31,7 @@ from scoring.listwise import (
     merge_blocks,
     split_engine_rows,
 )
+from scoring.chunking import WindowBudget
 from scoring.messages import ScoreOutcome
 
 logger = logging.getLogger("ray.serve")
@@ -68,6 +69,7 @@ class Listwise(EngineReplica):
                 "Listwise %s: query/document limits %s lowered to %s to fit max_model_len %d",
                 model.name, wanted, (max_query, max_doc), max_length,
             )
+        self._max_doc = max_doc
         self._prompts = ListwisePrompts(tokenizer, max_length, max_query, max_doc, model.block_size, model.instruction)
         warm_up = time.perf_counter()
         await self.score("warm-up", ["warm-up"])
@@ -81,6 +83,11 @@ class Listwise(EngineReplica):
             max_doc,
             model.block_size,
         )
+
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents: a passage's own limit. The query has a place of its own in
+        the prompt, and the model's block rule fits the passages (windows among them) into prompts."""
+        return WindowBudget(self._model.resolved_tokenizer(), document_tokens=self._max_doc)
 
     async def score(
         self,

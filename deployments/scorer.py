@@ -135,16 +135,22 @@ class Scorer:
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
     async def _encode_query_batch(self, queries: list[QuerySpec]) -> list[tuple[np.ndarray, int]]:
-        """Query misses of concurrent requests, one encoder call per (model, max_tokens): (rows, input tokens)."""
+        """Query misses of concurrent requests, one encoder call per (model, max_tokens, instruction): (rows, input
+        tokens)."""
         service_metrics().batch("encode_queries", len(queries))
-        groups: dict[tuple[str, int | None], list[int]] = {}
+        groups: dict[tuple[str, int | None, str | None], list[int]] = {}
         for i, query in enumerate(queries):
-            groups.setdefault((query.model, query.max_tokens), []).append(i)
+            groups.setdefault((query.model, query.max_tokens, query.instruction), []).append(i)
         results: list[tuple[np.ndarray, int]] = [(np.empty(0), 0)] * len(queries)
         encoded = await asyncio.gather(
             *(
-                self._encoders[model].encode_queries.remote([queries[i].text for i in indices], max_tokens)
-                for (model, max_tokens), indices in groups.items()
+                self._encoders[model].encode_queries.remote(
+                    [queries[i].text for i in indices],
+                    max_tokens,
+                    # only models with a query prompt take one (the ingress refuses it for the others)
+                    **({} if instruction is None else {"instruction": instruction}),
+                )
+                for (model, max_tokens, instruction), indices in groups.items()
             )
         )
         for indices, packed in zip(groups.values(), encoded):

@@ -32,7 +32,28 @@ ModelName = Annotated[
 WEIGHTS_DESCRIPTION = "Local path, hub id, or `package:<python package>` for weights shipped inside a package."
 
 
-class _EngineConfig(_Strict):
+class _LongDocumentSettings(_Strict):
+    """How a model's requests treat documents longer than its document length (a request may say otherwise)."""
+
+    long_documents: Literal["truncate", "chunk"] = Field(
+        default="truncate",
+        description="`truncate`: a long document is scored by its first window (cut to the model's length); "
+        "`chunk`: it is split into windows of the model's document length on the model's tokenizer, overlapping by "
+        "`chunk_overlap` tokens, each scored (and cached) as a document, and it takes its best window's score. A "
+        "cascade chunks in its first stage and its second stage scores the winning window.",
+    )
+    chunk_overlap: int = Field(
+        default=32,
+        ge=0,
+        description="Tokens each window shares with the one before; an overlap of a whole window or more becomes "
+        "half a window.",
+    )
+    max_chunks_per_doc: int = Field(
+        default=64, ge=1, description="Windows one document may become; a longer document is a 413 naming it."
+    )
+
+
+class _EngineConfig(_LongDocumentSettings):
     """What every model served by a vLLM engine has: weights, tokenizer, lengths, engine settings."""
 
     tokenizer: str | None = Field(default=None, description="Tokenizer path or id; defaults to `model`.")
@@ -315,7 +336,7 @@ CASCADE_FIRST_KINDS = ("late_interaction", "bi_encoder", "cross_encoder")
 CASCADE_THEN_KINDS = ("cross_encoder", "generative")
 
 
-class CascadeModelConfig(_Strict):
+class CascadeModelConfig(_LongDocumentSettings):
     """Two stages in one request: a first model ranks every document, a second one rescores the best `candidates`."""
 
     name: ModelName

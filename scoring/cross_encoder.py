@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
+from scoring.chunking import WindowBudget
 from scoring.requests import tightest
 
 SIGMOID = "torch.nn.Sigmoid"
@@ -125,6 +126,16 @@ class CrossEncoderTokenizer:
             for i, ids in enumerate(encoded["input_ids"])
         ]
 
+    def window_budget(self, tokenizer: str) -> WindowBudget:
+        """The document text one pair holds: the pair's length less its special tokens and the query."""
+        return WindowBudget(
+            tokenizer,
+            document_tokens=self._max_model_len - self._specials,
+            document_limit=self._max_doc,
+            query_shares_input=True,
+            query_limit=tightest(self._max_query, self._max_model_len - self._specials - 1),
+        )
+
     def _cut_query(self, query: str, limit: int | None) -> tuple[str, int]:
         """The query text cut after its `limit`-th token (by character offsets, so the text is unchanged up to
         there), and its token count."""
@@ -178,6 +189,19 @@ class Qwen3RerankerPairs:
         self._max_doc = max_tokens_per_doc
         self._assistant = QWEN3_RERANKER_ASSISTANT
         self._document_ids, self._assistant_ids = self._encode([self.DOCUMENT, QWEN3_RERANKER_ASSISTANT])
+
+    def window_budget(self, tokenizer: str) -> WindowBudget:
+        """The document text one pair holds beside the template (its configured instruction counted: a request's
+        own takes its place) and the query."""
+        fixed = sum(len(ids) for ids in self._encode([self.query_text(""), self.DOCUMENT, self._assistant]))
+        return WindowBudget(
+            tokenizer,
+            document_tokens=self._max_model_len - fixed,
+            document_limit=self._max_doc,
+            query_shares_input=True,
+            query_limit=self._max_query,
+            instruction_tokens=len(self._encode([self._instruction])[0]),
+        )
 
     def query_text(self, query: str, instruction: str | None = None) -> str:
         from scoring.templates import QWEN3_RERANKER_SYSTEM

@@ -32,7 +32,7 @@ class GenerativeJob:
     max_query_tokens: int | None = None
     max_item_tokens: int | None = None
     raw_prompt: bool = False
-    instruction: str | None = None  # None: the model's configured instruction
+    instruction: str | None = None  # the template's instruction line for this job; None: the model's
 
 
 @dataclass(frozen=True)

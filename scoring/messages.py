@@ -30,16 +30,18 @@ Item = Union[str, ImageInput]
 
 @dataclass(frozen=True)
 class QuerySpec:
-    """A query as the scorer caches it: its embedding depends on the model, the text (or image: its digest) and the
-    truncation."""
+    """A query as the scorer caches it: its embedding depends on the model, the text (or image: its digest), the
+    truncation and a request's instruction (a bi-encoder's query prompt)."""
 
     model: str
     text: Item
     max_tokens: int | None = None
+    instruction: str | None = None
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", content_key(self.model, self.text, self.max_tokens))
+        instructed = () if self.instruction is None else (self.instruction,)
+        object.__setattr__(self, "key", content_key(self.model, self.text, self.max_tokens, *instructed))
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,5 @@ class ScoreOutcome:
     query_cache_hit: bool
     document_cache_hits: int = 0
     order: list[int] | None = None  # a cascade's final order, best first; None: by score
+    # long documents chunked: each document's winning window as (start, end) character offsets; None: not chunked
+    chunks: list[tuple[int, int] | None] | None = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AliasChoices,
@@ -35,9 +35,16 @@ class _Response(BaseModel):
 
 
 class DocumentObject(_Request):
-    """A document given as an object (Jina / vLLM accept `{"text": ...}`)."""
+    """A document given as an object: `{"text": ...}` (Jina / vLLM), or a record of string fields (`{"title": ...,
+    "text": ...}`) whose fields named by the request's `rank_fields` are scored; a record is echoed back unchanged."""
 
-    text: StrictStr
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    text: StrictStr | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The object as the client sent it."""
+        return self.model_dump(exclude_unset=True)
 
 
 Document = Union[StrictStr, DocumentObject]
@@ -78,7 +85,8 @@ class ContentObject(_Request):
 def _input_kind(value) -> str:
     """Which shape a query or document has, so that a bad one gets the errors of its own shape only."""
     if isinstance(value, dict):
-        return "content" if "content" in value else "text"
+        # a record may have a string field named `content`: only a list of parts makes a content object
+        return "content" if isinstance(value.get("content"), list) else "text"
     return "str"
 
 
@@ -96,6 +104,8 @@ ScoreInput = Annotated[
 def _a_list(value):
     """One query or document given alone is a list of one, as vLLM takes it."""
     return [value] if isinstance(value, str) or (isinstance(value, dict) and "content" in value) else value
+
+
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
@@ -108,10 +118,59 @@ _EXAMPLE = {
 
 
 def _examples(**fields) -> ConfigDict:
-    return ConfigDict(json_schema_extra={"examples": [{**_EXAMPLE, **fields}]})
+    """The request examples /docs shows: the plain one, and one for each of long documents, records and an
+    instruction."""
+    return ConfigDict(
+        json_schema_extra={
+            "examples": [{**_EXAMPLE, **fields, **extra} for extra in ({}, _CHUNKED, _RECORDS, _INSTRUCTED)]
+        }
+    )
 
 
-class _RerankFields(_Request):
+LongDocuments = Literal["truncate", "chunk"]
+_CHUNKED = {"long_documents": "chunk", "max_chunks_per_doc": 8}
+_RECORDS = {
+    "documents": [
+        {"title": "Paris", "text": "Paris is the capital of France.", "url": "https://example.org/paris"},
+        {"title": "Berlin", "text": "Berlin is in Germany.", "url": "https://example.org/berlin"},
+    ],
+    "rank_fields": ["title", "text"],
+}
+_INSTRUCTED = {"model": "qwen3-reranker", "instruction": "Given a question, retrieve passages that answer it"}
+
+
+class DocumentOptions(_Request):
+    """How documents are read and scored: long documents, structured documents, a task instruction."""
+
+    long_documents: LongDocuments | None = Field(
+        default=None,
+        description="A document longer than the model's document length: `truncate` scores its first window; "
+        "`chunk` splits it into overlapping token windows and scores it as its best one, whose character span comes "
+        "back in the result's `chunk`. Null: the model's `long_documents` setting.",
+        examples=["chunk"],
+    )
+    max_chunks_per_doc: PositiveInt | None = Field(
+        default=None,
+        description="With `chunk`: a document of more windows than this is a 413 naming it. Null: the model's "
+        "`max_chunks_per_doc`.",
+        examples=[8],
+    )
+    rank_fields: list[StrictStr] | None = Field(
+        default=None,
+        min_length=1,
+        description="Documents are objects of string fields; these fields are scored, in this order, as "
+        "`field: value` lines. Each result echoes its object unchanged.",
+        examples=[["title", "text"]],
+    )
+    instruction: StrictStr | None = Field(
+        default=None,
+        description="The task instruction, for models that take one (a generative template's instruction line, a "
+        "bi-encoder's query prompt); the model's configured one when null. A model without one answers 400.",
+        examples=["Given a question, retrieve passages that answer it"],
+    )
+
+
+class _RerankFields(DocumentOptions):
     model: StrictStr | None = Field(
         default=None, description="Model name from the service config; the first model when omitted."
     )
@@ -167,12 +226,15 @@ class RerankV2Request(_RerankFields):
         return value
 
 
-class ScoreRequest(_Request):
+class ScoreRequest(DocumentOptions):
     """`POST /v1/score` and `/score`: vLLM's shape. 1:1, 1:N (one query) or N:N (pairwise)."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"model": _EXAMPLE["model"], "queries": _EXAMPLE["query"], "documents": _EXAMPLE["documents"]}]
+            "examples": [
+                {"model": _EXAMPLE["model"], "queries": _EXAMPLE["query"], "documents": _EXAMPLE["documents"], **extra}
+                for extra in ({}, _CHUNKED, _RECORDS, _INSTRUCTED)
+            ]
         }
     )
 
@@ -201,8 +263,10 @@ def _response_example(example: dict) -> ConfigDict:
 
 
 _RESULTS_EXAMPLE = [
-    {"index": 0, "relevance_score": 7.51, "document": {"text": "Paris is the capital of France."}},
-    {"index": 1, "relevance_score": 3.38, "document": {"text": "Berlin is in Germany."}},
+    {"index": 0, "relevance_score": 7.51, "document": {"text": "Paris is the capital of France."},
+     "chunk": {"start": 0, "end": 31}},
+    {"index": 1, "relevance_score": 3.38, "document": {"text": "Berlin is in Germany."},
+     "chunk": {"start": 0, "end": 21}},
 ]
 _SCORE_EXAMPLE = {
     "id": "score-5d8e0c6f2b1a4e7d9c3b2a1f0e9d8c7b",
@@ -228,10 +292,24 @@ class DocumentText(_Response):
     multi_modal: list[EchoedPart] | None = None
 
 
+class ChunkSpan(_Response):
+    """The window of a chunked document that gave its score: characters `start` to `end` (exclusive) of the
+    document (of its `rank_fields` text for a record)."""
+
+    start: int
+    end: int
+
+
+_CHUNK_DESCRIPTION = "With `long_documents: chunk`: the best window's character span; absent otherwise."
+
+
 class RerankResult(_Response):
     index: int
     relevance_score: float
-    document: DocumentText | None = None
+    document: DocumentText | dict[str, Any] | None = Field(
+        default=None, description="The document: `{\"text\"}`, or a record as it was sent (with `rank_fields`)."
+    )
+    chunk: ChunkSpan | None = Field(default=None, description=_CHUNK_DESCRIPTION)
 
 
 class Usage(_Response):
@@ -300,6 +378,7 @@ class ScoreData(_Response):
     index: int
     object: Literal["score"] = "score"
     score: float
+    chunk: ChunkSpan | None = Field(default=None, description=_CHUNK_DESCRIPTION)
 
 
 class ScoreResponse(_Response):

@@ -15,6 +15,7 @@ from scoring.config import AppConfig, ModelConfig
 from scoring.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
 from scoring.messages import Item
 from scoring.protocol import (
+    ChunkSpan,
     ContentObject,
     Document,
     DocumentObject,
@@ -26,6 +27,7 @@ from scoring.protocol import (
     TextPart,
 )
 from scoring.ranking import rank
+from scoring.records import object_text, record_text
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,20 @@ def resolve_model(config: AppConfig, name: str | None) -> ModelConfig:
     return model
 
 
-def request_item(value: str | DocumentObject | ContentObject, field: str) -> str | ImageRef:
+def request_item(
+    value: str | DocumentObject | ContentObject, field: str, rank_fields: Sequence[str] | None = None
+) -> str | ImageRef:
     """A wire query or document as text or an image to load. A content object is text parts only (joined by a
     newline, as vLLM joins them) or one `image_url` part alone: the ColPali-family processors take an image document
-    as one image with their own prompt, so text beside it (or a second image) has nowhere to go."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, DocumentObject):
-        return value.text
+    as one image with their own prompt, so text beside it (or a second image) has nowhere to go. With `rank_fields`
+    (documents only) every document is a record, scored by those fields."""
+    if rank_fields is not None:
+        if isinstance(value, ContentObject):
+            raise ValidationFailed(f"{field} is a content object; with rank_fields every document is an object of "
+                                   "string fields")
+        return record_text(value, rank_fields, field)
+    if not isinstance(value, ContentObject):
+        return object_text(value, field)
     images = [part for part in value.content if isinstance(part, ImageUrlPart)]
     if not images:
         return "\n".join(part.text for part in value.content)
@@ -86,12 +94,17 @@ def request_item(value: str | DocumentObject | ContentObject, field: str) -> str
     return ImageRef(url=images[0].image_url.url, field=field)
 
 
-def document_items(documents: Sequence[Document | ContentObject]) -> list[str | ImageRef]:
-    return [request_item(d, f"documents[{i}]") for i, d in enumerate(documents)]
+def document_items(
+    documents: Sequence[Document | ContentObject], rank_fields: Sequence[str] | None = None
+) -> list[str | ImageRef]:
+    return [request_item(d, f"documents[{i}]", rank_fields) for i, d in enumerate(documents)]
 
 
-def echo(document: str | DocumentObject | ContentObject) -> DocumentText:
-    """A result's document as the client sent it; a content object as its parts (vLLM's `multi_modal`)."""
+def echo(document: str | DocumentObject | ContentObject, as_record: bool = False) -> DocumentText | dict:
+    """A result's document as the client sent it: a record (with rank_fields) as its object, a content object as
+    its parts (vLLM's `multi_modal`), else its text."""
+    if as_record and isinstance(document, DocumentObject):
+        return document.fields()
     if isinstance(document, str):
         return DocumentText(text=document)
     if isinstance(document, DocumentObject):
@@ -145,10 +158,13 @@ def check_documents(documents: Sequence[RequestItem], config: AppConfig) -> None
 
 
 def rerank_group(
-    query: str | DocumentObject | ContentObject, documents: Sequence[Document | ContentObject], config: AppConfig
+    query: str | DocumentObject | ContentObject,
+    documents: Sequence[Document | ContentObject],
+    config: AppConfig,
+    rank_fields: Sequence[str] | None = None,
 ) -> QueryGroup:
     query = request_item(query, "query")
-    texts = document_items(documents)
+    texts = document_items(documents, rank_fields)
     check_query(query, config)
     check_documents(texts, config)
     return QueryGroup(query=query, documents=texts, positions=list(range(len(texts))))
@@ -157,7 +173,7 @@ def rerank_group(
 def score_groups(request: ScoreRequest, config: AppConfig) -> tuple[list[QueryGroup], int]:
     """vLLM's /score pairing: 1:1, 1:N (one query) or N:N (pairwise). Returns the groups and pair count."""
     queries = [request_item(q, f"queries[{i}]") for i, q in enumerate(request.queries)]
-    documents = document_items(request.documents)
+    documents = document_items(request.documents, request.rank_fields)
     if not queries:
         raise ValidationFailed("queries must not be empty")
     if len(queries) == 1:
@@ -192,14 +208,30 @@ def rerank_results(
     top_n: int | None,
     return_documents: bool,
     order: Sequence[int] | None = None,
+    chunks: Sequence[tuple[int, int] | None] | None = None,
+    as_records: bool = False,
 ) -> list[RerankResult]:
-    """Results best first: by score, or in `order` when a cascade decided it; `documents` as the request gave them."""
+    """Results best first: by score, or in `order` when a cascade decided it; `documents` as the request gave them
+    (records as their objects when `as_records`). `chunks`: each document's best window (long documents chunked;
+    None for a document not cut, an image)."""
     order = rank(scores, top_n) if order is None else list(order)[: top_n or None]
     return [
         RerankResult(
             index=i,
             relevance_score=float(scores[i]),
-            document=echo(documents[i]) if return_documents else None,
+            document=echo(documents[i], as_records) if return_documents else None,
+            chunk=ChunkSpan(start=chunks[i][0], end=chunks[i][1]) if chunks is not None and chunks[i] else None,
         )
         for i in order
     ]
+
+
+def place_chunks(
+    groups: Sequence[QueryGroup], group_chunks: Sequence[Sequence[tuple[int, int]] | None], count: int
+) -> list[tuple[int, int] | None]:
+    """Scatter each group's winning windows back to the positions of its pairs (None where not chunked)."""
+    out: list[tuple[int, int] | None] = [None] * count
+    for group, chunks in zip(groups, group_chunks):
+        for position, chunk in zip(group.positions, chunks or ()):
+            out[position] = chunk
+    return out

@@ -28,6 +28,9 @@ from typing import Protocol, Sequence, Union
 TokenIds = list[int]
 Text = Union[str, TokenIds]
 
+# the templates with an instruction line: a request's `instruction` replaces the model's configured one
+TEMPLATES_WITH_INSTRUCTION = frozenset({"qwen3-reranker", "bge-reranker-v2-gemma", "mxbai-rerank-v2"})
+
 QWEN3_RERANKER_SYSTEM = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
     'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
