@@ -30,10 +30,11 @@ Item = Union[str, ImageInput]
 
 @dataclass(frozen=True)
 class QuerySpec:
-    """A query as the scorer caches it: its embedding depends on the model, the text and the truncation."""
+    """A query as the scorer caches it: its embedding depends on the model, the text (or image: its digest) and the
+    truncation."""
 
     model: str
-    text: str
+    text: Item
     max_tokens: int | None = None
     key: str = field(init=False)
 
@@ -43,9 +44,9 @@ class QuerySpec:
 
 @dataclass(frozen=True)
 class DocumentSpec:
-    """The documents of one request, as text: the scorer finds or makes their embeddings."""
+    """The documents of one request, texts or images: the scorer finds or makes their embeddings."""
 
-    texts: list[str]
+    texts: list[Item]
     max_tokens: int | None = None
 
 
@@ -54,7 +55,7 @@ class EncodeJob:
     """Documents of one request that missed the document cache, waiting to be batched for the encoders."""
 
     model: str
-    texts: list[str]
+    texts: list[Item]
     max_tokens: int | None
     estimated_tokens: int
 
