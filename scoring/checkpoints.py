@@ -272,7 +272,9 @@ def stanford_engine_layout(path: Path, cache_dir: str | Path | None = None) -> P
     return converted_copy(path, weights, lambda out: _write_engine_layout(path, weights, out), cache_dir)
 
 
-def converted_copy(path: Path, weights: Path, write: Callable[[Path], None], cache_dir: str | Path | None = None) -> Path:
+def converted_copy(
+    path: Path, weights: Path, write: Callable[[Path], None], cache_dir: str | Path | None = None
+) -> Path:
     """The folder `write(folder)` fills with a converted copy of the checkpoint at `path`. Written once per checkpoint
     version (keyed by path, weights size and time), atomically: replicas starting together on one node write it at
     most once each and all read a complete copy."""
@@ -356,6 +358,11 @@ def _lookup(settings: dict[str, Any]) -> Callable[[str, Any], Any]:
         return default if value is None else value
 
     return get
+
+
+def checkpoint_config(path: Path) -> dict[str, Any]:
+    """The config.json of the checkpoint folder `path`."""
+    return _read_json(path / "config.json")
 
 
 def _read_json(path: Path) -> Any:

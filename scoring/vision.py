@@ -14,8 +14,8 @@ ids built here, and vLLM places the image's embeddings on the `<image>` run it f
 
 transformers 5 saves ColModernVBert with its settings under `vlm_config` and weights under `vlm.*` /
 `embedding_proj_layer`; vLLM 0.32 reads the original layout (model_type `modernvbert`, `text_config` /
-`vision_config` at the top, `model.*` weights, `custom_text_proj`): a converted copy in the cache folder, as for Stanford ColBERT. A checkpoint already in
-vLLM's layout is loaded as it is. No Ray or vLLM import here.
+`vision_config` at the top, `model.*` weights, `custom_text_proj`): a converted copy in the cache folder, as for
+Stanford ColBERT. A checkpoint already in vLLM's layout is loaded as it is. No Ray or vLLM import here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from scoring.checkpoints import CheckpointError, _read_json, converted_copy
+from scoring.checkpoints import CheckpointError, checkpoint_config, converted_copy
 
 VISION_ARCHITECTURES = {"ColModernVBertForRetrieval": "colmodernvbert"}
 AUGMENTATION_COUNT = 10  # process_queries' default suffix: the augmentation token ten times
@@ -57,8 +57,16 @@ class VisionEncoding:
     query_augmentation_count: int
     embedding_dim: int
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_dict(self, max_model_len: int) -> dict[str, Any]:
+        """The settings as /v1/models shows a late-interaction encoding: the processor's, in the text fields' terms
+        (no markers, no skiplist, texts cut at the engine's length)."""
+        settings = asdict(self)
+        family = settings.pop("family")
+        return {
+            "format": family, "document_prefix": "", "query_length": max_model_len, "document_length": None,
+            "query_expansion": self.query_augmentation_count > 0, "attend_to_expansion_tokens": True,
+            "skiplist_words": [], **settings,
+        }
 
 
 def vision_family(config: dict[str, Any]) -> str | None:
@@ -72,7 +80,7 @@ def vision_family(config: dict[str, Any]) -> str | None:
 def vision_engine_layout(path: Path, cache_dir: str | Path | None = None) -> Path:
     """The folder vLLM loads the ColModernVBert checkpoint at `path` from: itself when it is in vLLM's layout,
     else a converted copy (written once per checkpoint version)."""
-    config = _read_json(path / "config.json")
+    config = checkpoint_config(path)
     if "vlm_config" not in config:
         return path
     weights = path / "model.safetensors"
