@@ -39,6 +39,7 @@ from scoring.errors import (
     describe_validation_errors,
     error_body,
 )
+from scoring.media import MediaLoader
 from scoring.messages import ScoreOutcome
 from scoring.protocol import (
     Health,
@@ -166,6 +167,7 @@ class Ingress:
             on_response=request_recorder(frozenset(route.path for route in api.routes)),
         )
         self._scorer = scorer
+        self._media = MediaLoader.for_app(config)
         self._backends = build_backends(config, scorer, self._rankers, self._backend)
         self._created = int(time.time())
 
@@ -176,6 +178,7 @@ class Ingress:
         request = _parse(RerankRequest, request)
         model = resolve_model(self._config, request.model)
         group = rerank_group(request.query, request.documents, self._config)
+        (group,) = await self._media.resolve(model.name, [group])
         (outcome,) = await self._score(
             model, [group], request.max_tokens_per_query, request.max_tokens_per_doc
         )
@@ -184,7 +187,7 @@ class Ingress:
             model=model.name,
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
             results=rerank_results(
-                outcome.scores, group.documents, request.top_n, request.return_documents, outcome.order
+                outcome.scores, request.documents, request.top_n, request.return_documents, outcome.order
             ),
         )
 
@@ -196,7 +199,7 @@ class Ingress:
         (outcome,) = await self._score(model, [group], None, request.max_tokens_per_doc)
         return RerankV2Response(
             results=rerank_results(
-                outcome.scores, group.documents, request.top_n, request.return_documents, outcome.order
+                outcome.scores, request.documents, request.top_n, request.return_documents, outcome.order
             ),
             meta=RerankV2Meta(tokens=Tokens(input_tokens=outcome.query_tokens + outcome.document_tokens)),
         )
@@ -208,6 +211,7 @@ class Ingress:
         if model.kind == "cascade":
             raise InvalidRequest(f"model {model.name!r} is a cascade, which ranks; use /v1/rerank or /v2/rerank")
         groups, count = score_groups(request, self._config)
+        groups = await self._media.resolve(model.name, groups)
         outcomes = await self._score(model, groups, request.max_tokens_per_query, request.max_tokens_per_doc)
         scores = place_scores(groups, [o.scores for o in outcomes], count)
         tokens = sum(o.query_tokens + o.document_tokens for o in outcomes)

@@ -333,6 +333,72 @@ class BatchingConfig(_Strict):
     wait_s: float = Field(default=0.004, ge=0, le=1, description="How long a batch waits for more requests.")
 
 
+ImageFormat = Literal["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+
+
+class MediaConfig(_Strict):
+    """Images in queries and documents (`{"content": [{"type": "image_url", ...}]}`). `data:image/...;base64,` URLs
+    are always read; files and downloads only where allowed here (off by default: a client cannot make the service
+    read a path or call an address of its choosing). Every image is checked before any model work: its bytes, its
+    pixel count from the header before a pixel is decoded (decompression bombs), its format, then a full decode
+    (truncated files)."""
+
+    allowed_local_media_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories `file://` URLs may read from, symlinks resolved (a path whose real path leaves "
+        "them is refused). Empty: `file://` is refused.",
+    )
+    allowed_media_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts `http(s)://` URLs may be fetched from: `host` (any port) or `host:port`, matched exactly "
+        "(no subdomains). A redirect is followed only on the same host, at most 3. Empty: no downloads.",
+    )
+    max_image_bytes: int = Field(
+        default=20 * 2**20,
+        ge=1024,
+        description="Bytes of one image file (413). 20 MiB: OpenAI's limit per image; a page scanned at 600 dpi is "
+        "well under it, and its data URL (4/3 larger) still fits `limits.max_body_bytes`.",
+    )
+    max_image_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Width x height of one image, read from its header before decoding (413). 50 megapixels: an A4 "
+        "or Letter page at 600 dpi is 35; decoding one takes at most 200 MB (RGBA), and the page processors of the "
+        "vision models shrink it to under a megapixel anyway.",
+    )
+    max_request_image_bytes: int = Field(
+        default=256 * 2**20,
+        ge=1024,
+        description="Bytes of all the images of one request together, files and downloads included (413): the "
+        "ingress holds them while the request runs.",
+    )
+    fetch_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time for one download, from connecting to the last byte."
+    )
+    allowed_formats: list[ImageFormat] = Field(
+        default_factory=lambda: ["PNG", "JPEG", "WEBP"],
+        min_length=1,
+        description="Image formats read, by content (not the URL's media type); only these decoders are tried. "
+        "Animated images (several frames) are refused: a document is one page.",
+    )
+
+    @field_validator("allowed_local_media_dirs")
+    @classmethod
+    def _absolute(cls, dirs: list[str]) -> list[str]:
+        relative = [d for d in dirs if not os.path.isabs(d)]
+        if relative:
+            raise ValueError(f"must be absolute paths (replicas run elsewhere): {', '.join(relative)}")
+        return dirs
+
+    @field_validator("allowed_media_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        bad = [h for h in hosts if not h or "/" in h or "@" in h or "*" in h]
+        if bad:
+            raise ValueError(f"a host is `name` or `name:port`, without scheme, path or wildcard: {', '.join(bad)}")
+        return [h.lower() for h in hosts]
+
+
 class AppConfig(_Strict):
     """The `args` of the application in `serve_config.yaml`."""
 
@@ -345,6 +411,7 @@ class AppConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -10,7 +10,18 @@ import time
 import uuid
 from typing import Annotated, Literal, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+    field_validator,
+)
 
 from scoring.readiness import State as ReadinessState
 
@@ -30,6 +41,61 @@ class DocumentObject(_Request):
 
 
 Document = Union[StrictStr, DocumentObject]
+
+
+class TextPart(_Request):
+    """A text part of vLLM's `{"content": [parts]}`."""
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ImageUrl(_Request):
+    url: StrictStr = Field(
+        description="`data:image/...;base64,...`; `file://` under `media.allowed_local_media_dirs`; `http(s)://` from "
+        "`media.allowed_media_hosts`."
+    )
+
+
+class ImageUrlPart(_Request):
+    """An image part of vLLM's `{"content": [parts]}` (OpenAI's chat shape)."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[Union[TextPart, ImageUrlPart], Field(discriminator="type")]
+
+
+class ContentObject(_Request):
+    """vLLM's multimodal query or document (`ScoreMultiModalParam`): text parts only (joined by newlines, as vLLM
+    joins them), or one `image_url` part alone: an image document is one page, as the ColPali-family processors take
+    it."""
+
+    content: list[ContentPart] = Field(min_length=1)
+
+
+def _input_kind(value) -> str:
+    """Which shape a query or document has, so that a bad one gets the errors of its own shape only."""
+    if isinstance(value, dict):
+        return "content" if "content" in value else "text"
+    return "str"
+
+
+# A query or a document on the routes that take images (vLLM's `ScoreInput`, plus Jina's `{"text": ...}`).
+ScoreInput = Annotated[
+    Union[
+        Annotated[StrictStr, Tag("str")],
+        Annotated[DocumentObject, Tag("text")],
+        Annotated[ContentObject, Tag("content")],
+    ],
+    Discriminator(_input_kind),
+]
+
+
+def _a_list(value):
+    """One query or document given alone is a list of one, as vLLM takes it."""
+    return [value] if isinstance(value, str) or (isinstance(value, dict) and "content" in value) else value
 NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
@@ -63,19 +129,21 @@ class RerankRequest(_RerankFields):
 
     model_config = _examples(top_n=1)
 
-    documents: list[Document] = Field(
-        description="Candidate documents: strings or `{\"text\": ...}` (one string alone is a list of one, as "
-        "vLLM takes it)."
+    query: ScoreInput = Field(
+        description="The search query: a string, `{\"text\": ...}` or `{\"content\": [parts]}` (vLLM's shape)."
     )
-    return_documents: StrictBool = Field(default=True, description="Include each document's text.")
+    documents: list[ScoreInput] = Field(
+        description="Candidate documents: strings, `{\"text\": ...}`, or `{\"content\": [parts]}` with text parts or "
+        "one `image_url` part (vLLM's shape); one document alone is a list of one, as vLLM takes it."
+    )
+    return_documents: StrictBool = Field(
+        default=True, description="Include each document: `text`, or an image document's parts as `multi_modal`."
+    )
     max_tokens_per_query: PositiveInt | None = Field(
         default=None, description="Truncate the query to this many tokens (special tokens included)."
     )
 
-    @field_validator("documents", mode="before")
-    @classmethod
-    def _one_document(cls, value):
-        return [value] if isinstance(value, str) else value
+    _one_document = field_validator("documents", mode="before")(_a_list)
 
 
 class RerankV2Request(_RerankFields):
@@ -85,6 +153,18 @@ class RerankV2Request(_RerankFields):
 
     documents: list[Document] = Field(description="Candidate documents.")
     return_documents: StrictBool = Field(default=False, description="Include each document's text.")
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _text_only(cls, value):
+        """Cohere's shape has no images: say so rather than listing what a string or `{"text"}` would need."""
+        for i, document in enumerate(value if isinstance(value, list) else []):
+            if isinstance(document, dict) and "content" in document:
+                raise ValueError(
+                    f"documents[{i}] is a content object; /v2/rerank (Cohere's shape) takes text documents only: send "
+                    "images to /v1/rerank"
+                )
+        return value
 
 
 class ScoreRequest(_Request):
@@ -99,16 +179,20 @@ class ScoreRequest(_Request):
     model: StrictStr | None = None
     # vLLM's server takes the pair under any of its four spellings: queries/documents, queries/items, text_1/text_2
     # (its older API, still what many clients send) and data_1/data_2
-    queries: StrictStr | list[StrictStr] = Field(
-        description="One query, or one query per document (also accepted as `text_1` or `data_1`, as vLLM does).",
+    queries: list[ScoreInput] = Field(
+        description="One query, or one query per document (also accepted as `text_1` or `data_1`, as vLLM does); "
+        "each a string, `{\"text\": ...}` or `{\"content\": [parts]}`.",
         validation_alias=AliasChoices("queries", "text_1", "data_1"),
     )
-    documents: StrictStr | list[Document] = Field(
-        description="One document or a list (also accepted as `items`, `text_2` or `data_2`, as vLLM does).",
+    documents: list[ScoreInput] = Field(
+        description="One document or a list (also accepted as `items`, `text_2` or `data_2`, as vLLM does); each "
+        "like a query, images as one `image_url` part.",
         validation_alias=AliasChoices("documents", "items", "text_2", "data_2"),
     )
     max_tokens_per_doc: PositiveInt | None = None
     max_tokens_per_query: PositiveInt | None = None
+
+    _one_each = field_validator("queries", "documents", mode="before")(_a_list)
 
 
 def _response_example(example: dict) -> ConfigDict:
@@ -130,8 +214,18 @@ _SCORE_EXAMPLE = {
 }
 
 
+class EchoedPart(_Response):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: dict[str, str] | None = None
+
+
 class DocumentText(_Response):
-    text: str
+    """A result's document as the client sent it: `text`, or (vLLM's `RerankDocument`) a content object's parts as
+    `multi_modal`."""
+
+    text: str | None = None
+    multi_modal: list[EchoedPart] | None = None
 
 
 class RerankResult(_Response):
