@@ -4,12 +4,14 @@ given by path alone, through a real vLLM engine and Ray Serve, scored as its own
 The reference is transformers' own classes on the same checkpoint: `ColModernVBertProcessor.process_images` for image
 documents, `process_queries` for queries, the processor's tokenization for text documents,
 `ColModernVBertForRetrieval` for the embeddings and `processor.score_retrieval` for the scores (float32).
-Images reach the deployments as the ingress hands them on (`ImageInput`: the file's bytes and their SHA-256).
+Images are sent over HTTP as data URLs and file URLs (the media branch's request shape), and to the deployments'
+handles as the ingress hands them on (`ImageInput`: the file's bytes and their SHA-256).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import shutil
@@ -81,8 +83,26 @@ def reference(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def vision_app(serve_instance, checkpoint):
-    """The checkpoint by path alone (plus this machine's memory settings), in one app."""
+def pages(tmp_path_factory):
+    """A folder the app may read `file://` pages from."""
+    return tmp_path_factory.mktemp("pages")
+
+
+def data_url(image: ImageInput) -> dict:
+    url = f"data:{image.mime};base64," + base64.b64encode(image.data).decode()
+    return {"content": [{"type": "image_url", "image_url": {"url": url}}]}
+
+
+def file_url(image: ImageInput, folder) -> dict:
+    path = folder / f"{image.digest[:12]}.{image.mime.split('/')[1]}"
+    path.write_bytes(image.data)
+    return {"content": [{"type": "image_url", "image_url": {"url": path.as_uri()}}]}
+
+
+@pytest.fixture(scope="module")
+def vision_app(serve_instance, checkpoint, pages):
+    """The checkpoint by path alone (plus this machine's memory settings), in one app that reads files from
+    `pages`."""
     from ray import serve
 
     from deployments.app import build_app
@@ -93,6 +113,7 @@ def vision_app(serve_instance, checkpoint):
         "models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
                     "cpu_kv_cache_bytes": 67108864, "max_model_len": 128}],
         "cache": {"document_dtype": "float32"},  # fp16 storage would round scores past 1e-4
+        "media": {"allowed_local_media_dirs": [str(pages)]},
     }
     try:
         serve.run(build_app(args), name="vision", route_prefix="/vision")
@@ -162,6 +183,35 @@ def test_concurrent_requests_image_documents_score_as_transformers(vision_app, r
     results = asyncio.run(all_at_once())
     for docs, result in zip(requests, results):
         np.testing.assert_allclose(result[0].scores, reference.scores(QUERIES[0], docs), atol=1e-4, rtol=0)
+
+
+def _rerank(url: str, query, documents: list) -> np.ndarray:
+    r = httpx.post(f"{url}/v1/rerank", json={"model": MODEL, "query": query, "documents": documents,
+                                             "return_documents": False}, timeout=120)
+    assert r.status_code == 200, r.text
+    got = {result["index"]: result["relevance_score"] for result in r.json()["results"]}
+    return np.array([got[i] for i in range(len(documents))])
+
+
+def test_image_rerank_over_http_scores_as_transformers_fresh_and_cached(vision_app, reference, pages):
+    images = [page(20), page(21, (120, 30), "JPEG"), page(22, (16, 16))]
+    documents = [data_url(images[0]), TEXTS[0], file_url(images[1], pages), data_url(images[2])]
+    expected = reference.scores(QUERIES[0], [images[0], TEXTS[0], images[1], images[2]])
+    for _ in range(2):  # fresh, then from the caches
+        np.testing.assert_allclose(_rerank(vision_app, QUERIES[0], documents), expected, atol=1e-4, rtol=0)
+
+
+def test_a_page_as_data_url_then_file_url_is_one_entry(vision_app, reference, pages):
+    scorer, _ = _handles()
+    image = page(30)
+    first = _rerank(vision_app, QUERIES[1], [data_url(image)])
+    before = scorer.stats.remote().result()["document_cache"]
+    second = _rerank(vision_app, QUERIES[1], [file_url(image, pages)])
+    after = scorer.stats.remote().result()["document_cache"]
+    assert (after["entries"], after["bytes"]) == (before["entries"], before["bytes"])
+    assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"])
+    np.testing.assert_array_equal(second, first)
+    np.testing.assert_allclose(first, reference.scores(QUERIES[1], [image]), atol=1e-4, rtol=0)
 
 
 def test_text_rerank_over_http_scores_as_transformers(vision_app, reference):
