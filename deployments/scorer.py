@@ -62,6 +62,7 @@ class Scorer:
         )
         self._model_dims: dict[str, int] = {}  # learned from each model's first encoder output
         self._image_tokens: dict[str, int] = {}  # an image document's tokens, asked of a model's encoder once
+        self._encode_batches = {"batches": 0, "jobs": 0}  # document encode batches, and the requests' jobs in them
         self._in_flight: dict[str, asyncio.Future] = {}
         self._kernels: dict[int, MaxSimScorer] = {}
         self._encode_batch.set_max_batch_size(config.batching.max_batch_tokens)
@@ -104,6 +105,7 @@ class Scorer:
             "document_cache": asdict(self._document_stats()),
             "device": self._device_name(),
             "rss_bytes": resident_bytes(),
+            "encode_batches": dict(self._encode_batches),
         }
 
     def record_routing_stats(self) -> dict:
@@ -183,6 +185,8 @@ class Scorer:
         """Per job, its documents' entries in the store (pinned): every encoder output of the batch goes into
         the store in one write."""
         service_metrics().batch("encode_documents", len(jobs))
+        self._encode_batches["batches"] += 1
+        self._encode_batches["jobs"] += len(jobs)
         calls = plan_encode_calls(jobs, self._config.batching.chunk_tokens, self._image_tokens)
         results = await asyncio.gather(
             *(self._encoders[c.model].encode_documents.remote(c.texts, c.max_tokens) for c in calls)

@@ -172,17 +172,22 @@ def test_the_same_image_from_two_urls_is_one_cache_entry(vision_app, reference):
     assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
 
 
-def test_concurrent_requests_image_documents_score_as_transformers(vision_app, reference):
+def test_concurrent_requests_image_documents_are_batched_and_score_as_transformers(vision_app, reference):
     scorer, _ = _handles()
-    requests = [[page(100 + 3 * i), page(101 + 3 * i), TEXTS[0]] for i in range(6)]
+    requests = [[page(100 + 3 * i), page(101 + 3 * i), TEXTS[0]] for i in range(8)]
+    before = scorer.stats.remote().result()["encode_batches"]
 
     async def all_at_once():
         return await asyncio.gather(*(scorer.score.remote([QuerySpec(MODEL, QUERIES[0])], [DocumentSpec(docs)])
                                       for docs in requests))
 
     results = asyncio.run(all_at_once())
+    after = scorer.stats.remote().result()["encode_batches"]
     for docs, result in zip(requests, results):
         np.testing.assert_allclose(result[0].scores, reference.scores(QUERIES[0], docs), atol=1e-4, rtol=0)
+    # every request with documents to encode is one job; jobs arriving together share a batch
+    jobs, batches = after["jobs"] - before["jobs"], after["batches"] - before["batches"]
+    assert jobs == len(requests) and batches < jobs
 
 
 def _rerank(url: str, query, documents: list) -> np.ndarray:
