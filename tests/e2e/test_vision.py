@@ -219,6 +219,13 @@ def test_a_page_as_data_url_then_file_url_is_one_entry(vision_app, reference, pa
     np.testing.assert_allclose(first, reference.scores(QUERIES[1], [image]), atol=1e-4, rtol=0)
 
 
+def test_an_image_query_is_encoded_as_process_images_encodes_it(vision_app, reference):
+    image = page(40)
+    query = reference.document(image).unsqueeze(0)  # a page as the query: the visual prompt, as process_images
+    expected = [reference.processor.score_retrieval(query, [reference.document(t)])[0, 0].item() for t in TEXTS]
+    np.testing.assert_allclose(_rerank(vision_app, data_url(image), TEXTS), expected, atol=1e-4, rtol=0)
+
+
 def test_text_rerank_over_http_scores_as_transformers(vision_app, reference):
     r = httpx.post(f"{vision_app}/v1/rerank", json={"model": MODEL, "query": QUERIES[0], "documents": TEXTS},
                    timeout=120)

@@ -99,6 +99,8 @@ def test_family_from_architectures(checkpoint):
     assert vision_family(json.loads((checkpoint / "config.json").read_text())) == "colmodernvbert"
     assert vision_family({"architectures": ["BertModel"]}) is None
     assert vision_family({}) is None
+    with pytest.raises(CheckpointError, match="ColPaliForRetrieval checkpoints are not served yet"):
+        vision_family({"architectures": ["ColPaliForRetrieval"]})
 
 
 def test_engine_layout_is_vllms(checkpoint, tmp_path):
