@@ -34,7 +34,7 @@ from scoring.errors import InvalidRequest
 from scoring.expansion import MaskedExpansionQueries
 from scoring.messages import ImageInput, Item
 from scoring.tokens import LateInteractionTokenizer
-from scoring.vision import VisionProcessor, vision_engine_layout, vision_family
+from scoring.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
 
 logger = logging.getLogger("ray.serve")
 
@@ -117,6 +117,7 @@ class Encoder(EngineReplica):
         from deployments.vision import register_prompt_placeholders
 
         model = self._model
+        check_no_text_settings(model)
         register_prompt_placeholders()
         self._engine = start_engine(
             model,

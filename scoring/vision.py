@@ -149,6 +149,21 @@ def _check_defaults(path: Path, text: dict[str, Any]) -> None:
             )
 
 
+# the text ColBERT settings of a late_interaction model entry: a vision checkpoint's encoding is its processor's
+TEXT_SETTINGS = ("query_prefix", "document_prefix", "max_tokens_per_query", "max_tokens_per_doc", "query_expansion",
+                 "attend_to_expansion_tokens", "skiplist_words", "tokenizer")
+
+
+def check_no_text_settings(model: Any) -> None:
+    """A vision model entry that sets a text ColBERT setting is refused at start, not silently run without it."""
+    set_keys = [key for key in TEXT_SETTINGS if getattr(model, key, None) is not None]
+    if set_keys:
+        raise CheckpointError(
+            f"model {model.name!r}: {', '.join(set_keys)} do not apply to a vision checkpoint, which is encoded as "
+            "its processor encodes (remove them)"
+        )
+
+
 class VisionProcessor:
     """Token ids (and the image) the encoder sends vLLM for ColModernVBert queries and documents, as the
     checkpoint's `ColModernVBertProcessor` builds them."""

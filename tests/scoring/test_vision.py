@@ -14,7 +14,7 @@ from safetensors import safe_open
 from scoring.batching import DEFAULT_IMAGE_TOKENS, estimate_tokens, plan_encode_calls
 from scoring.checkpoints import CheckpointError
 from scoring.messages import EncodeJob, ImageInput
-from scoring.vision import VisionProcessor, vision_engine_layout, vision_family
+from scoring.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
 from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
 
 
@@ -135,6 +135,15 @@ def test_a_text_setting_vllm_ignores_is_refused(checkpoint, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="local_attention"):
         vision_engine_layout(copy, tmp_path / "cache")
+
+
+def test_text_colbert_settings_are_refused_for_a_vision_model(checkpoint):
+    from scoring.config import LateInteractionModelConfig
+
+    check_no_text_settings(LateInteractionModelConfig(name="v", model=str(checkpoint)))
+    with pytest.raises(CheckpointError, match="query_prefix, max_tokens_per_doc do not apply"):
+        check_no_text_settings(LateInteractionModelConfig(name="v", model=str(checkpoint), query_prefix="[Q] ",
+                                                          max_tokens_per_doc=64))
 
 
 def test_an_image_counts_its_models_image_document_tokens():
