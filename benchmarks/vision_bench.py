@@ -222,6 +222,12 @@ def main() -> None:
                 rows.append(asdict(measure(server.name, server.url, workload, args.concurrency)))
         finally:
             server.stop()
+    import shutil
+
+    from scoring.vision import vision_engine_layout
+
+    shutil.rmtree(vision_engine_layout(checkpoint), ignore_errors=True)  # the converted copy in the checkpoint cache
+    shutil.rmtree(workdir, ignore_errors=True)
     print_table(rows, differences)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
