@@ -63,8 +63,8 @@ def _without_markers(text: str) -> str:
 
 
 def listwise_prompt(query: str, documents: Sequence[str], instruction: str | None = None) -> str:
-    """The model's prompt for one block: passages numbered from 0 in list order, each ended by the embed token,
-    then the query ended by the rerank token; an instruction, when given, between the two."""
+    """The model's prompt for one block: the task line with the query, an instruction when given, passages numbered
+    from 0 in list order, each ended by the embed token, then the query ended by the rerank token."""
     query = _without_markers(query)
     prompt = (
         f"I will provide you with {len(documents)} passages, each indicated by a numerical identifier. "

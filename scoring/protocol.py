@@ -395,7 +395,9 @@ class ScoreResponse(_Response):
 class LateInteractionEncoding(_Response):
     """How a late-interaction model encodes: its checkpoint's settings with the config's overrides."""
 
-    format: Literal["pylate", "stanford", "plain"] = Field(description="Where the settings were read from.")
+    format: Literal["pylate", "stanford", "plain", "colmodernvbert"] = Field(
+        description="Where the settings were read from (a vision family: its processor's settings)."
+    )
     query_prefix: str = Field(description="Marker token inserted after [CLS] in queries; empty for none.")
     document_prefix: str = Field(description="Marker token inserted after [CLS] in documents; empty for none.")
     query_length: int = Field(description="Tokens per query (markers and special tokens counted).")
@@ -404,6 +406,15 @@ class LateInteractionEncoding(_Response):
     attend_to_expansion_tokens: bool = Field(description="Whether query tokens attend to the [MASK] expansion.")
     skiplist_words: list[str] = Field(description="Tokens dropped from document embeddings before MaxSim.")
     embedding_dim: int = Field(description="Width of the token embeddings (after the projection).")
+    image_tokens: int | None = Field(default=None, description="Vision models: embeddings one image gives.")
+    image_document_tokens: int | None = Field(
+        default=None, description="Vision models: tokens of an image document, its visual prompt included."
+    )
+    visual_prompt: str | None = Field(default=None, description="Vision models: the prompt around an image.")
+    query_augmentation: str | None = Field(
+        default=None, description="Vision models: the token appended to queries (query_augmentation_count times)."
+    )
+    query_augmentation_count: int | None = Field(default=None, description="Vision models: see query_augmentation.")
 
 
 class ModelCard(_Response):

@@ -98,11 +98,13 @@ class JinaReference:
         self.decoder, self.projector = load_reference(path)
         self.max_length, self.max_query, self.max_doc, self.block_size = max_length, max_query, max_doc, block_size
 
-    def prompt(self, query: str, docs: list[str]) -> str:
+    def prompt(self, query: str, docs: list[str], instruction: str | None = None) -> str:
         clean = lambda t: t.replace("<|embed_token|>", "").replace("<|rerank_token|>", "")  # noqa: E731
         query, docs = clean(query), [clean(d) for d in docs]
         body = (f"I will provide you with {len(docs)} passages, each indicated by a numerical identifier. "
                 f"Rank the passages based on their relevance to query: {query}\n")
+        if instruction:  # the model's code puts a task instruction after the task line, before the passages
+            body += f"<instruct>\n{clean(instruction)}\n</instruct>\n"
         body += "\n".join(f'<passage id="{i}">\n{d}<|embed_token|>\n</passage>' for i, d in enumerate(docs)) + "\n"
         body += f"<query>\n{query}<|rerank_token|>\n</query>"
         return self.SYSTEM + body + "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -111,8 +113,8 @@ class JinaReference:
         ids = self.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
         return (self.tokenizer.decode(ids) if len(ids) >= limit else text), len(ids)
 
-    def block(self, query: str, docs: list[str]):
-        ids = self.tokenizer(self.prompt(query, docs))["input_ids"]
+    def block(self, query: str, docs: list[str], instruction: str | None = None):
+        ids = self.tokenizer(self.prompt(query, docs, instruction))["input_ids"]
         with torch.no_grad():
             hidden = self.decoder(input_ids=torch.tensor([ids])).last_hidden_state[0]
             markers = torch.tensor(ids)
@@ -120,7 +122,7 @@ class JinaReference:
             query_row = self.projector(hidden[markers == 151671]).double().numpy()[0]
         return query_row, docs_rows, len(ids)
 
-    def rerank(self, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
+    def rerank(self, query: str, documents: list[str], instruction: str | None = None) -> tuple[np.ndarray, int]:
         """Scores in input order and the prompts' tokens."""
         query, query_length = self.truncate(query, self.max_query)
         cut = [self.truncate(d, self.max_doc) for d in documents]
@@ -135,7 +137,7 @@ class JinaReference:
             blocks.append(block)
         queries, rows, weights, tokens = [], [], [], 0
         for docs in blocks:
-            q, d, n = self.block(query, docs)
+            q, d, n = self.block(query, docs, instruction)
             cosines = d @ q / (np.linalg.norm(d, axis=1) * np.linalg.norm(q))
             queries.append(q), rows.append(d), weights.append(((1 + cosines) / 2).max())
             tokens += n
@@ -223,12 +225,18 @@ def only_second(first: list[int], second: list[int], max_length: int) -> list[in
     return first + second[: max(max_length - len(first), 0)]
 
 
-def flag_llm_reranker(ref: CausalLMReference, query: str, passage: str, max_length: int) -> tuple[float, int]:
+BGE_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+              "providing a prediction of either 'Yes' or 'No'.")
+
+
+def flag_llm_reranker(
+    ref: CausalLMReference, query: str, passage: str, max_length: int, prompt: str = BGE_PROMPT
+) -> tuple[float, int]:
     """FlagEmbedding's FlagLLMReranker.compute_score for one pair (its defaults: "A: " / "B: ", the yes/no prompt,
-    the query cut to 3/4 of max_length), normalize=False: the "Yes" logit; and the prompt's tokens."""
+    the query cut to 3/4 of max_length), normalize=False: the "Yes" logit; and the prompt's tokens. `prompt`: its
+    `prompt` argument (the default yes/no question)."""
     tok = ref.tokenizer
-    prompt = ref.ids("Given a query A and a passage B, determine whether the passage contains an answer to the query "
-                     "by providing a prediction of either 'Yes' or 'No'.")
+    prompt = ref.ids(prompt)
     sep = ref.ids("\n")
     query_ids = tok(f"A: {query}", add_special_tokens=False, max_length=max_length * 3 // 4, truncation=True)
     passage_ids = tok(f"B: {passage}", add_special_tokens=False, max_length=max_length, truncation=True)
@@ -314,3 +322,64 @@ def test_qwen3_seq_cls_conversion_scores_as_its_model_card(client, checkpoints):
     assert [got[i] for i in range(len(DOCUMENTS))] == pytest.approx([expected[i] for i in range(len(DOCUMENTS))],
                                                                      abs=1e-4)
     assert len({round(float(v), 4) for v in expected.values()}) == len(DOCUMENTS)  # they score apart
+
+
+INSTRUCTION = "Given a question about a city, find the passage naming its country"
+
+
+def test_a_request_instruction_reaches_each_kind_with_a_slot(client, checkpoints, jina):
+    """vLLM's `instruction` field, per request: the listwise prompt's instruct block, bge-reranker-v2-gemma's
+    question (FlagEmbedding's `prompt`), the seq-cls conversion's `<Instruct>` line; each as its reference with
+    that instruction."""
+    documents = [d for d in DOCUMENTS if d != LONG]
+    expected, _ = jina.rerank(QUERY, documents, INSTRUCTION)
+    r = client.post("/v1/rerank", json={"model": "tiny-jina", "query": QUERY, "documents": documents,
+                                        "instruction": INSTRUCTION})
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    assert [got[i] for i in range(len(documents))] == pytest.approx(list(expected), abs=1e-4)
+    assert not np.allclose(expected, jina.rerank(QUERY, documents)[0], atol=1e-4)  # the instruction mattered
+
+    ref = CausalLMReference(checkpoints["gemma"])
+    ref.tokenizer.model_max_length = LLM_LEN - 1
+    gemma = [flag_llm_reranker(ref, QUERY, d, GEMMA_MAX_LENGTH, prompt=INSTRUCTION)[0] for d in documents[:3]]
+    r = client.post("/v1/score", json={"model": "tiny-bge-gemma", "queries": QUERY, "documents": documents[:3],
+                                       "instruction": INSTRUCTION})
+    assert r.status_code == 200, r.text
+    assert [d["score"] for d in r.json()["data"]] == pytest.approx(gemma, abs=1e-4)
+
+    from sentence_transformers import CrossEncoder
+
+    prefix = ('<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the '
+              'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n')
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    head = f"{prefix}<Instruct>: {INSTRUCTION}\n<Query>: {QUERY}\n"
+    card = CrossEncoder(str(checkpoints["seq_cls"]), device="cpu").predict(
+        [(head, f"<Document>: {d}{suffix}") for d in documents[:3]]
+    )
+    r = client.post("/v2/rerank", json={"model": "tiny-qwen3-seq-cls", "query": QUERY, "documents": documents[:3],
+                                        "instruction": INSTRUCTION})
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    assert [got[i] for i in range(3)] == pytest.approx(list(card), abs=1e-4)
+
+
+def test_long_documents_chunked_on_the_listwise_and_seq_cls_models(client):
+    """`long_documents: chunk` on the kinds this round added: every document scored, each result with the span of
+    its best window; the seq-cls cross-encoder's score of a long document is its best window's, sent alone."""
+    documents = [LONG, DOCUMENTS[0], DOCUMENTS[1]]
+    for model in ("tiny-jina", "tiny-qwen3-seq-cls"):
+        r = client.post("/v1/rerank", json={"model": model, "query": QUERY, "documents": documents,
+                                            "long_documents": "chunk", "max_tokens_per_doc": 24})
+        assert r.status_code == 200, (model, r.text)
+        results = {x["index"]: x for x in r.json()["results"]}
+        assert sorted(results) == [0, 1, 2]
+        start, end = results[0]["chunk"]["start"], results[0]["chunk"]["end"]
+        assert 0 <= start < end <= len(LONG) and end - start < len(LONG)  # a window, not the whole document
+        assert results[1]["chunk"] == {"start": 0, "end": len(DOCUMENTS[0])}
+    window = LONG[start:end]
+    # the same limit, so the window goes through the same cut inside the template (a whole document is tokenized
+    # with the template's text around it, a cut one apart from it)
+    alone = client.post("/v1/rerank", json={"model": "tiny-qwen3-seq-cls", "query": QUERY, "documents": [window],
+                                            "max_tokens_per_doc": 24})
+    assert results[0]["relevance_score"] == pytest.approx(alone.json()["results"][0]["relevance_score"], abs=1e-5)
