@@ -44,7 +44,8 @@ class CrossEncoder(EngineReplica):
         started = time.perf_counter()
         self._model = model
         self._m0: M0Prompts | None = None
-        if checkpoint_is_jina_m0(model):
+        jina_m0 = checkpoint_is_jina_m0(model)
+        if jina_m0:
             # images: at most two a pair (an image query and an image document), resized as the card's processor
             add_plugin_path()
             self._engine = start_engine(model, runner="pooling", pooler_config={"task": "classify"},
@@ -56,7 +57,7 @@ class CrossEncoder(EngineReplica):
         self._head = CrossEncoderHead(activation_name(model_config.hf_config, model.activation_fn))
         tokenizer = AutoTokenizer.from_pretrained(model.resolved_tokenizer())
         self._max_len = sequence_limit(model_config, tokenizer.model_max_length)
-        if checkpoint_is_jina_m0(model):
+        if jina_m0:
             self._m0 = M0Prompts(tokenizer, self._max_len, processor_kwargs(model),
                                  model.max_tokens_per_query, model.max_tokens_per_doc)
         else:
