@@ -29,7 +29,7 @@ from scoring.cross_encoder import (
     activation_name,
     check_one_label,
 )
-from scoring.jina_m0 import CARD_PROCESSOR_KWARGS, M0Pair, M0Prompts, checkpoint_is_jina_m0, processor_kwargs
+from scoring.jina_m0 import M0_ENGINE_ARGS, M0Pair, M0Prompts, checkpoint_is_jina_m0, processor_kwargs
 from scoring.messages import Item, ScoreOutcome
 
 logger = logging.getLogger("ray.serve")
@@ -46,12 +46,9 @@ class CrossEncoder(EngineReplica):
         self._m0: M0Prompts | None = None
         jina_m0 = checkpoint_is_jina_m0(model)
         if jina_m0:
-            # images: at most two a pair (an image query and an image document), resized as the card's processor
             add_plugin_path()
-            self._engine = start_engine(model, runner="pooling", pooler_config={"task": "classify"},
-                                        limit_mm_per_prompt={"image": 2}, mm_processor_kwargs=dict(CARD_PROCESSOR_KWARGS))
-        else:
-            self._engine = start_engine(model, runner="pooling", pooler_config={"task": "classify"})
+        self._engine = start_engine(model, runner="pooling", pooler_config={"task": "classify"},
+                                    **(M0_ENGINE_ARGS if jina_m0 else {}))
         model_config = self._engine.model_config
         check_one_label(model_config.hf_config, model.name)
         self._head = CrossEncoderHead(activation_name(model_config.hf_config, model.activation_fn))

@@ -35,6 +35,8 @@ CARD_MAX_QUERY_LENGTH = 512
 # the card's processor settings (`AutoProcessor.from_pretrained(..., min_pixels=3136, max_pixels=602112)`)
 CARD_PROCESSOR_KWARGS = {"min_pixels": 3136, "max_pixels": 602112}
 PIXELS_PER_TOKEN = 28 * 28  # 14-pixel patches, merged 2x2
+# the engine's: at most two images a pair (an image query and an image document), resized as the card's processor
+M0_ENGINE_ARGS = {"limit_mm_per_prompt": {"image": 2}, "mm_processor_kwargs": CARD_PROCESSOR_KWARGS}
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ def page(size: tuple[int, int], color: tuple[int, int, int], text: str = "") -> 
 
 
 def image_item(data: bytes) -> dict:
-    return {"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(data).decode()}}]}
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    return {"content": [{"type": "image_url", "image_url": {"url": url}}]}
 
 
 PAGES = [page((56, 84), (200, 30, 30), "revenue"), page((140, 112), (30, 90, 200), "table 3"),
@@ -69,6 +70,10 @@ def client(m0_app):
 
 @pytest.fixture(scope="module")
 def card_score(checkpoint):
+    return card_scorer(checkpoint)
+
+
+def card_scorer(checkpoint):
     """The card's computation: the prompt `**Document**:\\n{doc}\\n**Query**:\\n{query}` with an image as
     `<|vision_start|><|image_pad|><|vision_end|>`, its pad expanded to one token per 28x28 pixels of the image as
     Qwen2-VL's processor resizes it (the card's min/max pixels), the score token 100 appended, the last hidden
