@@ -22,10 +22,13 @@ endif
 	$(BIN)/pip install -q -e '.[$(TARGET),test]'
 	# pip pulls in torchvision/torchaudio/torchcodec wheels that break `import vllm` on the CPU build.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/python -c "import vllm, ray.serve, torch; print('installed: vllm', vllm.__version__, '| ray', __import__('ray').__version__, '| torch', torch.__version__)"
+	$(BIN)/python -c "import vllm, ray.serve, torch, PIL, aiohttp; print('installed: vllm', vllm.__version__, '| ray', __import__('ray').__version__, '| torch', torch.__version__, '| pillow', PIL.__version__)"
 
+# The config is checked first: `serve run` itself keeps running with no application when its args are invalid.
+CONFIG ?= serve_config.yaml
 serve: install
-	$(BIN)/serve run serve_config.yaml
+	$(BIN)/python -m scoring.config_check $(CONFIG)
+	$(BIN)/serve run $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest tests

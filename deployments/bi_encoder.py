@@ -23,6 +23,7 @@ from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.bi_encoder import BiEncoderTokenizer, l2_normalized, read_layout
 from scoring.checkpoints import sequence_limit
+from scoring.chunking import WindowBudget
 from scoring.config import BiEncoderModelConfig
 from scoring.embeddings import PackedEmbeddings
 
@@ -58,15 +59,22 @@ class BiEncoder(EngineReplica):
             self._layout.describe(),
         )
 
-    async def encode_queries(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
-        """One vector per query (prompt, truncation applied), one row each."""
-        return await self._encode(self._tokens.query_ids(texts, max_tokens))
+    async def encode_queries(
+        self, texts: list[str], max_tokens: int | None = None, instruction: str | None = None
+    ) -> PackedEmbeddings:
+        """One vector per query (prompt, or the request's `instruction` in its place; truncation applied), one row
+        each."""
+        return await self._encode(self._tokens.query_ids(texts, max_tokens, instruction))
 
     async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
         """One vector per document, one row each; cached ones from the document cache, the rest from the model."""
         return await self._documents.encode(
             texts, max_tokens, lambda missing: self._encode(self._tokens.document_ids(missing, max_tokens))
         )
+
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents into windows this model encodes whole."""
+        return self._tokens.window_budget(self._model.resolved_tokenizer())
 
     def stats(self) -> dict:
         """Document cache counters of this replica."""

@@ -5,6 +5,8 @@ The checkpoint's own encoding settings (PyLate, Stanford ColBERT, or none) with 
 texts are tokenized here (markers, truncation, query expansion) and sent to vLLM as token ids; the skiplist's
 token embeddings are dropped from documents before they leave. Queries of a checkpoint that does not attend to its
 expansion tokens are encoded by `MaskedExpansionQueries` (vLLM's forward pass takes no attention mask).
+A vision checkpoint (ColModernVBert: scoring/vision.py) takes its processor's encoding instead: image documents
+(`ImageInput`s) as its visual prompt with the image, queries with its augmentation, texts as it tokenizes them.
 Documents this replica encoded before come from its byte-bounded cache: the scorer replicas each cache the
 documents of the queries routed to them, and this cache, shared by all of them, catches a document that another
 scorer replica saw.
@@ -24,13 +26,24 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.checkpoints import CheckpointError, encoding_in_force, load_checkpoint, sequence_limit
+from scoring.checkpoints import (
+    CheckpointError,
+    checkpoint_config,
+    encoding_in_force,
+    load_checkpoint,
+    local_checkpoint,
+    sequence_limit,
+)
+from scoring.chunking import WindowBudget
 from scoring.colbert_families import family_refusal, narrowed, remote_code_refusal
 from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.document_cache import EncodedDocuments
 from scoring.embeddings import PackedEmbeddings
+from scoring.errors import InvalidRequest
 from scoring.expansion import MaskedExpansionQueries
+from scoring.messages import ImageInput, Item
 from scoring.tokens import LateInteractionTokenizer
+from scoring.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
 
 logger = logging.getLogger("ray.serve")
 
@@ -56,6 +69,14 @@ class Encoder(EngineReplica):
         """Start the engine (loading the weights), then encode one text: the replica is ready only once it can serve."""
         started = time.perf_counter()
         self._model = model
+        # the query and document dtypes of the handoff: `document_dtype` is the scorer's storage, which the
+        # documents' handoff dtype follows (`embedding_dtype: auto`)
+        self._query_dtype, self._document_dtype = map(np.dtype, handoff_dtypes(model.embedding_dtype, document_dtype))
+        self._vision: VisionProcessor | None = None
+        path = local_checkpoint(model.model)
+        if vision_family(checkpoint_config(path)):
+            await self._start_vision(path, document_cache_bytes, started)
+            return
         checkpoint = load_checkpoint(model.model)
         refusal = family_refusal(model.name, checkpoint.family) or remote_code_refusal(
             model.name, checkpoint.path, checkpoint.config, model.trust_remote_code
@@ -91,6 +112,7 @@ class Encoder(EngineReplica):
         )
         from transformers import AutoTokenizer
 
+        self._tokenizer_path = tokenizer_path
         model_config = self._engine.model_config
         self._dim = encoding.embedding_dim  # narrower than the checkpoint's with a Matryoshka `embedding_dim`
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=model.trust_remote_code)
@@ -100,8 +122,6 @@ class Encoder(EngineReplica):
             if masked_queries
             else None
         )
-        # `document_dtype`: the scorer's storage, which the documents' handoff dtype follows (`embedding_dtype: auto`)
-        self._query_dtype, self._document_dtype = map(np.dtype, handoff_dtypes(model.embedding_dtype, document_dtype))
         self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._document_dtype)
         warm_up = time.perf_counter()
         width = (await self._encode_one(self._tokens.document_ids(["warm-up"])[0])).shape[1]
@@ -118,8 +138,44 @@ class Encoder(EngineReplica):
             encoding,
         )
 
-    async def encode_queries(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
+    async def _start_vision(self, path, document_cache_bytes: int, started: float) -> None:
+        """Start the engine on a vision checkpoint (converted to vLLM's layout if need be), with vLLM's processor
+        taking the image's place from the prompt (deployments/vision.py)."""
+        from deployments.vision import register_prompt_placeholders
+
+        model = self._model
+        check_no_text_settings(model)
+        register_prompt_placeholders()
+        self._engine = start_engine(
+            model,
+            weights=str(vision_engine_layout(path)),
+            tokenizer=str(path),
+            runner="pooling",
+            pooler_config={"task": "token_embed"},
+        )
+        max_model_len = self._engine.model_config.max_model_len
+        self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
+        self._vision = VisionProcessor(path, max_model_len, self._dim)
+        self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._document_dtype)
+        warm_up = time.perf_counter()
+        from PIL import Image
+
+        blank = Image.new("RGB", (8, 8))
+        width = (await self._encode_one(self._vision.image_document_ids(), blank)).shape[1]
+        if width != self._dim:
+            raise RuntimeError(f"model {model.name!r}: vLLM returns {width}-wide embeddings, the checkpoint says "
+                               f"{self._dim}")
+        await self.encode_queries(["warm-up"])
+        logger.info("Encoder %s (vision) ready in %.1fs (warm-up encode %.2fs, max_model_len=%d, encoding %s)",
+                    model.name, time.perf_counter() - started, time.perf_counter() - warm_up, max_model_len,
+                    self._vision.encoding)
+
+    async def encode_queries(self, texts: list[Item], max_tokens: int | None = None) -> PackedEmbeddings:
         """Token embeddings of each query (marker, truncation to `max_tokens`, expansion applied), packed."""
+        if self._vision is not None:
+            return PackedEmbeddings.pack(await self._vision_rows(texts, max_tokens, query=True), self._dim,
+                                         self._query_dtype)
+        _text_only(self._model.name, texts)
         queries = self._tokens.query_tokens(texts, max_tokens)
         if self._masked_queries is None:
             rows = await self._model_rows([query.ids for query in queries])
@@ -128,7 +184,7 @@ class Encoder(EngineReplica):
                 rows = narrowed(await asyncio.to_thread(self._masked_queries.encode, queries), self._dim)
         return PackedEmbeddings.pack(rows, self._dim, self._query_dtype)
 
-    async def encode_documents(self, texts: list[str], max_tokens: int | None = None) -> PackedEmbeddings:
+    async def encode_documents(self, texts: list[Item], max_tokens: int | None = None) -> PackedEmbeddings:
         """Token embeddings of each document (marker, truncation to `max_tokens`, skiplist tokens dropped), packed;
         cached ones from the document cache, the rest from the model."""
         return await self._documents.encode(
@@ -139,11 +195,23 @@ class Encoder(EngineReplica):
         """Document cache counters of this replica."""
         return {"encoder_document_cache": asdict(self._documents.stats())}
 
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents into windows this model encodes whole."""
+        if self._vision is not None:
+            return self._vision.window_budget(str(local_checkpoint(self._model.model)))
+        return self._tokens.window_budget(self._tokenizer_path)
+
     def encoding(self) -> dict:
         """The encoding settings in force (the checkpoint's, overridden by the config's keys), for /v1/models."""
+        if self._vision is not None:
+            return self._vision.encoding.as_dict(self._engine.model_config.max_model_len)
         return self._tokens.encoding.as_dict()
 
-    async def _encode_documents(self, texts: list[str], max_tokens: int | None) -> PackedEmbeddings:
+    async def _encode_documents(self, texts: list[Item], max_tokens: int | None) -> PackedEmbeddings:
+        if self._vision is not None:
+            rows = await self._vision_rows(texts, max_tokens, query=False)
+            return PackedEmbeddings.pack(rows, self._dim, self._document_dtype)
+        _text_only(self._model.name, texts)
         token_ids = self._tokens.document_ids(texts, max_tokens)
         rows = await self._model_rows(token_ids)
         kept = [r if (keep := self._tokens.document_keep(ids)) is None else r[keep] for ids, r in zip(token_ids, rows)]
@@ -154,16 +222,41 @@ class Encoder(EngineReplica):
         with service_metrics().stage("encode", self._model.name):
             return narrowed(await asyncio.gather(*(self._encode_one(ids) for ids in token_ids)), self._dim)
 
-    async def _encode_one(self, ids: list[int]) -> np.ndarray:
+    async def _vision_rows(self, items: list[Item], max_tokens: int | None, query: bool) -> list[np.ndarray]:
+        """A vision checkpoint's token embeddings of each item: an image as its visual prompt with the image (query
+        or document alike, as `process_images`), a text as a query or a text document."""
+        vision = self._vision
+        texts = [i for i, item in enumerate(items) if isinstance(item, str)]
+        text_ids = (vision.query_ids if query else vision.text_document_ids)([items[i] for i in texts], max_tokens)
+        prompts: list[tuple[list[int], object]] = [None] * len(items)  # type: ignore[list-item]
+        for i, ids in zip(texts, text_ids):
+            prompts[i] = (ids, None)
+        images = [i for i, item in enumerate(items) if isinstance(item, ImageInput)]
+        # decoding (and vLLM's resize) of many pages is CPU work: off the event loop
+        pixels = await asyncio.to_thread(lambda: [vision.image(items[i].data) for i in images])
+        for i, image in zip(images, pixels):
+            prompts[i] = (vision.image_document_ids(), image)
+        with service_metrics().stage("encode", self._model.name):
+            return list(await asyncio.gather(*(self._encode_one(ids, image) for ids, image in prompts)))
+
+    async def _encode_one(self, ids: list[int], image=None) -> np.ndarray:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
+        prompt = TokensPrompt(prompt_token_ids=ids)
+        if image is not None:
+            prompt["multi_modal_data"] = {"image": image}
         final = None
         async for output in self._engine.encode(
-            TokensPrompt(prompt_token_ids=ids), PoolingParams(task="token_embed"), request_id=uuid.uuid4().hex
+            prompt, PoolingParams(task="token_embed"), request_id=uuid.uuid4().hex
         ):
             final = output
         return final.outputs.data.numpy()
+
+
+def _text_only(model: str, items: list[Item]) -> None:
+    if any(not isinstance(item, str) for item in items):
+        raise InvalidRequest(f"model {model!r} is a text model: it does not take images")
 
 
 def _torch_dtype(dtype: str) -> str:

@@ -20,16 +20,18 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.config import GenerativeModelConfig
+from scoring.chunking import WindowBudget
+from scoring.config import LOGIT_TEMPLATES, GenerativeModelConfig
 from scoring.generative import (
     GenerativeJob,
     GenerativeModelInfo,
     GenerativeOutcome,
     first_label_probability,
     shared_prefix_length,
+    template_scores,
 )
 from scoring.protocol import MAX_LABEL_TOKEN_IDS
-from scoring.templates import TokenIds, build_template, label_token_ids
+from scoring.templates import TEMPLATES_WITH_INSTRUCTION, TokenIds, build_template, label_token_ids
 
 logger = logging.getLogger("ray.serve")
 
@@ -51,6 +53,8 @@ class Generative(EngineReplica):
             runner="generate",
             enable_prefix_caching=model.enable_prefix_caching,
             max_logprobs=MAX_LABEL_TOKEN_IDS,
+            # a logit template's score is a label's logit, which log-probabilities no longer carry
+            **({"logprobs_mode": "raw_logits"} if model.template in LOGIT_TEMPLATES else {}),
             **({"block_size": model.kv_block_size} if model.kv_block_size else {}),
         )
         model_config = self._engine.model_config
@@ -60,8 +64,12 @@ class Generative(EngineReplica):
             max_model_len=int(model_config.max_model_len),
             label_token_ids=self._labels,
             kv_block_size=self._block_size,
+            raw_logits=model.template in LOGIT_TEMPLATES,
         )
-        self._template = build_template(model.template, tokenizer, self._info.max_model_len, model.instruction)
+        self._template = build_template(
+            model.template, tokenizer, self._info.max_model_len, model.instruction, model.max_tokens_per_doc
+        )
+        self._tokenizer = tokenizer
         self._raw = build_template("raw", tokenizer, self._info.max_model_len)
         self._prefixes_in_flight: dict[tuple[int, ...], asyncio.Future] = {}
         warm_up = time.perf_counter()
@@ -79,6 +87,22 @@ class Generative(EngineReplica):
     def info(self) -> GenerativeModelInfo:
         return self._info
 
+    def window_budget(self) -> WindowBudget:
+        """What the ingress needs to cut long documents into windows that fit a prompt beside the query: the
+        template's own tokens are measured on a prompt with an empty document (whatever the template)."""
+        probe = "query"
+        fixed = len(self._template.prompts(probe, [""])[0]) - self._count(probe)
+        slot = self._model.template in TEMPLATES_WITH_INSTRUCTION
+        return WindowBudget(
+            self._model.resolved_tokenizer(),
+            document_tokens=self._info.max_model_len - 1 - fixed,
+            query_shares_input=True,
+            instruction_tokens=self._count(self._model.instruction or "") if slot else 0,
+        )
+
+    def _count(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
     async def score(self, job: GenerativeJob) -> GenerativeOutcome:
         """The first label's probability for every item, in input order."""
         from vllm import SamplingParams
@@ -91,6 +115,7 @@ class Generative(EngineReplica):
             add_special_tokens=job.add_special_tokens,
             max_query_tokens=job.max_query_tokens,
             max_item_tokens=job.max_item_tokens,
+            instruction=job.instruction,
         )
         labels = job.label_token_ids or self._labels
         params = SamplingParams(max_tokens=1, logprobs=len(labels), logprob_token_ids=labels)
@@ -101,8 +126,12 @@ class Generative(EngineReplica):
         for i, row in zip(rest, reads):
             logprobs[i] = row
         service_metrics().scored(self._model.name, len(prompts), sum(len(p) for p in prompts))
+        if job.raw_prompt:
+            scores = first_label_probability(logprobs, job.apply_softmax)
+        else:
+            scores = template_scores(self._model.template, logprobs, self._model.normalize)
         return GenerativeOutcome(
-            scores=first_label_probability(logprobs, job.apply_softmax),
+            scores=scores,
             prompt_tokens=sum(len(p) for p in prompts),
             completion_tokens=len(prompts),
         )
@@ -128,7 +157,8 @@ class Generative(EngineReplica):
         return list(range(1, len(prompts)))
 
     async def _read(self, prompt: TokenIds, params, labels: list[int]) -> list[float]:
-        """Full-vocabulary log-probabilities of `labels` as the token after `prompt`."""
+        """Full-vocabulary log-probabilities of `labels` as the token after `prompt` (their logits for a logit
+        template's engine)."""
         from vllm.inputs import TokensPrompt
 
         final = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Awaitable, TypeVar
 
 from fastapi import FastAPI, Request
@@ -22,7 +23,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.backends import build_backends
+from deployments.backends import Backend, CascadeBackend, ChunkedBackend, build_backends, instructed
 from deployments.guard import GuardSettings, RequestGuard
 from deployments.metrics import request_recorder
 from deployments.readiness import ReadinessTracker, health_of
@@ -39,8 +40,11 @@ from scoring.errors import (
     describe_validation_errors,
     error_body,
 )
+from scoring.media import MediaLoader
 from scoring.messages import ScoreOutcome
 from scoring.protocol import (
+    ChunkSpan,
+    DocumentOptions,
     Health,
     LateInteractionEncoding,
     ModelCard,
@@ -56,8 +60,19 @@ from scoring.protocol import (
     Tokens,
     Usage,
 )
-from scoring.requests import QueryGroup, place_scores, rerank_group, rerank_results, resolve_model, score_groups
+from scoring.requests import (
+    QueryGroup,
+    place_chunks,
+    place_scores,
+    rerank_group,
+    rerank_results,
+    resolve_model,
+    score_groups,
+)
+from scoring.chunking import Chunker, WindowedGroup
+from scoring.instructions import check_instruction, takes_instruction
 from scoring.errors import InvalidRequest
+from scoring.listwise import listwise_score_groups
 from scoring.generative import (
     GenerativeModelInfo,
     generative_job,
@@ -149,10 +164,14 @@ class Ingress:
         rankers: dict[str, DeploymentHandle] | None = None,
         encoders: dict[str, DeploymentHandle] | None = None,
         model_deployments: dict[str, tuple[str, ...]] | None = None,
+        windowed: dict[str, DeploymentHandle] | None = None,
     ):
         """`rankers`: the deployment of each generative and cross-encoder model, by model name; `encoders`: the
         late-interaction encoders (asked for their encoding); `model_deployments`: the deployments each model needs
-        (app.py knows what it binds), for readiness."""
+        (app.py knows what it binds), for readiness; `windowed`: the deployment of every model served by an engine,
+        asked once for its window budget when a request first chunks long documents for it."""
+        self._windowed = windowed or {}
+        self._chunkers: dict[str, Chunker] = {}
         self._readiness = ReadinessTracker(model_deployments or {})
         self._rankers = rankers or {}
         self._encoders = encoders or {}
@@ -166,6 +185,7 @@ class Ingress:
             on_response=request_recorder(frozenset(route.path for route in api.routes)),
         )
         self._scorer = scorer
+        self._media = MediaLoader.for_app(config)
         self._backends = build_backends(config, scorer, self._rankers, self._backend)
         self._created = int(time.time())
 
@@ -175,16 +195,18 @@ class Ingress:
         """Rerank documents for a query (Jina / vLLM shape)."""
         request = _parse(RerankRequest, request)
         model = resolve_model(self._config, request.model)
-        group = rerank_group(request.query, request.documents, self._config)
+        group = rerank_group(request.query, request.documents, self._config, request.rank_fields)
+        (group,) = await self._media.resolve(model.name, [group])
         (outcome,) = await self._score(
-            model, [group], request.max_tokens_per_query, request.max_tokens_per_doc
+            model, [group], request.max_tokens_per_query, request.max_tokens_per_doc, request
         )
         tokens = outcome.query_tokens + outcome.document_tokens
         return RerankResponse(
             model=model.name,
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
             results=rerank_results(
-                outcome.scores, group.documents, request.top_n, request.return_documents, outcome.order
+                outcome.scores, request.documents, request.top_n, request.return_documents, outcome.order,
+                outcome.chunks, request.rank_fields is not None,
             ),
         )
 
@@ -192,11 +214,12 @@ class Ingress:
         """Rerank documents for a query (Cohere v2 shape)."""
         request = _parse(RerankV2Request, request)
         model = resolve_model(self._config, request.model)
-        group = rerank_group(request.query, request.documents, self._config)
-        (outcome,) = await self._score(model, [group], None, request.max_tokens_per_doc)
+        group = rerank_group(request.query, request.documents, self._config, request.rank_fields)
+        (outcome,) = await self._score(model, [group], None, request.max_tokens_per_doc, request)
         return RerankV2Response(
             results=rerank_results(
-                outcome.scores, group.documents, request.top_n, request.return_documents, outcome.order
+                outcome.scores, request.documents, request.top_n, request.return_documents, outcome.order,
+                outcome.chunks, request.rank_fields is not None,
             ),
             meta=RerankV2Meta(tokens=Tokens(input_tokens=outcome.query_tokens + outcome.document_tokens)),
         )
@@ -207,13 +230,21 @@ class Ingress:
         model = resolve_model(self._config, request.model)
         if model.kind == "cascade":
             raise InvalidRequest(f"model {model.name!r} is a cascade, which ranks; use /v1/rerank or /v2/rerank")
-        groups, count = score_groups(request, self._config)
-        outcomes = await self._score(model, groups, request.max_tokens_per_query, request.max_tokens_per_doc)
+        pairing = listwise_score_groups if model.kind == "listwise" else score_groups
+        groups, count = pairing(request, self._config)
+        groups = await self._media.resolve(model.name, groups)
+        outcomes = await self._score(
+            model, groups, request.max_tokens_per_query, request.max_tokens_per_doc, request
+        )
         scores = place_scores(groups, [o.scores for o in outcomes], count)
+        chunks = place_chunks(groups, [o.chunks for o in outcomes], count)
         tokens = sum(o.query_tokens + o.document_tokens for o in outcomes)
         return ScoreResponse(
             model=model.name,
-            data=[ScoreData(index=i, score=float(s)) for i, s in enumerate(scores)],
+            data=[
+                ScoreData(index=i, score=float(s), chunk=None if c is None else ChunkSpan(start=c[0], end=c[1]))
+                for i, (s, c) in enumerate(zip(scores, chunks))
+            ],
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
 
@@ -223,7 +254,7 @@ class Ingress:
         model = resolve_generative_model(self._config, request.model)
         await self._readiness.require(model.name)
         info = await self._model_info(model.name)
-        job = generative_job(request, self._config, info.vocab_size)
+        job = generative_job(request, self._config, info.vocab_size, info.raw_logits)
         outcome = await self._backend(
             self._rankers[model.name].score.remote(job), model.name, documents=len(request.items)
         )
@@ -243,6 +274,7 @@ class Ingress:
                     kind=m.kind,
                     root=_root(m),
                     encoding=await self._encoding(m.name) if state is None or state.state == "ready" else None,
+                    **({"document_cache": False} if m.kind == "listwise" else {}),
                     **({"state": state.state, "message": state.reason} if state is not None else {}),
                 )
             )
@@ -271,11 +303,11 @@ class Ingress:
     async def _http_rerank_v2(self, body: RerankV2Request) -> RerankV2Response:
         return await self.rerank_v2(body)
 
-    @api.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
+    @api.post("/v1/score", response_model=ScoreResponse, responses=ERROR_RESPONSES, response_model_exclude_none=True)
     async def _http_score_v1(self, body: ScoreRequest) -> ScoreResponse:
         return await self.score(body)
 
-    @api.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES)
+    @api.post("/score", response_model=ScoreResponse, responses=ERROR_RESPONSES, response_model_exclude_none=True)
     async def _http_score(self, body: ScoreRequest) -> ScoreResponse:
         return await self.score(body)
 
@@ -298,9 +330,54 @@ class Ingress:
         groups: list[QueryGroup],
         max_tokens_per_query: int | None,
         max_tokens_per_doc: int | None,
+        options: DocumentOptions | None = None,
     ) -> list[ScoreOutcome]:
+        """`options`: the request's long-document handling and instruction (none: the model's)."""
+        instruction = options.instruction if options is not None else None
+        check_instruction(self._config, model, instruction)
         await self._readiness.require(model.name)
-        return await self._backends[model.name].score(groups, max_tokens_per_query, max_tokens_per_doc)
+        backend = self._backends[model.name]
+        if options is not None and (options.long_documents or model.long_documents) == "chunk":
+            backend = await self._chunked(model, backend, options, max_tokens_per_query, max_tokens_per_doc)
+        return await backend.score(groups, max_tokens_per_query, max_tokens_per_doc, **instructed(instruction))
+
+    async def _chunked(
+        self,
+        model: ModelConfig,
+        backend: Backend,
+        options: DocumentOptions,
+        max_tokens_per_query: int | None,
+        max_tokens_per_doc: int | None,
+    ) -> Backend:
+        """`backend` over the windows of long documents: those of the model, or a cascade's first stage (whose
+        second stage then scores each candidate's winning window)."""
+        stage = self._config.model_by_name(model.first) if model.kind == "cascade" else model
+        chunker = await self._chunker(stage.name)
+        instruction = options.instruction if takes_instruction(stage) else None
+        max_chunks = options.max_chunks_per_doc or model.max_chunks_per_doc
+
+        def split(group: QueryGroup) -> WindowedGroup:
+            size = chunker.window_size(group.query, max_tokens_per_query, max_tokens_per_doc, instruction)
+            return chunker.split(group, size, model.chunk_overlap, max_chunks)
+
+        async def split_off_the_loop(group: QueryGroup) -> WindowedGroup:
+            # tokenizing long documents takes milliseconds: not on the event loop every request shares
+            return await asyncio.to_thread(split, group)
+
+        if isinstance(backend, CascadeBackend):
+            return replace(backend, first=ChunkedBackend(backend.first, split_off_the_loop))
+        return ChunkedBackend(backend, split_off_the_loop)
+
+    async def _chunker(self, model: str) -> Chunker:
+        """The model's tokenizer and window budget (asked of its deployment once, fixed for the app's life)."""
+        chunker = self._chunkers.get(model)
+        if chunker is None:
+            budget = await self._backend(self._windowed[model].window_budget.remote(), model)
+            from transformers import AutoTokenizer
+
+            tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, budget.tokenizer)
+            chunker = self._chunkers[model] = Chunker(tokenizer, budget)
+        return chunker
 
     async def _encoding(self, model: str) -> LateInteractionEncoding | None:
         """What the model's encoder replicas read from the checkpoint (fixed for the app's life), asked once."""

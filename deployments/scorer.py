@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import service_metrics
 from deployments.routing import QueryAffinityRouter
-from scoring.batching import estimate_tokens, plan_encode_calls, scatter_results, split_rows
+from scoring.batching import DEFAULT_IMAGE_TOKENS, estimate_tokens, plan_encode_calls, scatter_results, split_rows
 from scoring.cache import ByteBoundedLRU, CacheStats, content_key
 from scoring.config import AppConfig
 from scoring.maxsim import MaxSimScorer, ScoreGroup
@@ -61,6 +61,8 @@ class Scorer:
             config.cache.query_cache_bytes, sizeof=lambda e: e[0].nbytes
         )
         self._model_dims: dict[str, int] = {}  # learned from each model's first encoder output
+        self._image_tokens: dict[str, int] = {}  # an image document's tokens, asked of a model's encoder once
+        self._encode_batches = {"batches": 0, "jobs": 0}  # document encode batches, and the requests' jobs in them
         self._in_flight: dict[str, asyncio.Future] = {}
         self._kernels: dict[int, MaxSimScorer] = {}
         self._encode_batch.set_max_batch_size(config.batching.max_batch_tokens)
@@ -103,6 +105,7 @@ class Scorer:
             "document_cache": asdict(self._document_stats()),
             "device": self._device_name(),
             "rss_bytes": resident_bytes(),
+            "encode_batches": dict(self._encode_batches),
         }
 
     def record_routing_stats(self) -> dict:
@@ -135,16 +138,22 @@ class Scorer:
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002, max_concurrent_batches=4)
     async def _encode_query_batch(self, queries: list[QuerySpec]) -> list[tuple[np.ndarray, int]]:
-        """Query misses of concurrent requests, one encoder call per (model, max_tokens): (rows, input tokens)."""
+        """Query misses of concurrent requests, one encoder call per (model, max_tokens, instruction): (rows, input
+        tokens)."""
         service_metrics().batch("encode_queries", len(queries))
-        groups: dict[tuple[str, int | None], list[int]] = {}
+        groups: dict[tuple[str, int | None, str | None], list[int]] = {}
         for i, query in enumerate(queries):
-            groups.setdefault((query.model, query.max_tokens), []).append(i)
+            groups.setdefault((query.model, query.max_tokens, query.instruction), []).append(i)
         results: list[tuple[np.ndarray, int]] = [(np.empty(0), 0)] * len(queries)
         encoded = await asyncio.gather(
             *(
-                self._encoders[model].encode_queries.remote([queries[i].text for i in indices], max_tokens)
-                for (model, max_tokens), indices in groups.items()
+                self._encoders[model].encode_queries.remote(
+                    [queries[i].text for i in indices],
+                    max_tokens,
+                    # only models with a query prompt take one (the ingress refuses it for the others)
+                    **({} if instruction is None else {"instruction": instruction}),
+                )
+                for (model, max_tokens, instruction), indices in groups.items()
             )
         )
         for indices, packed in zip(groups.values(), encoded):
@@ -162,11 +171,13 @@ class Scorer:
         service_metrics().cache_lookups("document", hits=len(keys) - missing.size, misses=missing.size)
         if missing.size:
             texts = [documents.texts[i] for i in missing]
-            # A job larger than the whole budget counts as the budget: it runs in a batch of its own.
-            tokens = min(
-                sum(estimate_tokens(t, documents.max_tokens) for t in texts), self._config.batching.max_batch_tokens
-            )
             try:
+                image_tokens = await self._image_document_tokens(model, texts)
+                # A job larger than the whole budget counts as the budget: it runs in a batch of its own.
+                tokens = min(
+                    sum(estimate_tokens(t, documents.max_tokens, image_tokens) for t in texts),
+                    self._config.batching.max_batch_tokens,
+                )
                 fresh = await self._encode_batch(EncodeJob(model, texts, documents.max_tokens, tokens))
             except BaseException:
                 if store is not None:
@@ -180,7 +191,9 @@ class Scorer:
         """Per job, its documents' entries in the store (pinned): every encoder output of the batch goes into
         the store in one write."""
         service_metrics().batch("encode_documents", len(jobs))
-        calls = plan_encode_calls(jobs, self._config.batching.chunk_tokens)
+        self._encode_batches["batches"] += 1
+        self._encode_batches["jobs"] += len(jobs)
+        calls = plan_encode_calls(jobs, self._config.batching.chunk_tokens, self._image_tokens)
         results = await asyncio.gather(
             *(self._encoders[c.model].encode_documents.remote(c.texts, c.max_tokens) for c in calls)
         )
@@ -206,6 +219,16 @@ class Scorer:
                 store.release(slots)
             raise
         return [np.array(slots, dtype=np.int64) for slots in scatter_results(jobs, calls, per_call)]
+
+    async def _image_document_tokens(self, model: str, texts: list) -> int:
+        """The tokens an image document of `model` takes (its image tokens and visual prompt), for the batching
+        budget: asked of the model's encoder the first time its documents hold an image."""
+        if model not in self._image_tokens:
+            if all(isinstance(text, str) for text in texts):
+                return DEFAULT_IMAGE_TOKENS
+            encoding = await self._encoders[model].encoding.remote()
+            self._image_tokens[model] = int(encoding.get("image_document_tokens") or DEFAULT_IMAGE_TOKENS)
+        return self._image_tokens[model]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _score_batch(self, groups: list[ScoreGroup]) -> list[np.ndarray]:

@@ -8,18 +8,23 @@ that every encoder replica gets a share, and hands each request back its own doc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from scoring.embeddings import PackedEmbeddings
-from scoring.messages import EncodeJob
+from scoring.messages import EncodeJob, Item
 
 T = TypeVar("T")
+# an image's tokens until its model's encoder has said (ColModernVBert's page: 64 image tokens and its prompt)
+DEFAULT_IMAGE_TOKENS = 80
 
 
-def estimate_tokens(text: str, max_tokens: int | None) -> int:
-    """A cheap token estimate for batching (about 4 characters a token, plus special tokens)."""
+def estimate_tokens(text: Item, max_tokens: int | None, image_tokens: int = DEFAULT_IMAGE_TOKENS) -> int:
+    """A cheap token estimate for batching: a text about 4 characters a token, plus special tokens; an image the
+    tokens its model gives an image document (`image_tokens`: image tokens and visual prompt, never truncated)."""
+    if not isinstance(text, str):
+        return image_tokens
     estimate = len(text) // 4 + 2
     return min(estimate, max_tokens) if max_tokens else estimate
 
@@ -30,17 +35,21 @@ class EncodeCall:
 
     model: str
     max_tokens: int | None
-    texts: list[str]
+    texts: list[Item]
     origins: list[tuple[int, int]]  # (job index, position in that job)
 
 
-def plan_encode_calls(jobs: Sequence[EncodeJob], chunk_tokens: int) -> list[EncodeCall]:
+def plan_encode_calls(
+    jobs: Sequence[EncodeJob], chunk_tokens: int, image_tokens: Mapping[str, int] | None = None
+) -> list[EncodeCall]:
+    """`image_tokens`: the tokens of an image document of each model that takes images."""
+    image_tokens = image_tokens or {}
     calls: list[EncodeCall] = []
     open_calls: dict[tuple[str, int | None], tuple[EncodeCall, list[int]]] = {}
     for j, job in enumerate(jobs):
         option = (job.model, job.max_tokens)
         for i, text in enumerate(job.texts):
-            tokens = estimate_tokens(text, job.max_tokens)
+            tokens = estimate_tokens(text, job.max_tokens, image_tokens.get(job.model, DEFAULT_IMAGE_TOKENS))
             current = open_calls.get(option)
             if current is None or (current[1][0] + tokens > chunk_tokens and current[0].texts):
                 current = (EncodeCall(job.model, job.max_tokens, [], []), [0])

@@ -19,6 +19,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from scoring.chunking import WindowBudget
 from scoring.config import BiEncoderModelConfig
 from scoring.requests import tightest
 
@@ -123,11 +124,21 @@ class BiEncoderTokenizer:
         self._max_doc = tightest(model.max_tokens_per_doc or layout.max_seq_length, max_model_len)
         self._max_query = tightest(model.max_tokens_per_query, self._max_doc)
 
-    def query_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
-        return self._encode([self._query_prefix + t for t in texts], tightest(max_tokens, self._max_query))
+    def query_ids(
+        self, texts: Sequence[str], max_tokens: int | None = None, instruction: str | None = None
+    ) -> list[list[int]]:
+        """`instruction`: a request's query prompt in place of the model's."""
+        prefix = self._query_prefix if instruction is None else instruction
+        return self._encode([prefix + t for t in texts], tightest(max_tokens, self._max_query))
 
     def document_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
         return self._encode([self._document_prefix + t for t in texts], tightest(max_tokens, self._max_doc))
+
+    def window_budget(self, tokenizer: str) -> WindowBudget:
+        """The document text one vector holds: the length less the special tokens and the document prompt."""
+        prompt = len(self._tokenizer(self._document_prefix, add_special_tokens=False)["input_ids"])
+        overhead = self._tokenizer.num_special_tokens_to_add(pair=False) + prompt
+        return WindowBudget(tokenizer, document_tokens=self._max_doc - overhead, document_overhead=overhead)
 
     def _encode(self, texts: list[str], limit: int | None) -> list[list[int]]:
         if not texts:

@@ -287,9 +287,17 @@ def _plain_encoding(width: int) -> Encoding:
 def stanford_engine_layout(path: Path, cache_dir: str | Path | None = None) -> Path:
     """A copy of the Stanford checkpoint at `path` as vLLM loads it: config.json naming `BertModel`, the `bert.*`
     weights at the root without their prefix, `linear.weight` as a sentence-transformers `1_Dense`, the tokenizer
-    files as they are. Written once per checkpoint version (keyed by path, weights size and time), atomically:
-    replicas starting together on one node write it at most once each and all read a complete copy."""
+    files as they are."""
     weights = _stanford_weights_file(path)
+    return converted_copy(path, weights, lambda out: _write_engine_layout(path, weights, out), cache_dir)
+
+
+def converted_copy(
+    path: Path, weights: Path, write: Callable[[Path], None], cache_dir: str | Path | None = None
+) -> Path:
+    """The folder `write(folder)` fills with a converted copy of the checkpoint at `path`. Written once per checkpoint
+    version (keyed by path, weights size and time), atomically: replicas starting together on one node write it at
+    most once each and all read a complete copy."""
     stat = weights.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     root = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rayrerank" / "checkpoints")
@@ -300,7 +308,7 @@ def stanford_engine_layout(path: Path, cache_dir: str | Path | None = None) -> P
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=root))
     staging.chmod(0o755)  # mkdtemp's 0700 would stay on the copy
     try:
-        _write_engine_layout(path, weights, staging)
+        write(staging)
         try:
             staging.rename(target)
         except OSError:  # another replica finished first: its copy is the same
@@ -370,6 +378,11 @@ def _lookup(settings: dict[str, Any]) -> Callable[[str, Any], Any]:
         return default if value is None else value
 
     return get
+
+
+def checkpoint_config(path: Path) -> dict[str, Any]:
+    """The config.json of the checkpoint folder `path`."""
+    return _read_json(path / "config.json")
 
 
 def _read_json(path: Path) -> Any:

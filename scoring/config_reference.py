@@ -25,6 +25,7 @@ from scoring.config import (
     CrossEncoderModelConfig,
     GenerativeModelConfig,
     LateInteractionModelConfig,
+    ListwiseModelConfig,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -38,6 +39,7 @@ SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("Generative model", GenerativeModelConfig, "args.models[] with kind: generative"),
     ("Cross-encoder model", CrossEncoderModelConfig, "args.models[] with kind: cross_encoder"),
     ("Bi-encoder model", BiEncoderModelConfig, "args.models[] with kind: bi_encoder"),
+    ("Listwise model", ListwiseModelConfig, "args.models[] with kind: listwise"),
     ("Cascade", CascadeModelConfig, "args.models[] with kind: cascade"),
 ]
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import torch
 
+from scoring.chunking import WindowBudget
 from scoring.requests import tightest
 
 SIGMOID = "torch.nn.Sigmoid"
@@ -125,6 +126,16 @@ class CrossEncoderTokenizer:
             for i, ids in enumerate(encoded["input_ids"])
         ]
 
+    def window_budget(self, tokenizer: str) -> WindowBudget:
+        """The document text one pair holds: the pair's length less its special tokens and the query."""
+        return WindowBudget(
+            tokenizer,
+            document_tokens=self._max_model_len - self._specials,
+            document_limit=self._max_doc,
+            query_shares_input=True,
+            query_limit=tightest(self._max_query, self._max_model_len - self._specials - 1),
+        )
+
     def _cut_query(self, query: str, limit: int | None) -> tuple[str, int]:
         """The query text cut after its `limit`-th token (by character offsets, so the text is unchanged up to
         there), and its token count."""
@@ -144,3 +155,91 @@ def _second_segment(token_type_ids: Sequence[int]) -> int | None:
         if type_id:
             return i
     return None
+
+
+class Qwen3RerankerPairs:
+    """Pairs for Qwen3-Reranker's sequence-classification conversions (e.g. tomaarsen/Qwen3-Reranker-0.6B-seq-cls),
+    as their model card scores them with sentence-transformers: the query text is the Qwen3-Reranker system turn,
+    `<Instruct>: {instruction}\\n<Query>: {query}\\n`, the document text `<Document>: {document}` and the assistant
+    turn, each tokenized whole and the two ids concatenated (a Qwen tokenizer adds nothing around a pair). A document
+    that must be cut (the engine's length, `max_tokens_per_doc`) is cut inside the template, so the assistant turn
+    the score is read after always stays."""
+
+    DOCUMENT = "<Document>: "
+
+    def __init__(
+        self,
+        tokenizer: PairTokenizer,
+        max_model_len: int,
+        instruction: str,
+        max_tokens_per_query: int | None = None,
+        max_tokens_per_doc: int | None = None,
+    ):
+        from scoring.templates import QWEN3_RERANKER_ASSISTANT
+
+        if tokenizer.num_special_tokens_to_add(pair=True):
+            raise ValueError(
+                "the qwen3-reranker template is for Qwen3-Reranker conversions, whose tokenizer adds no special "
+                "tokens around a pair; this tokenizer adds some"
+            )
+        self._tokenizer = tokenizer
+        self._max_model_len = max_model_len
+        self._instruction = instruction
+        self._max_query = max_tokens_per_query
+        self._max_doc = max_tokens_per_doc
+        self._assistant = QWEN3_RERANKER_ASSISTANT
+        self._document_ids, self._assistant_ids = self._encode([self.DOCUMENT, QWEN3_RERANKER_ASSISTANT])
+
+    def window_budget(self, tokenizer: str) -> WindowBudget:
+        """The document text one pair holds beside the template (its configured instruction counted: a request's
+        own takes its place) and the query."""
+        fixed = sum(len(ids) for ids in self._encode([self.query_text(""), self.DOCUMENT, self._assistant]))
+        return WindowBudget(
+            tokenizer,
+            document_tokens=self._max_model_len - fixed,
+            document_limit=self._max_doc,
+            query_shares_input=True,
+            query_limit=self._max_query,
+            instruction_tokens=len(self._encode([self._instruction])[0]),
+        )
+
+    def query_text(self, query: str, instruction: str | None = None) -> str:
+        from scoring.templates import QWEN3_RERANKER_SYSTEM
+
+        instruction = self._instruction if instruction is None else instruction
+        return f"{QWEN3_RERANKER_SYSTEM}<Instruct>: {instruction}\n<Query>: {query}\n"
+
+    def pairs(
+        self,
+        query: str,
+        documents: Sequence[str],
+        max_tokens_per_query: int | None = None,
+        max_tokens_per_doc: int | None = None,
+        instruction: str | None = None,
+    ) -> list[PairInput]:
+        query_limit = tightest(max_tokens_per_query, self._max_query)
+        if query_limit is not None:
+            ids = self._encode([query])[0]
+            if len(ids) > query_limit:
+                query = self._tokenizer.decode(ids[:query_limit])
+        head = self._encode([self.query_text(query, instruction)])[0]
+        room = self._max_model_len - len(head) - len(self._document_ids) - len(self._assistant_ids)
+        if room < 1:
+            from scoring.errors import ValidationFailed
+
+            raise ValidationFailed(
+                f"the query takes {len(head)} tokens with its template, leaving no room for a document within "
+                f"{self._max_model_len}; shorten it or set max_tokens_per_query"
+            )
+        doc_limit = tightest(max_tokens_per_doc, self._max_doc)
+        whole = self._encode([f"{self.DOCUMENT}{d}{self._assistant}" for d in documents])
+        pairs = []
+        for document, ids in zip(documents, whole):
+            if doc_limit is not None or len(head) + len(ids) > self._max_model_len:
+                cut = self._encode([document])[0][: min(room, doc_limit or room)]
+                ids = self._document_ids + cut + self._assistant_ids
+            pairs.append(PairInput(head + ids, None))
+        return pairs
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self._tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -32,6 +32,7 @@ class GenerativeJob:
     max_query_tokens: int | None = None
     max_item_tokens: int | None = None
     raw_prompt: bool = False
+    instruction: str | None = None  # the template's instruction line for this job; None: the model's
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class GenerativeModelInfo:
     max_model_len: int
     label_token_ids: list[int]
     kv_block_size: int  # the engine's KV-cache block: the granularity of prefix reuse
+    raw_logits: bool = False  # the engine returns the labels' logits, not log-probabilities (a logit template)
 
 
 def first_label_probability(label_logprobs: np.ndarray, apply_softmax: bool) -> np.ndarray:
@@ -60,6 +62,21 @@ def first_label_probability(label_logprobs: np.ndarray, apply_softmax: bool) -> 
         return np.exp(logprobs[:, 0])
     shifted = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
     return shifted[:, 0] / shifted.sum(axis=1)
+
+
+def template_scores(template: str, label_values: np.ndarray, normalize: bool = False) -> np.ndarray:
+    """Relevance as the template's model library computes it from the label tokens' values ([B, L]: raw logits for
+    the logit templates, log-probabilities for the others): bge-reranker-v2-gemma the first label's logit,
+    mxbai-rerank-v2 the first's less the second's (each through a sigmoid with `normalize`); otherwise the first
+    label's probability renormalised over the labels."""
+    values = np.asarray(label_values, dtype=np.float64)
+    if template == "bge-reranker-v2-gemma":
+        scores = values[:, 0]
+    elif template == "mxbai-rerank-v2":
+        scores = values[:, 0] - values[:, 1]
+    else:
+        return first_label_probability(values, apply_softmax=True)
+    return 1.0 / (1.0 + np.exp(-scores)) if normalize else scores
 
 
 def shared_prefix_length(prompts: Sequence[TokenIds]) -> int:
@@ -92,7 +109,7 @@ def resolve_generative_model(config: AppConfig, name: str | None) -> GenerativeM
 
 
 def generative_job(
-    request: GenerativeScoringRequest, config: AppConfig, vocab_size: int
+    request: GenerativeScoringRequest, config: AppConfig, vocab_size: int, raw_logits: bool = False
 ) -> GenerativeJob:
     """Check a /generative_scoring request against the limits and the model's vocabulary; the work it asks for."""
     if not request.items:
@@ -106,6 +123,11 @@ def generative_job(
     problem = check_label_token_ids(request.label_token_ids, vocab_size)
     if problem:
         raise ValidationFailed(problem)
+    if raw_logits and not request.apply_softmax:
+        raise InvalidRequest(
+            "this model's engine returns label logits (its template scores a logit), not full-vocabulary "
+            "probabilities: apply_softmax=false is not available; use apply_softmax=true"
+        )
     return GenerativeJob(
         query=request.query,
         items=list(request.items),

@@ -30,22 +30,25 @@ Item = Union[str, ImageInput]
 
 @dataclass(frozen=True)
 class QuerySpec:
-    """A query as the scorer caches it: its embedding depends on the model, the text and the truncation."""
+    """A query as the scorer caches it: its embedding depends on the model, the text (or image: its digest), the
+    truncation and a request's instruction (a bi-encoder's query prompt)."""
 
     model: str
-    text: str
+    text: Item
     max_tokens: int | None = None
+    instruction: str | None = None
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", content_key(self.model, self.text, self.max_tokens))
+        instructed = () if self.instruction is None else (self.instruction,)
+        object.__setattr__(self, "key", content_key(self.model, self.text, self.max_tokens, *instructed))
 
 
 @dataclass(frozen=True)
 class DocumentSpec:
-    """The documents of one request, as text: the scorer finds or makes their embeddings."""
+    """The documents of one request, texts or images: the scorer finds or makes their embeddings."""
 
-    texts: list[str]
+    texts: list[Item]
     max_tokens: int | None = None
 
 
@@ -54,7 +57,7 @@ class EncodeJob:
     """Documents of one request that missed the document cache, waiting to be batched for the encoders."""
 
     model: str
-    texts: list[str]
+    texts: list[Item]
     max_tokens: int | None
     estimated_tokens: int
 
@@ -67,3 +70,5 @@ class ScoreOutcome:
     query_cache_hit: bool
     document_cache_hits: int = 0
     order: list[int] | None = None  # a cascade's final order, best first; None: by score
+    # long documents chunked: each document's winning window as (start, end) character offsets; None: not chunked
+    chunks: list[tuple[int, int] | None] | None = None

@@ -21,6 +21,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from scoring.checkpoints import Encoding
+from scoring.chunking import WindowBudget
 
 MIN_TOKENS = 2  # [CLS] and [SEP]
 
@@ -91,6 +92,12 @@ class LateInteractionTokenizer:
         """Each document's ids: marker, truncation to the document length (or `max_tokens`, if smaller)."""
         limit = _cap(max_tokens, self._encoding.document_length, self._max_model_len)
         return self._encode(texts, limit, self._document_marker)
+
+    def window_budget(self, tokenizer: str) -> WindowBudget:
+        """The document text one encoded document holds: its length less the special tokens and the marker."""
+        overhead = self._tokenizer.num_special_tokens_to_add(pair=False) + (self._document_marker is not None)
+        length = _cap(self._encoding.document_length, self._max_model_len)
+        return WindowBudget(tokenizer, document_tokens=length - overhead, document_overhead=overhead)
 
     def document_keep(self, ids: Sequence[int]) -> np.ndarray | None:
         """Which of a document's token embeddings go on to MaxSim (those not in the skiplist); None: all."""

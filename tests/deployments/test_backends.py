@@ -87,3 +87,32 @@ def test_every_model_gets_the_backend_of_its_kind():
     assert backends["c1"].first is backends["bi"] and backends["c1"].then is backends["ce"]
     assert backends["c2"].first is backends["ce"] and backends["c2"].then is backends["gen"]
     assert backends["bi"].model == "bi" and backends["ce"].handle == "ce-handle"
+
+
+def test_chunked_cascade_rescores_the_winning_windows():
+    """Long documents chunked in the first stage: each document scores as its best window, and the second stage
+    sees that window, not the whole document."""
+    from transformers import AutoTokenizer
+
+    from deployments.backends import ChunkedBackend
+    from scoring.chunking import Chunker, WindowBudget
+    from scoring.config import EMBEDDED_MODEL, resolve_model_path
+
+    chunker = Chunker(
+        AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL)), WindowBudget("minilm", document_tokens=2)
+    )
+
+    async def split(group):
+        return chunker.split(group, size=2, overlap=0, max_chunks=4)
+
+    documents = ["a b c d", "e f", "g"]
+    first = Stage({"a b": 0.1, "c d": 0.9, "e f": 0.5, "g": 0.7}, tokens_per_document=2)
+    then = Stage({"c d": 0.3, "g": 0.8}, tokens_per_document=10)
+    cascade = CascadeBackend(ChunkedBackend(first, split), then, candidates=2)
+    (outcome,) = asyncio.run(cascade.score([QueryGroup("q", documents, [0, 1, 2])], None, None))
+    assert first.calls == [["a b", "c d", "e f", "g"]]  # every window, once
+    assert then.calls == [["c d", "g"]]  # the two best documents' winning windows
+    assert outcome.order == [2, 0, 1]
+    assert list(outcome.scores) == [0.3, 0.5, 0.8]
+    assert outcome.chunks == [(4, 7), (0, 3), (0, 1)]
+    assert outcome.document_tokens == 4 * 2 + 2 * 10  # the windows' tokens

@@ -38,3 +38,17 @@ def test_examples_are_valid_instances():
             model.model_validate(example)
             checked += 1
     assert checked >= 10
+
+
+def test_long_document_record_and_instruction_fields_are_documented_with_examples():
+    spec = api.openapi()
+    schemas = spec["components"]["schemas"]
+    for request in ("RerankRequest", "RerankV2Request", "ScoreRequest"):
+        properties = schemas[request]["properties"]
+        for name in ("long_documents", "max_chunks_per_doc", "rank_fields", "instruction"):
+            assert properties[name].get("description") and properties[name].get("examples"), (request, name)
+        shown = {key for example in schemas[request]["examples"] for key in example}
+        assert {"long_documents", "rank_fields", "instruction"} <= shown, request
+    for result in ("RerankResult", "ScoreData"):
+        assert "chunk" in schemas[result]["properties"] and schemas[result]["properties"]["chunk"].get("description")
+    assert any("chunk" in r for r in schemas["RerankResponse"]["examples"][0]["results"])

@@ -178,6 +178,12 @@ def test_models_show_the_encoding_in_force(colbert_app):
         "attend_to_expansion_tokens": True,
         "skiplist_words": list(string.punctuation),
         "embedding_dim": 48,
+        # the vision fields: null for a text model
+        "image_tokens": None,
+        "image_document_tokens": None,
+        "visual_prompt": None,
+        "query_augmentation": None,
+        "query_augmentation_count": None,
     }
     stanford = cards["stanford-tiny"]
     assert (stanford["format"], stanford["query_length"], stanford["embedding_dim"]) == ("stanford", 10, 32)

@@ -283,3 +283,54 @@ def test_cascade_through_the_cohere_sdk_and_its_metrics(generative_app, metrics_
         )
 
     wait_until(generative_recorded, timeout=120, interval=1.0)
+
+
+INSTRUCTION = "Decide whether the document names the capital city"
+
+
+def test_instruction_replaces_the_templates_on_every_route(client, reference):
+    tokenizer = reference.tokenizer
+
+    def expected(documents: list[str], instruction: str | None) -> list[float]:
+        texts = [qwen3_reference_text(QUERY, d, *([instruction] if instruction else [])) for d in documents]
+        return [expected_score(reference(tokenizer.encode(t, add_special_tokens=False)), [YES, NO]) for t in texts]
+
+    instructed, default = expected(DOCUMENTS, INSTRUCTION), expected(DOCUMENTS, None)
+    assert max(abs(a - b) for a, b in zip(instructed, default)) > 1e-3  # the check would see it ignored
+    body = {"model": "tiny-qwen3", "query": QUERY, "documents": DOCUMENTS, "instruction": INSTRUCTION}
+    for route in ("/v1/rerank", "/v2/rerank"):
+        r = client.post(route, json=body)
+        assert r.status_code == 200, r.text
+        assert [x["relevance_score"] for x in sorted(r.json()["results"], key=lambda x: x["index"])] == (
+            pytest.approx(instructed, abs=1e-4)
+        )
+    score = client.post("/v1/score", json={"model": "tiny-qwen3", "queries": QUERY, "documents": DOCUMENTS,
+                                           "instruction": INSTRUCTION})
+    assert [d["score"] for d in score.json()["data"]] == pytest.approx(instructed, abs=1e-4)
+    plain = client.post("/v1/score", json={"model": "tiny-qwen3", "queries": QUERY, "documents": DOCUMENTS})
+    assert [d["score"] for d in plain.json()["data"]] == pytest.approx(default, abs=1e-4)  # the model's stays
+    # the cascade's first stage (late interaction) takes none; its generative stage does
+    cascade = client.post("/v1/rerank", json={**body, "model": "cascade"})
+    assert cascade.status_code == 200, cascade.text
+    for x in cascade.json()["results"][:CANDIDATES]:
+        assert x["relevance_score"] == pytest.approx(instructed[x["index"]], abs=1e-4)
+    r = client.post("/v1/rerank", json={**body, "model": "minilm-colbert"})
+    assert r.status_code == 400 and "'minilm-colbert'" in r.json()["error"]["message"]
+
+
+def test_long_document_chunked_under_the_template(client, reference):
+    """Windows fit the prompt beside the template, the query and the request's instruction: a document scores as
+    its best window sent alone."""
+    text = " ".join(f"sentence {i} is about the river and the old mill near the town." for i in range(60))
+    body = {"model": "tiny-qwen3", "query": QUERY, "instruction": INSTRUCTION, "top_n": 0}
+    chunked = client.post("/v1/rerank", json={**body, "documents": [text], "long_documents": "chunk"})
+    assert chunked.status_code == 200, chunked.text
+    result = chunked.json()["results"][0]
+    start, end = result["chunk"]["start"], result["chunk"]["end"]
+    assert 0 <= start < end <= len(text) and end - start < len(text)
+    window = text[start:end]
+    prompt = reference.tokenizer.encode(qwen3_reference_text(QUERY, window, INSTRUCTION), add_special_tokens=False)
+    assert len(prompt) <= 511  # the window fits the 512-token model with the prompt around it, uncut
+    assert result["relevance_score"] == pytest.approx(expected_score(reference(prompt), [YES, NO]), abs=1e-4)
+    alone = client.post("/v1/rerank", json={**body, "documents": [window]}).json()["results"][0]
+    assert result["relevance_score"] == pytest.approx(alone["relevance_score"], abs=1e-6)

@@ -37,6 +37,7 @@ DOCUMENTS = [
     "France is a country in Western Europe; its capital is Paris.",
 ]
 CANDIDATES = 3
+CHUNK_OVERLAP = 4
 FP16_DOCUMENTS = 2e-3  # the scorer stores documents as float16 (cache.document_dtype): cosine to ~1e-3
 
 
@@ -61,7 +62,7 @@ def kinds_app(serve_instance, checkpoints):
 
     args = {
         "models": [
-            default_app_args()["models"][0],
+            {**default_app_args()["models"][0], "chunk_overlap": CHUNK_OVERLAP},
             {"name": "tiny-ce", "kind": "cross_encoder", "model": str(checkpoints["cross_encoder"])},
             {"name": "tiny-xlmr-ce", "kind": "cross_encoder", "model": str(checkpoints["xlmr_cross_encoder"])},
             {"name": "tiny-modernbert-ce", "kind": "cross_encoder",
@@ -74,8 +75,13 @@ def kinds_app(serve_instance, checkpoints):
              "candidates": CANDIDATES},
             {"name": "ce-then-qwen3", "kind": "cascade", "first": "tiny-ce", "then": "tiny-qwen3",
              "candidates": CANDIDATES},
+            # chunks long documents unless a request says otherwise (the config's default)
+            {"name": "colbert-then-ce-chunked", "kind": "cascade", "first": "minilm-colbert", "then": "tiny-ce",
+             "candidates": CANDIDATES, "long_documents": "chunk"},
         ]
     }
+    for model in args["models"][1:]:  # a cascade's own setting applies to its requests, as a model's does
+        model["chunk_overlap"] = CHUNK_OVERLAP
     handle = serve.run(build_app(args), name="kinds", route_prefix="/kinds")
     yield f"{serve_instance}/kinds", handle
     serve.delete("kinds")
@@ -125,8 +131,8 @@ def bi_encoder_reference():
 
     st = SentenceTransformer(resolve_model_path(EMBEDDED_MODEL), device="cpu")
 
-    def scores(query: str, documents: list[str]) -> np.ndarray:
-        return st.similarity(st.encode([query]), st.encode(documents))[0].double().numpy()
+    def scores(query: str, documents: list[str], prompt: str | None = None) -> np.ndarray:
+        return st.similarity(st.encode([query], prompt=prompt), st.encode(documents))[0].double().numpy()
 
     def tokens(query: str, documents: list[str]) -> int:
         """Input tokens of the query and the documents as sentence-transformers tokenizes them (what usage counts)."""
@@ -302,3 +308,245 @@ def test_bad_input_is_a_clear_4xx(client, path, body, status, mentions):
     r = client.post(path, json=body)
     assert r.status_code == status, r.text
     assert mentions in r.json()["error"]["message"]
+
+
+# Long documents: windows of the model's document length, a document scored as its best window.
+
+RELEVANT = "Paris is the capital and largest city of France."
+FILLER = ("the old river road runs past green fields and quiet farms while the morning wind moves slowly over "
+          "hills near small towns").split()
+# less relevant than the 4th window for both trained kinds, more than the filler windows
+CHUNK_DISTRACTORS = ["Lyon is a large city.", "Bananas are rich in potassium."]
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+
+
+def five_windows(tokenizer, window: int) -> tuple[str, list[tuple[int, int]]]:
+    """A document of filler words (one token each) whose 5 windows of `window` tokens (overlapping by
+    CHUNK_OVERLAP) hold RELEVANT in the 4th only; returns it and the windows' character spans."""
+    stride = window - CHUNK_OVERLAP
+    relevant_at = 3 * stride + CHUNK_OVERLAP + 1  # after the 3rd window's end, ending before the 5th's start
+    relevant_tokens = len(tokenizer.tokenize(RELEVANT))
+    assert relevant_at + relevant_tokens <= 4 * stride
+    total = 4 * stride + window
+    words = [FILLER[i % len(FILLER)] for i in range(total - relevant_tokens)]
+    text = " ".join(words[:relevant_at] + [RELEVANT] + words[relevant_at:])
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    assert len(offsets) == total  # every filler word is one token
+    spans = []
+    for k in range(5):
+        first, last = k * stride, min(k * stride + window, total)
+        spans.append((offsets[first][0], offsets[last - 1][1]))
+    assert [RELEVANT in text[s:e] for s, e in spans] == [False, False, False, True, False]
+    return text, spans
+
+
+# (model, max_tokens_per_doc, window): a late-interaction or bi-encoder document's limit counts [CLS] and [SEP];
+# a cross-encoder's or generative model's counts the document's own tokens
+CHUNKED_KINDS = [("minilm-colbert", 32, 30), ("minilm-bi", 32, 30), ("tiny-ce", 30, 30), ("tiny-qwen3", 30, 30)]
+
+
+@pytest.mark.parametrize("model,max_tokens_per_doc,window", CHUNKED_KINDS)
+def test_long_document_scored_as_its_best_window(client, minilm_tokenizer, model, max_tokens_per_doc, window):
+    text, spans = five_windows(minilm_tokenizer, window)
+    documents = [*CHUNK_DISTRACTORS, text]
+    options = {"max_tokens_per_doc": max_tokens_per_doc, "top_n": 0}
+    chunked = rerank(client, model, documents=documents, long_documents="chunk", **options)
+    # the windows sent as documents of their own: the same scores, the same usage
+    expanded = rerank(client, model, documents=[*CHUNK_DISTRACTORS, *(text[s:e] for s, e in spans)], **options)
+    window_scores = by_index(expanded["results"])[2:]
+    best = int(np.argmax(window_scores))
+    result = next(x for x in chunked["results"] if x["index"] == 2)
+    assert result["relevance_score"] == pytest.approx(window_scores[best], rel=1e-6, abs=1e-6)
+    assert (result["chunk"]["start"], result["chunk"]["end"]) == spans[best]
+    assert result["document"]["text"] == text  # the whole document comes back
+    for short in (x for x in chunked["results"] if x["index"] < 2):  # a short document is one window: itself
+        assert short["chunk"] == {"start": 0, "end": len(CHUNK_DISTRACTORS[short["index"]])}
+        assert short["relevance_score"] == pytest.approx(by_index(expanded["results"])[short["index"]], abs=1e-6)
+    assert chunked["usage"] == expanded["usage"]
+
+    truncated = rerank(client, model, documents=documents, **options)
+    assert "chunk" not in truncated["results"][0]
+    if model.startswith("minilm"):  # a trained model: the relevant window ranks its document first
+        assert best == 3
+        assert chunked["results"][0]["index"] == 2
+        assert truncated["results"][0]["index"] != 2
+
+
+def test_chunked_document_on_score_and_v2(client, minilm_tokenizer):
+    text, spans = five_windows(minilm_tokenizer, 30)
+    body = {"model": "minilm-colbert", "max_tokens_per_doc": 32, "long_documents": "chunk"}
+    score = client.post("/v1/score", json={**body, "queries": QUERY, "documents": [CHUNK_DISTRACTORS[0], text]})
+    assert score.status_code == 200, score.text
+    data = score.json()["data"]
+    assert data[1]["chunk"] == {"start": spans[3][0], "end": spans[3][1]}
+    alone = client.post("/v1/score", json={**body, "queries": QUERY, "documents": text[spans[3][0]:spans[3][1]]})
+    assert data[1]["score"] == alone.json()["data"][0]["score"]
+    v2 = client.post("/v2/rerank", json={**body, "query": QUERY, "documents": [CHUNK_DISTRACTORS[0], text]})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["results"][0] == {"index": 1, "relevance_score": data[1]["score"],
+                                       "chunk": {"start": spans[3][0], "end": spans[3][1]}}
+    plain = client.post("/v1/score", json={"model": "minilm-colbert", "queries": QUERY, "documents": ["x"]})
+    assert "chunk" not in plain.json()["data"][0]
+
+
+def test_too_many_windows_is_a_413_naming_the_document(client, minilm_tokenizer):
+    text, _ = five_windows(minilm_tokenizer, 30)
+    r = client.post("/v1/rerank", json={"model": "minilm-colbert", "query": QUERY, "documents": ["a", text],
+                                        "long_documents": "chunk", "max_tokens_per_doc": 32, "max_chunks_per_doc": 4})
+    assert r.status_code == 413, r.text
+    assert "documents[1]" in r.json()["error"]["message"] and "max_chunks_per_doc (4)" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("cascade,first_model", [("colbert-then-ce", "minilm-colbert"), ("bi-then-ce", "minilm-bi")])
+def test_cascade_chunks_in_its_first_stage_and_rescores_the_winning_window(
+    client, minilm_tokenizer, cross_encoder_reference, cascade, first_model
+):
+    text, spans = five_windows(minilm_tokenizer, 30)
+    documents = [*CHUNK_DISTRACTORS, "Berlin is the capital of Germany.", "The stock market closed higher.", text]
+    options = {"max_tokens_per_doc": 32, "long_documents": "chunk"}
+    first = rerank(client, first_model, documents=documents, **options)
+    shortlist = [x["index"] for x in first["results"]][:CANDIDATES]
+    assert 4 in shortlist
+    window_of = {x["index"]: documents[x["index"]][x["chunk"]["start"]:x["chunk"]["end"]] for x in first["results"]}
+    assert window_of[4] == text[spans[3][0]:spans[3][1]]
+    # the second stage sees each candidate's winning window
+    second = dict(zip(shortlist, cross_encoder_reference(QUERY, [window_of[i] for i in shortlist])))
+    order, _ = cascade_expected(first, second)
+    body = rerank(client, cascade, documents=documents, **options)
+    assert [x["index"] for x in body["results"]] == order
+    for x in body["results"]:
+        assert x["chunk"] == next(f["chunk"] for f in first["results"] if f["index"] == x["index"])
+        if x["index"] in second:
+            assert x["relevance_score"] == pytest.approx(second[x["index"]], abs=1e-5)
+    if cascade == "colbert-then-ce":  # the config's default: chunk unless the request says truncate
+        default = rerank(client, "colbert-then-ce-chunked", documents=documents, max_tokens_per_doc=32)
+        assert [x["chunk"] for x in default["results"]] == [x["chunk"] for x in body["results"]]
+        off = rerank(client, "colbert-then-ce-chunked", documents=documents, max_tokens_per_doc=32,
+                     long_documents="truncate")
+        assert "chunk" not in off["results"][0]
+
+
+# Records scored by their rank_fields; per-request instructions.
+
+RECORDS = [
+    {"title": "Paris", "text": "Paris is the capital and largest city of France.", "url": "https://example.org/p",
+     "views": 3},
+    {"title": "Bananas", "text": "Bananas are rich in potassium.", "url": "https://example.org/b", "views": 1},
+]
+
+
+def record_lines(record: dict, fields: list[str]) -> str:
+    return "\n".join(f"{field}: {record[field]}" for field in fields)
+
+
+@pytest.mark.parametrize("model", ["minilm-colbert", "tiny-ce"])
+def test_records_are_scored_by_their_rank_fields_on_every_route(client, model):
+    for fields in (["title", "text"], ["text", "title"], ["url"]):
+        expected = by_index(rerank(client, model, documents=[record_lines(r, fields) for r in RECORDS])["results"])
+        v1 = rerank(client, model, documents=RECORDS, rank_fields=fields)
+        assert by_index(v1["results"]) == pytest.approx(expected, abs=1e-6)
+        assert all(x["document"] == RECORDS[x["index"]] for x in v1["results"])  # echoed unchanged
+        v2 = client.post("/v2/rerank", json={"model": model, "query": QUERY, "documents": RECORDS,
+                                             "rank_fields": fields, "return_documents": True})
+        assert v2.status_code == 200, v2.text
+        assert by_index(v2.json()["results"]) == pytest.approx(expected, abs=1e-6)
+        assert all(x["document"] == RECORDS[x["index"]] for x in v2.json()["results"])
+        score = client.post("/v1/score", json={"model": model, "queries": QUERY, "documents": RECORDS,
+                                               "rank_fields": fields})
+        assert score.status_code == 200, score.text
+        assert [d["score"] for d in score.json()["data"]] == pytest.approx(expected, abs=1e-6)
+    # a record that is long is chunked like any document: its span is within its rank_fields text
+    long = {"title": "Rivers", "text": " ".join(FILLER * 8)}
+    chunked = rerank(client, model, documents=[long], rank_fields=["title", "text"], long_documents="chunk",
+                     max_tokens_per_doc=32)
+    span = chunked["results"][0]["chunk"]
+    assert 0 <= span["start"] < span["end"] <= len(record_lines(long, ["title", "text"]))
+    assert chunked["results"][0]["document"] == long
+
+
+BAD_RECORDS = [
+    ({"documents": RECORDS, "rank_fields": ["title", "summary"]}, "documents[0] has no field 'summary'"),
+    ({"documents": RECORDS, "rank_fields": ["views"]}, "documents[0].views is int"),
+    ({"documents": [RECORDS[0], {"title": None}], "rank_fields": ["title"]}, "documents[1].title is NoneType"),
+    ({"documents": RECORDS, "rank_fields": []}, "rank_fields"),
+    ({"documents": [RECORDS[0], "a plain string"], "rank_fields": ["title"]}, "documents[1] is a string"),
+    ({"documents": [{"title": "no text"}]}, "documents[0] has no `text` field"),
+    ({"documents": RECORDS, "rank_fields": "title"}, "rank_fields"),
+]
+
+
+@pytest.mark.parametrize("route", ["/v1/rerank", "/v2/rerank", "/v1/score"])
+@pytest.mark.parametrize("body,mentions", BAD_RECORDS)
+def test_bad_records_are_a_422_naming_the_document_and_field(client, route, body, mentions):
+    query = {"queries": QUERY} if route == "/v1/score" else {"query": QUERY}
+    r = client.post(route, json={"model": "minilm-colbert", **query, **body})
+    assert r.status_code == 422, r.text
+    assert mentions in r.json()["error"]["message"]
+
+
+INSTRUCTION = "Represent this question for finding the city it asks about: "
+
+
+def test_instruction_is_the_bi_encoders_query_prompt_on_every_route(client, kinds_app, bi_encoder_reference):
+    expected = bi_encoder_reference(QUERY, DOCUMENTS, prompt=INSTRUCTION)
+    plain = bi_encoder_reference(QUERY, DOCUMENTS)
+    assert np.abs(expected - plain).max() > 10 * FP16_DOCUMENTS  # the check would see the prompt missing
+    before = kinds_app[1].scorer_stats.remote().result()
+    for _ in range(2):  # the second request finds the instructed query in the cache
+        body = rerank(client, "minilm-bi", instruction=INSTRUCTION)
+        assert by_index(body["results"]) == pytest.approx(expected, abs=FP16_DOCUMENTS)
+    after = kinds_app[1].scorer_stats.remote().result()
+    assert after["query_cache"]["hits"] - before["query_cache"]["hits"] >= 1
+    # the cache is keyed by the instruction: the same query without one is the model's own prompt
+    assert by_index(rerank(client, "minilm-bi")["results"]) == pytest.approx(plain, abs=FP16_DOCUMENTS)
+    v2 = client.post("/v2/rerank", json={"model": "minilm-bi", "query": QUERY, "documents": DOCUMENTS,
+                                         "instruction": INSTRUCTION})
+    assert by_index(v2.json()["results"]) == pytest.approx(expected, abs=FP16_DOCUMENTS)
+    score = client.post("/v1/score", json={"model": "minilm-bi", "queries": QUERY, "documents": DOCUMENTS,
+                                           "instruction": INSTRUCTION})
+    assert [d["score"] for d in score.json()["data"]] == pytest.approx(expected, abs=FP16_DOCUMENTS)
+    # a cascade hands it to the stage that takes one (the bi-encoder here)
+    cascade = rerank(client, "bi-then-ce", instruction=INSTRUCTION)
+    first = rerank(client, "minilm-bi", instruction=INSTRUCTION)
+    shortlist = {x["index"] for x in first["results"][:CANDIDATES]}
+    assert {x["index"] for x in cascade["results"][:CANDIDATES]} == shortlist
+
+
+@pytest.mark.parametrize(
+    "route,model",
+    [(route, model) for route in ("/v1/rerank", "/v2/rerank", "/v1/score")
+     for model in ("minilm-colbert", "tiny-ce", "tiny-qwen3")] + [("/v1/rerank", "colbert-then-ce")],
+)
+def test_instruction_for_a_model_without_a_slot_is_a_400_naming_it(client, route, model):
+    query = {"queries": QUERY} if route == "/v1/score" else {"query": QUERY}
+    r = client.post(route, json={"model": model, **query, "documents": DOCUMENTS, "instruction": "Find it"})
+    assert r.status_code == 400, r.text
+    assert f"model {model!r}" in r.json()["error"]["message"] and "takes no instruction" in r.json()["error"]["message"]
+
+
+def test_handle_methods_take_the_same_fields(client, kinds_app, minilm_tokenizer):
+    handle = kinds_app[1]
+    text, spans = five_windows(minilm_tokenizer, 30)
+    chunked = {"model": "minilm-colbert", "query": QUERY, "documents": [CHUNK_DISTRACTORS[0], text],
+               "long_documents": "chunk", "max_tokens_per_doc": 32}
+    over_http = client.post("/v1/rerank", json=chunked).json()
+    by_handle = handle.rerank.remote(chunked).result()
+    assert [(r.index, r.relevance_score, r.chunk.start, r.chunk.end) for r in by_handle.results] == [
+        (r["index"], r["relevance_score"], r["chunk"]["start"], r["chunk"]["end"]) for r in over_http["results"]
+    ]
+    v2 = handle.rerank_v2.remote({"model": "minilm-colbert", "query": QUERY, "documents": RECORDS,
+                                  "rank_fields": ["title", "text"], "return_documents": True}).result()
+    assert [r.document for r in sorted(v2.results, key=lambda r: r.index)] == RECORDS
+    score = handle.score.remote({"model": "minilm-bi", "queries": QUERY, "documents": DOCUMENTS,
+                                 "instruction": INSTRUCTION}).result()
+    http_score = client.post("/v1/score", json={"model": "minilm-bi", "queries": QUERY, "documents": DOCUMENTS,
+                                                "instruction": INSTRUCTION}).json()
+    assert [d.score for d in score.data] == [d["score"] for d in http_score["data"]]
+    with pytest.raises(Exception, match="takes no instruction"):
+        handle.rerank.remote({"model": "tiny-ce", "query": QUERY, "documents": DOCUMENTS, "instruction": "x"}).result()

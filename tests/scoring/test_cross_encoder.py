@@ -92,3 +92,34 @@ def test_heads_apply_the_activation():
 def test_more_than_one_label_is_refused_naming_the_model():
     with pytest.raises(ValueError, match="'nli'.*num_labels=1.*3"):
         check_one_label(SimpleNamespace(num_labels=3), "nli")
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer():
+    from tests.tiny_jina_reranker import byte_level_tokenizer
+
+    specials = {"<|endoftext|>": 500, "<|im_start|>": 501, "<|im_end|>": 502}
+    return byte_level_tokenizer(specials, 512, 512, trained=500, pad_token="<|endoftext|>")
+
+
+def test_qwen3_reranker_pairs_are_the_conversions_card_texts(qwen_tokenizer, hf_tokenizer):
+    from scoring.cross_encoder import Qwen3RerankerPairs
+    from scoring.templates import QWEN3_RERANKER_ASSISTANT, QWEN3_RERANKER_SYSTEM
+
+    pairs = Qwen3RerankerPairs(qwen_tokenizer, 512, "Find it")
+    head = f"{QWEN3_RERANKER_SYSTEM}<Instruct>: Find it\n<Query>: {QUERY}\n"
+    (pair,) = pairs.pairs(QUERY, ["Paris is in France."])
+    card = qwen_tokenizer(head, f"<Document>: Paris is in France.{QWEN3_RERANKER_ASSISTANT}")["input_ids"]
+    assert pair.token_ids == list(card) and pair.second_segment_start is None
+    (other,) = pairs.pairs(QUERY, ["Paris is in France."], instruction="Mine")
+    assert other.token_ids[: len(card)] != card
+
+    encode = lambda text: qwen_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    (cut,) = pairs.pairs(QUERY, [LONG])
+    assert len(cut.token_ids) == 512 and cut.token_ids[-len(encode(QWEN3_RERANKER_ASSISTANT)):] == encode(
+        QWEN3_RERANKER_ASSISTANT)
+    (capped,) = pairs.pairs(QUERY, [LONG], max_tokens_per_doc=5)
+    assert capped.token_ids == encode(head) + encode("<Document>: ") + encode(LONG)[:5] + encode(
+        QWEN3_RERANKER_ASSISTANT)
+    with pytest.raises(ValueError, match="adds no special tokens"):
+        Qwen3RerankerPairs(hf_tokenizer, 512, "Find it")

@@ -66,7 +66,7 @@ def test_rerank_results_top_n_and_documents():
 def test_score_requests_take_every_spelling_vllm_takes(body):
     """vLLM's /score reads the pair as queries/documents, queries/items, text_1/text_2 or data_1/data_2."""
     request = ScoreRequest.model_validate(body)
-    assert (request.queries, request.documents) == ("q", ["a", "b"])
+    assert (request.queries, request.documents) == (["q"], ["a", "b"])  # one query alone is a list of one
     groups, n = score_groups(request, CONFIG)
     assert n == 2
 

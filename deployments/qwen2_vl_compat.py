@@ -1,0 +1,87 @@
+"""vLLM's Qwen2-VL models (jina-reranker-m0's `JinaVLForRanking`) without torchvision: a vLLM general plugin.
+
+This service installs no torchvision (the wheel pip pulls breaks `import vllm` on the CPU build), and transformers
+5's Qwen2-VL code needs it in two places vLLM 0.32 reaches: `image_processing_qwen2_vl` (vLLM imports its
+`smart_resize`) and the video processor `Qwen2VLProcessor` loads and type-checks. Both have torch-free equivalents
+for images: transformers' PIL image processor (`Qwen2VLImageProcessorPil`, the same resize and normalisation) and
+a processor that holds only the image processor and the tokenizer. `register()` puts them in place and registers
+vLLM's own JinaVL processing on that image-only processor (images only: a video is refused).
+
+vLLM runs its general plugins in every process it starts (the model-inspection subprocess, the engine core), which
+is where this must hold; `PLUGIN_PATH` holds the entry point (`vllm.general_plugins`) that names `register`, and
+`start_engine` puts it on the `PYTHONPATH` those processes inherit. With torchvision installed it does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+PLUGIN_PATH = str(Path(__file__).parent / "vllm_plugins")
+_TORCHVISION_MODULE = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
+_registered = False
+
+
+def add_plugin_path() -> None:
+    """Make this plugin visible to this process and to the processes it starts (vLLM's subprocesses)."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if PLUGIN_PATH not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, PLUGIN_PATH])
+    if PLUGIN_PATH not in sys.path:
+        sys.path.append(PLUGIN_PATH)
+
+
+def register() -> None:
+    """The plugin: once per process, when torchvision is missing."""
+    global _registered
+    if _registered or importlib.util.find_spec("torchvision") is not None:
+        return
+    _registered = True
+    _image_processing_module()
+    _register_image_only_processor()
+
+
+def _image_processing_module() -> None:
+    """`image_processing_qwen2_vl` as the PIL module's names: vLLM imports `smart_resize` and the processor class
+    from it, and the PIL module defines the same resize."""
+    from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil
+
+    module = types.ModuleType(_TORCHVISION_MODULE)
+    module.smart_resize = pil.smart_resize
+    module.Qwen2VLImageProcessor = pil.Qwen2VLImageProcessorPil
+    sys.modules.setdefault(_TORCHVISION_MODULE, module)
+
+
+def _register_image_only_processor() -> None:
+    from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+    from vllm.model_executor.models.jina_vl import (
+        JinaVLForSequenceClassification,
+        JinaVLMultiModalProcessor,
+    )
+    from vllm.model_executor.models.qwen2_vl import Qwen2VLDummyInputsBuilder, Qwen2VLProcessingInfo
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+
+    class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
+        """Qwen2VLProcessor with an image processor and a tokenizer only (its video processor needs torchvision)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
+            self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    class ImageOnlyInfo(Qwen2VLProcessingInfo):
+        def get_hf_processor(self, **kwargs: object):
+            return self.ctx.get_hf_processor(Qwen2VLImageProcessorOnly, **kwargs)
+
+        def get_supported_mm_limits(self):
+            return {"image": None}
+
+    MULTIMODAL_REGISTRY.register_processor(
+        JinaVLMultiModalProcessor, info=ImageOnlyInfo, dummy_inputs=Qwen2VLDummyInputsBuilder
+    )(JinaVLForSequenceClassification)

@@ -1,0 +1,247 @@
+"""A vision late-interaction checkpoint (ColModernVBert, tiny and random, in transformers' `save_pretrained` layout)
+given by path alone, through a real vLLM engine and Ray Serve, scored as its own library scores it.
+
+The reference is transformers' own classes on the same checkpoint: `ColModernVBertProcessor.process_images` for image
+documents, `process_queries` for queries, the processor's tokenization for text documents,
+`ColModernVBertForRetrieval` for the embeddings and `processor.score_retrieval` for the scores (float32).
+Images are sent over HTTP as data URLs and file URLs (the media branch's request shape), and to the deployments'
+handles as the ingress hands them on (`ImageInput`: the file's bytes and their SHA-256).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from scoring.messages import DocumentSpec, ImageInput, QuerySpec
+from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "colmodernvbert-tiny"
+QUERIES = ["what does the chart on this page show?", "red"]
+TEXTS = ["quarterly revenue grew by ten percent", "a"]
+
+
+def page(seed: int, size: tuple[int, int] = (48, 64), fmt: str = "PNG") -> ImageInput:
+    """A random image file, as the ingress decodes it from a URL."""
+    from PIL import Image
+
+    pixels = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    data = buffer.getvalue()
+    return ImageInput(data=data, digest=hashlib.sha256(data).hexdigest(), mime=f"image/{fmt.lower()}",
+                      width=size[0], height=size[1], source=f"data:{seed}")
+
+
+class Reference:
+    """transformers' ColModernVBertProcessor + ColModernVBertForRetrieval on the checkpoint, float32."""
+
+    def __init__(self, path):
+        from transformers import AutoProcessor, ColModernVBertForRetrieval
+
+        self.processor = AutoProcessor.from_pretrained(str(path))
+        self.model = ColModernVBertForRetrieval.from_pretrained(str(path)).to(torch.float32).eval()
+
+    def _embed(self, batch) -> list[torch.Tensor]:
+        with torch.no_grad():
+            out = self.model(**batch).embeddings
+        mask = batch["attention_mask"].bool()
+        return [out[i][mask[i]] for i in range(out.shape[0])]
+
+    def document(self, item) -> torch.Tensor:
+        if isinstance(item, str):
+            return self._embed(self.processor(text=[item]))[0]
+        from PIL import Image
+
+        return self._embed(self.processor.process_images([Image.open(io.BytesIO(item.data))]))[0]
+
+    def scores(self, query: str, documents: list) -> np.ndarray:
+        """`score_retrieval` of each document on its own: given several, it pads the shorter ones with zero rows,
+        which then enter the max (a short text's score would depend on the longest document beside it)."""
+        q = self._embed(self.processor.process_queries([query]))
+        return np.array([self.processor.score_retrieval(q, [self.document(d)])[0, 0].item() for d in documents])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_tiny_colmodernvbert(tmp_path_factory.mktemp("colmodernvbert") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    return Reference(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """A folder the app may read `file://` pages from."""
+    return tmp_path_factory.mktemp("pages")
+
+
+def data_url(image: ImageInput) -> dict:
+    url = f"data:{image.mime};base64," + base64.b64encode(image.data).decode()
+    return {"content": [{"type": "image_url", "image_url": {"url": url}}]}
+
+
+def file_url(image: ImageInput, folder) -> dict:
+    path = folder / f"{image.digest[:12]}.{image.mime.split('/')[1]}"
+    path.write_bytes(image.data)
+    return {"content": [{"type": "image_url", "image_url": {"url": path.as_uri()}}]}
+
+
+@pytest.fixture(scope="module")
+def vision_app(serve_instance, checkpoint, pages):
+    """The checkpoint by path alone (plus this machine's memory settings), in one app that reads files from
+    `pages`."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from scoring.vision import vision_engine_layout
+
+    layout = vision_engine_layout(checkpoint)  # written here first, so the test removes it afterwards
+    args = {
+        "models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
+                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 128}],
+        "cache": {"document_dtype": "float32"},  # fp16 storage would round scores past 1e-4
+        "media": {"allowed_local_media_dirs": [str(pages)]},
+    }
+    try:
+        serve.run(build_app(args), name="vision", route_prefix="/vision")
+        yield f"{serve_instance}/vision"
+        serve.delete("vision")
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
+
+
+def _handles():
+    from ray import serve
+
+    from deployments.app import SCORER_DEPLOYMENT, encoder_deployment_name
+
+    return (serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name="vision"),
+            serve.get_deployment_handle(encoder_deployment_name(MODEL), app_name="vision"))
+
+
+def _score(scorer, query, documents):
+    return scorer.score.remote([QuerySpec(MODEL, query)], [DocumentSpec(documents)]).result()[0]
+
+
+def test_image_and_text_documents_score_as_transformers_fresh_and_cached(vision_app, reference):
+    scorer, _ = _handles()
+    documents = [page(1), TEXTS[0], page(2, (90, 40), "JPEG"), TEXTS[1], page(3, (32, 32))]
+    for query in QUERIES:
+        expected = reference.scores(query, documents)
+        fresh = _score(scorer, query, documents)
+        cached = _score(scorer, query, documents)
+        np.testing.assert_allclose(fresh.scores, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(cached.scores, expected, atol=1e-4, rtol=0)
+        assert cached.document_cache_hits == len(documents)
+    # an image a model gives 4 image tokens inside its 19-token visual prompt: usage counts them all
+    assert fresh.document_tokens == sum(len(reference.document(d)) for d in documents)
+
+
+def test_the_same_image_from_two_urls_is_one_cache_entry(vision_app, reference):
+    scorer, encoder = _handles()
+    image = page(10)
+    as_file = ImageInput(data=image.data, digest=image.digest, mime=image.mime, width=image.width,
+                         height=image.height, source="file:///pages/10.png")
+    first = _score(scorer, QUERIES[0], [image])
+    before = scorer.stats.remote().result()["document_cache"]
+    second = _score(scorer, QUERIES[0], [as_file])
+    after = scorer.stats.remote().result()["document_cache"]
+    assert second.document_cache_hits == 1
+    assert (after["entries"], after["bytes"], after["evictions"]) == (before["entries"], before["bytes"],
+                                                                      before["evictions"])
+    assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"])
+    np.testing.assert_allclose(second.scores, first.scores, atol=0, rtol=0)
+    # the encoder's own cache keys it by the digest too
+    encoder.encode_documents.remote([image]).result()
+    before = encoder.stats.remote().result()["encoder_document_cache"]
+    encoder.encode_documents.remote([as_file]).result()
+    after = encoder.stats.remote().result()["encoder_document_cache"]
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+
+
+def test_concurrent_requests_image_documents_are_batched_and_score_as_transformers(vision_app, reference):
+    scorer, _ = _handles()
+    requests = [[page(100 + 3 * i), page(101 + 3 * i), TEXTS[0]] for i in range(8)]
+    before = scorer.stats.remote().result()["encode_batches"]
+
+    async def all_at_once():
+        return await asyncio.gather(*(scorer.score.remote([QuerySpec(MODEL, QUERIES[0])], [DocumentSpec(docs)])
+                                      for docs in requests))
+
+    results = asyncio.run(all_at_once())
+    after = scorer.stats.remote().result()["encode_batches"]
+    for docs, result in zip(requests, results):
+        np.testing.assert_allclose(result[0].scores, reference.scores(QUERIES[0], docs), atol=1e-4, rtol=0)
+    # every request with documents to encode is one job; jobs arriving together share a batch
+    jobs, batches = after["jobs"] - before["jobs"], after["batches"] - before["batches"]
+    assert jobs == len(requests) and batches < jobs
+
+
+def _rerank(url: str, query, documents: list) -> np.ndarray:
+    r = httpx.post(f"{url}/v1/rerank", json={"model": MODEL, "query": query, "documents": documents,
+                                             "return_documents": False}, timeout=120)
+    assert r.status_code == 200, r.text
+    got = {result["index"]: result["relevance_score"] for result in r.json()["results"]}
+    return np.array([got[i] for i in range(len(documents))])
+
+
+def test_image_rerank_over_http_scores_as_transformers_fresh_and_cached(vision_app, reference, pages):
+    images = [page(20), page(21, (120, 30), "JPEG"), page(22, (16, 16))]
+    documents = [data_url(images[0]), TEXTS[0], file_url(images[1], pages), data_url(images[2])]
+    expected = reference.scores(QUERIES[0], [images[0], TEXTS[0], images[1], images[2]])
+    for _ in range(2):  # fresh, then from the caches
+        np.testing.assert_allclose(_rerank(vision_app, QUERIES[0], documents), expected, atol=1e-4, rtol=0)
+
+
+def test_a_page_as_data_url_then_file_url_is_one_entry(vision_app, reference, pages):
+    scorer, _ = _handles()
+    image = page(30)
+    first = _rerank(vision_app, QUERIES[1], [data_url(image)])
+    before = scorer.stats.remote().result()["document_cache"]
+    second = _rerank(vision_app, QUERIES[1], [file_url(image, pages)])
+    after = scorer.stats.remote().result()["document_cache"]
+    assert (after["entries"], after["bytes"]) == (before["entries"], before["bytes"])
+    assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"])
+    np.testing.assert_array_equal(second, first)
+    np.testing.assert_allclose(first, reference.scores(QUERIES[1], [image]), atol=1e-4, rtol=0)
+
+
+def test_an_image_query_is_encoded_as_process_images_encodes_it(vision_app, reference):
+    image = page(40)
+    query = reference.document(image).unsqueeze(0)  # a page as the query: the visual prompt, as process_images
+    expected = [reference.processor.score_retrieval(query, [reference.document(t)])[0, 0].item() for t in TEXTS]
+    np.testing.assert_allclose(_rerank(vision_app, data_url(image), TEXTS), expected, atol=1e-4, rtol=0)
+
+
+def test_text_rerank_over_http_scores_as_transformers(vision_app, reference):
+    r = httpx.post(f"{vision_app}/v1/rerank", json={"model": MODEL, "query": QUERIES[0], "documents": TEXTS},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    got = {result["index"]: result["relevance_score"] for result in r.json()["results"]}
+    expected = reference.scores(QUERIES[0], TEXTS)
+    np.testing.assert_allclose([got[i] for i in range(len(TEXTS))], expected, atol=1e-4, rtol=0)
+
+
+def test_models_show_the_processor_encoding(vision_app, reference):
+    r = httpx.get(f"{vision_app}/v1/models", timeout=60)
+    assert r.status_code == 200, r.text
+    encoding = next(card for card in r.json()["data"] if card["id"] == MODEL)["encoding"]
+    processor = reference.processor
+    assert encoding["format"] == "colmodernvbert"
+    assert encoding["image_tokens"] == processor.image_seq_len == 4
+    assert encoding["image_document_tokens"] == len(reference.document(page(0)))
+    assert encoding["visual_prompt"] == processor.visual_prompt_prefix
+    assert (encoding["query_augmentation"], encoding["query_augmentation_count"]) == ("<end_of_utterance>", 10)
