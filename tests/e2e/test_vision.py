@@ -245,3 +245,21 @@ def test_models_show_the_processor_encoding(vision_app, reference):
     assert encoding["image_document_tokens"] == len(reference.document(page(0)))
     assert encoding["visual_prompt"] == processor.visual_prompt_prefix
     assert (encoding["query_augmentation"], encoding["query_augmentation_count"]) == ("<end_of_utterance>", 10)
+
+
+def test_long_text_documents_chunk_beside_whole_images(vision_app, reference):
+    """`long_documents: chunk` on a vision model: a text document past the engine's length is cut into windows of
+    the processor's tokenizer and scores as its best window sent alone; an image is one input (no `chunk`)."""
+    long_text = " ".join(f"section {i}: the quarterly revenue table lists region {i}." for i in range(40))
+    image = page(50)
+    r = httpx.post(f"{vision_app}/v1/rerank", json={
+        "model": MODEL, "query": QUERIES[0], "documents": [long_text, data_url(image)],
+        "long_documents": "chunk", "return_documents": False}, timeout=120)
+    assert r.status_code == 200, r.text
+    results = {x["index"]: x for x in r.json()["results"]}
+    assert "chunk" not in results[1]
+    assert results[1]["relevance_score"] == pytest.approx(reference.scores(QUERIES[0], [image])[0], abs=1e-4)
+    start, end = results[0]["chunk"]["start"], results[0]["chunk"]["end"]
+    assert 0 <= start < end <= len(long_text) and end - start < len(long_text)
+    window = long_text[start:end]
+    assert results[0]["relevance_score"] == pytest.approx(reference.scores(QUERIES[0], [window])[0], abs=1e-4)
