@@ -380,7 +380,12 @@ class Limits(_Strict):
 
     max_documents: int = Field(default=1000, ge=1, description="Documents (or score pairs) per request.")
     max_query_chars: int = Field(default=8192, ge=1, description="Characters in one query.")
-    max_document_chars: int = Field(default=32768, ge=1, description="Characters in one document.")
+    max_document_chars: int = Field(
+        default=262144,
+        ge=1,
+        description="Characters in one document: about 100 pages, so a long document can be scored whole with "
+        "`long_documents: chunk` (`max_body_bytes` bounds a request's documents together).",
+    )
     max_body_bytes: int = Field(default=32 * 2**20, ge=1024, description="Bytes in one HTTP request body (413).")
     max_concurrent_requests: int = Field(
         default=128,

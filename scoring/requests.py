@@ -152,7 +152,8 @@ def check_documents(documents: Sequence[RequestItem], config: AppConfig) -> None
             continue
         if len(doc) > limits.max_document_chars:
             raise PayloadTooLarge(
-                f"documents[{i}] has {len(doc)} characters; the limit is {limits.max_document_chars}"
+                f"documents[{i}] has {len(doc)} characters; the limit is {limits.max_document_chars} "
+                "(limits.max_document_chars)"
             )
         check_text(doc, f"documents[{i}]")
 
