@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import string
@@ -41,6 +42,8 @@ DENSE_MODULE_SUFFIXES = ("models.Dense", "modules.dense.Dense", "pylate.models.D
 SUPPORTED_ACTIVATIONS = ("torch.nn.modules.linear.Identity", "torch.nn.modules.activation.Tanh")
 _TOKENIZER_SUFFIXES = {".json", ".txt", ".model"}  # tokenizer, vocabulary, special tokens: what vLLM reads too
 _HUB_FILES = ["*.json", "*.txt", "*.model", STANFORD_METADATA, "*.safetensors", "*/*.json", "*/*.safetensors"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -378,6 +381,27 @@ def _lookup(settings: dict[str, Any]) -> Callable[[str, Any], Any]:
         return default if value is None else value
 
     return get
+
+
+def checkpoint_architectures(model: Any) -> list[str]:
+    """The `architectures` the engine will load: the config's `hf_overrides` if it sets them, else the checkpoint's
+    config.json (a local folder, or the Hugging Face cache for a hub id); [] when it cannot be read."""
+    overrides = model.engine_kwargs.get("hf_overrides") or {}
+    if isinstance(overrides, dict) and overrides.get("architectures"):
+        return list(overrides["architectures"])
+    try:
+        path = model.resolved_model()
+        if os.path.isdir(path):
+            config_file = os.path.join(path, "config.json")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            config_file = hf_hub_download(path, "config.json")
+        with open(config_file) as f:
+            return list(json.load(f).get("architectures") or [])
+    except Exception as exc:  # an unreadable checkpoint fails the engine's start, with a clearer message there
+        logger.warning("model %s: could not read the checkpoint's architectures (%s)", model.name, exc)
+        return []
 
 
 def checkpoint_config(path: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+from scoring.checkpoints import checkpoint_architectures
 from scoring.chunking import WindowBudget
 from scoring.config import ModelConfig
 from scoring.errors import PayloadTooLarge
@@ -56,8 +57,6 @@ class M0Pair:
 
 def checkpoint_is_jina_m0(model: ModelConfig) -> bool:
     """Whether the checkpoint (config.json, or the config's `hf_overrides`) is a jina-reranker-m0."""
-    from scoring.media import checkpoint_architectures
-
     return ARCHITECTURE in checkpoint_architectures(model)
 
 

@@ -21,7 +21,6 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import logging
 import os
 import stat
@@ -31,6 +30,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from scoring.cache import ByteBoundedLRU
+from scoring.checkpoints import checkpoint_architectures
 from scoring.config import AppConfig, MediaConfig, ModelConfig
 from scoring.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
 from scoring.messages import ImageInput, Item
@@ -57,27 +57,6 @@ CHUNK_BYTES = 1 << 16
 DECODES_AT_ONCE = 2  # full decodes in threads at once: each holds up to max_image_pixels x 4 bytes
 READS_AT_ONCE = 8  # files and downloads of one request at once
 CHECKED_CACHE_BYTES = 16 * 2**20  # digests of checked images: about 65,000 at ~256 bytes each
-
-
-def checkpoint_architectures(model: ModelConfig) -> list[str]:
-    """The `architectures` the engine will load: the config's `hf_overrides` if it sets them, else the checkpoint's
-    config.json (a local folder, or the Hugging Face cache for a hub id); [] when it cannot be read."""
-    overrides = model.engine_kwargs.get("hf_overrides") or {}
-    if isinstance(overrides, dict) and overrides.get("architectures"):
-        return list(overrides["architectures"])
-    try:
-        path = model.resolved_model()
-        if os.path.isdir(path):
-            config_file = os.path.join(path, "config.json")
-        else:
-            from huggingface_hub import hf_hub_download
-
-            config_file = hf_hub_download(path, "config.json")
-        with open(config_file) as f:
-            return list(json.load(f).get("architectures") or [])
-    except Exception as exc:  # an unreadable checkpoint fails the engine's start, with a clearer message there
-        logger.warning("model %s: could not read the checkpoint's architectures (%s)", model.name, exc)
-        return []
 
 
 def takes_images(model: ModelConfig) -> bool:
