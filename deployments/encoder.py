@@ -26,6 +26,8 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
+from deployments.qwen2_vl_compat import add_plugin_path
+from scoring import colqwen3
 from scoring.checkpoints import (
     CheckpointError,
     checkpoint_config,
@@ -72,10 +74,10 @@ class Encoder(EngineReplica):
         # the query and document dtypes of the handoff: `document_dtype` is the scorer's storage, which the
         # documents' handoff dtype follows (`embedding_dtype: auto`)
         self._query_dtype, self._document_dtype = map(np.dtype, handoff_dtypes(model.embedding_dtype, document_dtype))
-        self._vision: VisionProcessor | None = None
+        self._vision: VisionProcessor | colqwen3.ColQwen3Prompts | None = None
         path = local_checkpoint(model.model)
-        if vision_family(checkpoint_config(path)):
-            await self._start_vision(path, document_cache_bytes, started)
+        if family := vision_family(checkpoint_config(path)):
+            await self._start_vision(path, family, document_cache_bytes, started)
             return
         checkpoint = load_checkpoint(model.model)
         refusal = family_refusal(model.name, checkpoint.family) or remote_code_refusal(
@@ -138,24 +140,32 @@ class Encoder(EngineReplica):
             encoding,
         )
 
-    async def _start_vision(self, path, document_cache_bytes: int, started: float) -> None:
+    async def _start_vision(self, path, family: str, document_cache_bytes: int, started: float) -> None:
         """Start the engine on a vision checkpoint (converted to vLLM's layout if need be), with vLLM's processor
-        taking the image's place from the prompt (deployments/vision.py)."""
+        taking the image's place from the prompt (deployments/vision.py; ColQwen3: vLLM's Qwen3-VL processing
+        through the plugin that runs it without torchvision, scoring/colqwen3.py)."""
         from deployments.vision import register_prompt_placeholders
 
         model = self._model
         check_no_text_settings(model)
-        register_prompt_placeholders()
+        if family == "colqwen3":
+            add_plugin_path()
+            family_args, prompts = colqwen3.engine_args(path), colqwen3.ColQwen3Prompts
+            self._dim = colqwen3.embedding_dim(path)
+        else:
+            register_prompt_placeholders()
+            family_args, prompts = {}, VisionProcessor
+            self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
         self._engine = start_engine(
             model,
             weights=str(vision_engine_layout(path)),
             tokenizer=str(path),
             runner="pooling",
             pooler_config={"task": "token_embed"},
+            **family_args,
         )
         max_model_len = self._engine.model_config.max_model_len
-        self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
-        self._vision = VisionProcessor(path, max_model_len, self._dim)
+        self._vision = prompts(path, max_model_len, self._dim)
         self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._document_dtype)
         warm_up = time.perf_counter()
         from PIL import Image
