@@ -30,7 +30,6 @@ from scoring.checkpoints import CheckpointError, checkpoint_config
 from scoring.chunking import WindowBudget
 from scoring.vision import AUGMENTATION_COUNT, VisionEncoding, VisionProcessor
 
-ARCHITECTURES = frozenset({"ColQwen3"})
 # ColQwen3Processor's defaults (its __init__ keywords, which a processor_config.json may set)
 VISUAL_PROMPT_PREFIX = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image."
 VISUAL_PROMPT_SUFFIX = "<|im_end|><|endoftext|>"
@@ -38,10 +37,6 @@ QUERY_PREFIX = ""
 MAX_NUM_VISUAL_TOKENS = 1280  # the card's `AutoProcessor.from_pretrained(..., max_num_visual_tokens=1280)`
 # vLLM's projection sized from the weights (with their bias): see the module's docstring
 ENGINE_OVERRIDES = {"embed_dim": None, "dims": None, "dim": None, "projection_dim": None, "colbert_dim": None}
-
-
-def is_colqwen3(config: dict[str, Any]) -> bool:
-    return bool(ARCHITECTURES.intersection(config.get("architectures") or []))
 
 
 def embedding_dim(path: Path) -> int:

@@ -6,6 +6,9 @@ documents, `process_queries` for queries, the processor's tokenization for text 
 `ColModernVBertForRetrieval` for the embeddings and `processor.score_retrieval` for the scores (float32).
 Images are sent over HTTP as data URLs and file URLs (the media branch's request shape), and to the deployments'
 handles as the ingress hands them on (`ImageInput`: the file's bytes and their SHA-256).
+A tiny ColQwen3 in TomoroAI's layout shares the app: its reference is the model card's computation written out
+(tests/tiny_colqwen3.py: its processor's prompts and image processing, transformers' Qwen3-VL, the projection with
+its bias, L2 normalisation), its pages of a few image tokens each.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import torch
 
 from scoring.messages import DocumentSpec, ImageInput, QuerySpec
 from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
+from tests.tiny_colqwen3 import CardReference, build_tiny_colqwen3
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "colmodernvbert-tiny"
+COLQWEN3 = "colqwen3-tiny"
 QUERIES = ["what does the chart on this page show?", "red"]
 TEXTS = ["quarterly revenue grew by ten percent", "a"]
 
@@ -83,6 +88,16 @@ def reference(checkpoint):
 
 
 @pytest.fixture(scope="module")
+def colqwen3_checkpoint(tmp_path_factory):
+    return build_tiny_colqwen3(tmp_path_factory.mktemp("colqwen3") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def card(colqwen3_checkpoint):
+    return CardReference(colqwen3_checkpoint)
+
+
+@pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """A folder the app may read `file://` pages from."""
     return tmp_path_factory.mktemp("pages")
@@ -100,7 +115,7 @@ def file_url(image: ImageInput, folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vision_app(serve_instance, checkpoint, pages):
+def vision_app(serve_instance, checkpoint, colqwen3_checkpoint, pages):
     """The checkpoint by path alone (plus this machine's memory settings), in one app that reads files from
     `pages`."""
     from ray import serve
@@ -111,7 +126,10 @@ def vision_app(serve_instance, checkpoint, pages):
     layout = vision_engine_layout(checkpoint)  # written here first, so the test removes it afterwards
     args = {
         "models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
-                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 128}],
+                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 128},
+                   # a page of ColQwen3 takes up to 1280 image tokens: the engine's length holds one whole
+                   {"name": COLQWEN3, "kind": "late_interaction", "model": str(colqwen3_checkpoint),
+                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 1536}],
         "cache": {"document_dtype": "float32"},  # fp16 storage would round scores past 1e-4
         "media": {"allowed_local_media_dirs": [str(pages)]},
     }
@@ -190,8 +208,8 @@ def test_concurrent_requests_image_documents_are_batched_and_score_as_transforme
     assert jobs == len(requests) and batches < jobs
 
 
-def _rerank(url: str, query, documents: list) -> np.ndarray:
-    r = httpx.post(f"{url}/v1/rerank", json={"model": MODEL, "query": query, "documents": documents,
+def _rerank(url: str, query, documents: list, model: str = MODEL) -> np.ndarray:
+    r = httpx.post(f"{url}/v1/rerank", json={"model": model, "query": query, "documents": documents,
                                              "return_documents": False}, timeout=120)
     assert r.status_code == 200, r.text
     got = {result["index"]: result["relevance_score"] for result in r.json()["results"]}
@@ -263,3 +281,76 @@ def test_long_text_documents_chunk_beside_whole_images(vision_app, reference):
     assert 0 <= start < end <= len(long_text) and end - start < len(long_text)
     window = long_text[start:end]
     assert results[0]["relevance_score"] == pytest.approx(reference.scores(QUERIES[0], [window])[0], abs=1e-4)
+
+
+def _pil(image: ImageInput):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(image.data))
+
+
+def _colqwen3_expected(card: CardReference, query, documents: list) -> np.ndarray:
+    def embed(item):
+        return card.embed_text(item) if isinstance(item, str) else card.embed_image(_pil(item))
+
+    q = embed(query)
+    return np.array([card.score(q, embed(d)) for d in documents])
+
+
+def test_colqwen3_scores_as_its_model_card_fresh_and_cached(vision_app, card, pages):
+    """Image documents (data and file URLs, several sizes: each its own image token count), text documents (the
+    card's `process_texts`, augmentation included) and an image query, over HTTP, fresh then from the caches."""
+    images = [page(60), page(61, (120, 30), "JPEG"), page(62, (16, 16)), page(63, (100, 70))]
+    documents = [data_url(images[0]), TEXTS[0], file_url(images[1], pages), data_url(images[2]), TEXTS[1],
+                 data_url(images[3])]
+    items = [images[0], TEXTS[0], images[1], images[2], TEXTS[1], images[3]]
+    expected = _colqwen3_expected(card, QUERIES[0], items)
+    scorer, _ = _handles()
+    before = scorer.stats.remote().result()["document_cache"]
+    for _ in range(2):  # fresh, then from the caches
+        got = _rerank(vision_app, QUERIES[0], documents, COLQWEN3)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    after = scorer.stats.remote().result()["document_cache"]
+    assert after["hits"] - before["hits"] == len(documents)
+    as_query = _rerank(vision_app, data_url(images[3]), TEXTS, COLQWEN3)
+    np.testing.assert_allclose(as_query, _colqwen3_expected(card, images[3], TEXTS), atol=1e-4, rtol=0)
+
+
+def test_colqwen3_models_show_the_cards_encoding(vision_app):
+    r = httpx.get(f"{vision_app}/v1/models", timeout=60)
+    assert r.status_code == 200, r.text
+    encoding = next(card for card in r.json()["data"] if card["id"] == COLQWEN3)["encoding"]
+    assert encoding["format"] == "colqwen3"
+    assert encoding["visual_prompt"] == CardReference.VISUAL_PROMPT
+    assert (encoding["query_augmentation"], encoding["query_augmentation_count"]) == ("<|endoftext|>", 10)
+    assert (encoding["image_tokens"], encoding["embedding_dim"]) == (1280, 32)
+
+
+def test_colqwen3_vllm_processing_gives_the_cards_ids_and_pixels(colqwen3_checkpoint, card):
+    """vLLM's Qwen3-VL processing (through this service's plugin, without torchvision) of the prompt the encoder
+    sends: the card's ids and pixels exactly, a page over the 1280-token cap resized down as the card resizes it."""
+    from pathlib import Path
+
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.multimodal.processing.context import TimingContext
+    from vllm.multimodal.processing.inputs import ProcessorInputs
+
+    from deployments.qwen2_vl_compat import register
+    from scoring.colqwen3 import ColQwen3Prompts, engine_args
+
+    register()
+    path = Path(colqwen3_checkpoint)
+    config = ModelConfig(model=str(path), runner="pooling", dtype="float32", max_model_len=1536, **engine_args(path))
+    processor = MULTIMODAL_REGISTRY.create_processor(config)
+    ids = ColQwen3Prompts(path, 1536, 32).image_document_ids()
+    for size in [(48, 64), (120, 30), (16, 16), (2000, 1500)]:
+        image = _pil(page(size[0], size))
+        items = processor.info.parse_mm_data({"image": [image]})
+        out = processor.apply(ProcessorInputs(prompt=ids, mm_data_items=items), TimingContext())
+        expected = card.image_inputs(image)
+        item = out["mm_kwargs"]["image"][0]
+        assert out["prompt_token_ids"] == expected["input_ids"], size
+        assert item["image_grid_thw"].data.tolist() == expected["image_grid_thw"][0].tolist(), size
+        assert torch.equal(item["pixel_values"].data, expected["pixel_values"]), size
+    assert expected["input_ids"].count(card.image_token_id) == 60 * 82 // 4 <= 1280
