@@ -11,7 +11,8 @@ vLLM's own JinaVL and ColQwen3 processing on image-only processors (images only:
 
 vLLM runs its general plugins in every process it starts (the model-inspection subprocess, the engine core), which
 is where this must hold; `PLUGIN_PATH` holds the entry point (`vllm.general_plugins`) that names `register`, and
-`start_engine` puts it on the `PYTHONPATH` those processes inherit. With torchvision installed it does nothing.
+`start_engine` puts it on the `PYTHONPATH` those processes inherit. With torchvision installed it only registers
+ColQwen3 with its projection's bias (deployments/colqwen3_model.py).
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ def add_plugin_path() -> None:
 
 
 def register() -> None:
-    """The plugin: once per process, when torchvision is missing."""
+    """The plugin: once per process; the processors only when torchvision is missing."""
     global _registered
-    if _registered or importlib.util.find_spec("torchvision") is not None:
+    if _registered:
         return
     _registered = True
+    _register_colqwen3_projection_bias()
+    if importlib.util.find_spec("torchvision") is not None:
+        return
     _image_processing_module()
     _register_image_only_processor()
     _register_colqwen3_image_only_processor()
@@ -126,3 +130,12 @@ def _register_colqwen3_image_only_processor() -> None:
     MULTIMODAL_REGISTRY.register_processor(
         Qwen3VLMultiModalProcessor, info=ImageOnlyInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
     )(ColQwen3Model)
+
+
+def _register_colqwen3_projection_bias() -> None:
+    """ColQwen3 with its projection's bias (deployments/colqwen3_model.py), by path: imported only where used."""
+    from vllm import ModelRegistry
+
+    from scoring.colqwen3 import BIASED_ARCHITECTURE
+
+    ModelRegistry.register_model(BIASED_ARCHITECTURE, "deployments.colqwen3_model:ColQwen3WithProjectionBias")

@@ -13,9 +13,9 @@ ColQwen3 config and model classes), so `trust_remote_code` is not needed:
 - every token's embedding is kept: `embedding_proj_layer` (a Linear with a bias) on Qwen3-VL's last hidden states,
   L2-normalised.
 The encoder sends vLLM the prompt's ids with the one `<|image_pad|>`, which vLLM's Qwen3-VL processing expands as the
-processor does, from the same image processor settings (the cap passed as `mm_processor_kwargs`). vLLM 0.32 builds
-the projection without a bias when config.json names `embed_dim` and then drops the checkpoint's bias:
-`ENGINE_OVERRIDES` hides `embed_dim`, so vLLM sizes the projection from the weights, bias included.
+processor does, from the same image processor settings (the cap passed as `mm_processor_kwargs`). vLLM 0.32 loads no
+projection bias (deployments/colqwen3_model.py): a checkpoint whose weights hold one runs as `BIASED_ARCHITECTURE`,
+vLLM's ColQwen3 with that bias.
 No Ray or vLLM import here.
 """
 
@@ -35,8 +35,8 @@ VISUAL_PROMPT_PREFIX = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_
 VISUAL_PROMPT_SUFFIX = "<|im_end|><|endoftext|>"
 QUERY_PREFIX = ""
 MAX_NUM_VISUAL_TOKENS = 1280  # the card's `AutoProcessor.from_pretrained(..., max_num_visual_tokens=1280)`
-# vLLM's projection sized from the weights (with their bias): see the module's docstring
-ENGINE_OVERRIDES = {"embed_dim": None, "dims": None, "dim": None, "projection_dim": None, "colbert_dim": None}
+BIASED_ARCHITECTURE = "ColQwen3WithProjectionBias"  # registered by the vLLM plugin (deployments/qwen2_vl_compat.py)
+PROJECTION_BIASES = ("embedding_proj_layer.bias", "custom_text_proj.bias")  # TomoroAI's name, ColPali's
 
 
 def embedding_dim(path: Path) -> int:
@@ -78,11 +78,29 @@ def engine_args(path: Path) -> dict[str, Any]:
     """What vLLM's engine needs to run the checkpoint at `path` as the card does: one image a prompt, resized within
     the card's bounds, and the projection with its bias."""
     image = ImageSettings.of(path)
-    return {
-        "hf_overrides": dict(ENGINE_OVERRIDES),
+    args: dict[str, Any] = {
         "mm_processor_kwargs": {"min_pixels": image.min_pixels, "max_pixels": image.max_pixels},
         "limit_mm_per_prompt": {"image": 1},
     }
+    if projection_has_bias(path):
+        args["hf_overrides"] = {"architectures": [BIASED_ARCHITECTURE]}
+    return args
+
+
+def projection_has_bias(path: Path) -> bool:
+    """Whether the checkpoint's weights (one file or an index of shards) hold a projection bias."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = set((_read_optional(index).get("weight_map") or {}).keys())
+    else:
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{path}: a ColQwen3 checkpoint without model.safetensors")
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "np") as f:
+            names = set(f.keys())
+    return any(name in names for name in PROJECTION_BIASES)
 
 
 class ColQwen3Prompts:

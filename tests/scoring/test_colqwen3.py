@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from scoring.checkpoints import CheckpointError
-from scoring.colqwen3 import ENGINE_OVERRIDES, ColQwen3Prompts, ImageSettings, embedding_dim, engine_args
+from scoring.colqwen3 import (
+    BIASED_ARCHITECTURE,
+    ColQwen3Prompts,
+    ImageSettings,
+    embedding_dim,
+    engine_args,
+    projection_has_bias,
+)
 from scoring.vision import vision_engine_layout, vision_family
 from tests.tiny_colqwen3 import CardReference, build_tiny_colqwen3
 
@@ -76,9 +83,9 @@ def test_a_large_page_is_capped_at_1280_image_tokens(prompts):
     assert prompts.encoding.image_document_tokens == len(prompts.image_document_ids()) - 1 + 1280
 
 
-def test_engine_args_keep_the_projection_bias_and_the_cap(checkpoint):
+def test_engine_args_keep_the_projection_bias_and_the_cap(checkpoint, tmp_path):
     args = engine_args(checkpoint)
-    assert args["hf_overrides"] == ENGINE_OVERRIDES and all(v is None for v in ENGINE_OVERRIDES.values())
+    assert args["hf_overrides"] == {"architectures": [BIASED_ARCHITECTURE]}
     assert args["mm_processor_kwargs"] == {"min_pixels": 32 * 32, "max_pixels": 1280 * 32 * 32}
     assert args["limit_mm_per_prompt"] == {"image": 1}
 
@@ -116,3 +123,15 @@ def test_a_checkpoint_without_embed_dim_is_refused(checkpoint, tmp_path):
 
 def test_image_settings_read_the_preprocessor(checkpoint):
     assert ImageSettings.of(checkpoint).min_pixels == 32 * 32
+
+
+def test_a_checkpoint_without_a_projection_bias_runs_as_vllms_colqwen3(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "nobias"
+    shutil.copytree(checkpoint, copy)
+    weights = load_file(str(copy / "model.safetensors"))
+    del weights["embedding_proj_layer.bias"]
+    save_file(weights, str(copy / "model.safetensors"))
+    assert projection_has_bias(checkpoint) and not projection_has_bias(copy)
+    assert "hf_overrides" not in engine_args(copy)
