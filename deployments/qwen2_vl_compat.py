@@ -127,8 +127,15 @@ def _register_colqwen3_image_only_processor() -> None:
             # Qwen3-VL's adds video keywords, which an image-only processor has none of
             return super(Qwen3VLProcessingInfo, self).get_supported_mm_processor_kwargs()
 
+    class ImageOnlyDummyInputs(Qwen3VLDummyInputsBuilder):
+        def get_dummy_mm_data(self, seq_len, mm_counts, mm_options):
+            # Qwen3-VL's sizes a dummy video too, from the video processor there is none of
+            width, height = self.info.get_image_size_with_most_features()
+            return {"image": self._get_dummy_images(width=width, height=height, num_images=mm_counts.get("image", 0),
+                                                    overrides=mm_options.get("image"))}
+
     MULTIMODAL_REGISTRY.register_processor(
-        Qwen3VLMultiModalProcessor, info=ImageOnlyInfo, dummy_inputs=Qwen3VLDummyInputsBuilder
+        Qwen3VLMultiModalProcessor, info=ImageOnlyInfo, dummy_inputs=ImageOnlyDummyInputs
     )(ColQwen3Model)
 
 
