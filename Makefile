@@ -27,7 +27,7 @@ endif
 # The config is checked first: `serve run` itself keeps running with no application when its args are invalid.
 CONFIG ?= serve_config.yaml
 serve: install
-	$(BIN)/python -m scoring.config_check $(CONFIG)
+	$(BIN)/python -m scoring.config.check $(CONFIG)
 	$(BIN)/serve run $(CONFIG)
 
 test: install

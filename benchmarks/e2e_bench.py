@@ -51,7 +51,7 @@ class TextSource:
     """Unique pseudo-sentences from whole-word tokens of the model's vocabulary (about one token a word)."""
 
     def __init__(self, seed: int):
-        from scoring.config import EMBEDDED_MODEL, resolve_model_path
+        from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
         vocab = (Path(resolve_model_path(EMBEDDED_MODEL)) / "vocab.txt").read_text().split()
         self._words = [w for w in vocab if w.isalpha() and w.isascii() and len(w) >= 3]
@@ -247,7 +247,7 @@ class VLLMServer(Server):
         """The engine settings of serve_config.yaml's model (on CPU, `--gpu-memory-utilization` is the share
         of host memory vLLM reserves); `env`: vLLM's CPU settings (none: its defaults, what the targets use)."""
         self.name = name
-        from scoring.config import parse_app_config
+        from scoring.config.schema import parse_app_config
         from tests.conftest import default_app_args
 
         model = parse_app_config(default_app_args()).models[0]

@@ -45,14 +45,14 @@ class EncoderLike:
         return out
 
     def encode(self, first: int, end: int, dtype: str):
-        from scoring.embeddings import PackedEmbeddings
+        from scoring.store.embeddings import PackedEmbeddings
         return PackedEmbeddings.pack(self.rows[first:end], self.dim, dtype)
 
 
 @ray.remote(num_cpus=0)
 class ScorerLike:
     def __init__(self, dim: int):
-        from scoring.store import DocumentStore
+        from scoring.store.pages import DocumentStore
         self.store = DocumentStore(dim, 2 << 30, "cpu", "float16")
         self.count = 0
 

@@ -96,7 +96,7 @@ class VLLMKindServer(Server):
     """vLLM's OpenAI server on one kind's checkpoint, with its defaults (`--runner pooling`)."""
 
     def __init__(self, kind: str, port: int, log: Path, cross_encoder: Path):
-        from scoring.config import EMBEDDED_MODEL, resolve_model_path
+        from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
         self.name = "vllm-server"
         model = {"cross_encoder": str(cross_encoder), "listwise": str(listwise_checkpoint(cross_encoder))}.get(

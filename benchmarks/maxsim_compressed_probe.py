@@ -22,7 +22,7 @@ import triton
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from timing import request  # noqa: E402 (benchmarks/timing.py)
 from kernels import maxsim as km  # noqa: E402
-from scoring import maxsim as sm  # noqa: E402
+from scoring.store import maxsim as sm  # noqa: E402
 
 SHAPES = ((64, 3, 4), (64, 4, 4), (64, 5, 4), (64, 6, 4), (64, 4, 2), (64, 4, 8), (32, 4, 4), (32, 6, 4), (32, 8, 4),
           (32, 4, 2), (128, 3, 4), (128, 4, 8))  # block_d, stages, warps

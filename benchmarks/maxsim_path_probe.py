@@ -341,13 +341,13 @@ def main():
     ap.add_argument("--store-flag", action="append", default=[], help="NAME=VALUE: a store constant (an A/B)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.root))
-    from scoring import maxsim as sm
-    from scoring.store import StoredDocuments
+    from scoring.store import maxsim as sm
+    from scoring.store.pages import StoredDocuments
     if args.ring_slots:
-        sys.modules["scoring.store"]._RING_SLOTS = args.ring_slots
+        sys.modules["scoring.store.pages"]._RING_SLOTS = args.ring_slots
     for flag in args.store_flag:  # NAME=VALUE: a module constant of the store, set for an A/B
         name, value = flag.split("=")
-        setattr(sys.modules["scoring.store"], name, type(getattr(sys.modules["scoring.store"], name))(eval(value)))
+        setattr(sys.modules["scoring.store.pages"], name, type(getattr(sys.modules["scoring.store.pages"], name))(eval(value)))
     record("device", torch.cuda.get_device_name())
     sections = args.sections.split(",")
     try:

@@ -22,7 +22,7 @@ import triton
 
 import timing  # benchmarks/timing.py (the script's own folder)
 from kernels import maxsim as km
-from scoring import maxsim as sm
+from scoring.store import maxsim as sm
 
 
 def wall_us(fn, n=50):

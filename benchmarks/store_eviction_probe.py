@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--entries", default="10000,50000,200000")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.root))
-    from scoring.store import DocumentStore
+    from scoring.store.pages import DocumentStore
     rows = {int(n): probe(DocumentStore, int(n)) for n in args.entries.split(",")}
     print(f"| entries kept | eviction ms a 1,000-document write{' (' + args.tag + ')' if args.tag else ''} | "
           "release ms |")

@@ -13,7 +13,7 @@ from deployments.generative import Generative
 from deployments.ingress import Ingress
 from deployments.listwise import Listwise
 from deployments.scorer import Scorer
-from scoring.config import AppConfig, parse_app_config
+from scoring.config.schema import AppConfig, parse_app_config
 
 
 def encoder_deployment_name(model_name: str) -> str:

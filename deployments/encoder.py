@@ -5,7 +5,7 @@ The checkpoint's own encoding settings (PyLate, Stanford ColBERT, or none) with 
 texts are tokenized here (markers, truncation, query expansion) and sent to vLLM as token ids; the skiplist's
 token embeddings are dropped from documents before they leave. Queries of a checkpoint that does not attend to its
 expansion tokens are encoded by `MaskedExpansionQueries` (vLLM's forward pass takes no attention mask).
-A vision checkpoint (ColModernVBert: scoring/vision.py) takes its processor's encoding instead: image documents
+A vision checkpoint (ColModernVBert: scoring/late_interaction/vision.py) takes its processor's encoding instead: image documents
 (`ImageInput`s) as its visual prompt with the image, queries with its augmentation, texts as it tokenizes them.
 Documents this replica encoded before come from its byte-bounded cache: the scorer replicas each cache the
 documents of the queries routed to them, and this cache, shared by all of them, catches a document that another
@@ -26,24 +26,18 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.checkpoints import (
-    CheckpointError,
-    checkpoint_config,
-    encoding_in_force,
-    load_checkpoint,
-    local_checkpoint,
-    sequence_limit,
-)
+from scoring.checkpoints import CheckpointError, checkpoint_config, local_checkpoint, sequence_limit
 from scoring.chunking import WindowBudget
-from scoring.colbert_families import family_refusal, narrowed, remote_code_refusal
-from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
-from scoring.document_cache import EncodedDocuments
-from scoring.embeddings import PackedEmbeddings
+from scoring.config.schema import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.errors import InvalidRequest
-from scoring.expansion import MaskedExpansionQueries
+from scoring.late_interaction.expansion import MaskedExpansionQueries
+from scoring.late_interaction.families import family_refusal, narrowed, remote_code_refusal
+from scoring.late_interaction.formats import encoding_in_force, load_checkpoint
+from scoring.late_interaction.tokens import LateInteractionTokenizer
+from scoring.late_interaction.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
 from scoring.messages import ImageInput, Item
-from scoring.tokens import LateInteractionTokenizer
-from scoring.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
+from scoring.store.document_cache import EncodedDocuments
+from scoring.store.embeddings import PackedEmbeddings
 
 logger = logging.getLogger("ray.serve")
 

@@ -242,7 +242,7 @@ def write_pages_kernel(src, dst, dst_scales, log, doc_src, doc_len, doc_log,
     entries log[doc_log[b]] onward, a page a step: program (b, j) writes pages j, j + G, ... of document b (G the
     grid's second size). QMAX > 0 (compressed storage): each row is divided by its scale amax|row| / QMAX (1 for a
     zero row), rounded (ROUND: to the nearest integer, halves up, for int8; else the cast to float8 rounds) and
-    stored with its scale. `scoring/store.py` does the same on the CPU, with the same arithmetic."""
+    stored with its scale. `scoring/store/pages.py` does the same on the CPU, with the same arithmetic."""
     b = tl.program_id(0)
     first = tl.load(doc_src + b).to(tl.int64)
     length = tl.load(doc_len + b)

@@ -7,7 +7,7 @@ from typing import Union
 
 import numpy as np
 
-from scoring.cache import content_key
+from scoring.store.cache import content_key
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def hf_token_embeddings():
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from scoring.config import resolve_model_path
+    from scoring.config.schema import resolve_model_path
 
     model_cfg = default_app_args()["models"][0]
     path = resolve_model_path(model_cfg["model"])

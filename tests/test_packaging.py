@@ -40,7 +40,7 @@ def test_pip_wheel_holds_every_package(tmp_path):
     (wheel,) = tmp_path.glob("rayrerank-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for package in ("deployments", "scoring", "kernels"):
-        sources = {str(p.relative_to(ROOT)) for p in (ROOT / package).glob("*.py")}
+        sources = {str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*.py")}
         assert sources <= names, sources - names
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import default_app_args
-from tests.scoring.test_templates import qwen3_reference_text
+from tests.scoring.generative.test_templates import qwen3_reference_text
 from tests.tiny_qwen3 import build_tiny_qwen3
 
 pytestmark = pytest.mark.e2e

@@ -110,8 +110,8 @@ def card_scorer(checkpoint):
 
 
 def test_checkpoint_takes_images(checkpoint):
-    from scoring.config import parse_app_config
-    from scoring.media import takes_images
+    from scoring.api.media import takes_images
+    from scoring.config.schema import parse_app_config
 
     config = parse_app_config({"models": [{"name": "m0", "kind": "cross_encoder", "model": str(checkpoint)}]})
     assert takes_images(config.models[0])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 from tests.conftest import default_app_args
 from tests.tiny_cross_encoder import (
     build_tiny_cross_encoder,

@@ -106,7 +106,7 @@ def vision_app(serve_instance, checkpoint, pages):
     from ray import serve
 
     from deployments.app import build_app
-    from scoring.vision import vision_engine_layout
+    from scoring.late_interaction.vision import vision_engine_layout
 
     layout = vision_engine_layout(checkpoint)  # written here first, so the test removes it afterwards
     args = {

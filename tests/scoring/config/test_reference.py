@@ -1,0 +1,19 @@
+"""The README's configuration reference is the one generated from the pydantic config."""
+
+from __future__ import annotations
+
+from scoring.config.reference import README, readme_section, render
+from scoring.config.schema import AppConfig, Limits
+
+
+def test_readme_reference_is_generated_from_the_config():
+    assert readme_section(README.read_text()) == render(), "run: python -m scoring.config.reference"
+
+
+def test_reference_lists_every_section_and_key():
+    text = render()
+    for section in ("`args.limits`", "`args.cache`", "`args.batching`", "`args.auth`", "Generative model", "Cascade"):
+        assert f"#### {section}" in text
+    for name in (*AppConfig.model_fields, *Limits.model_fields, "query_prefix", "label_tokens", "candidates"):
+        assert f"| `{name}` |" in text, name
+    assert "| `max_documents` | int | `1000` |" in text
