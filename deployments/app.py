@@ -44,7 +44,7 @@ def listwise_deployment_name(model_name: str) -> str:
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
-    """`import_path: deployments.app:build_app`; `args` is an `AppConfig` (see the README's reference)."""
+    """`import_path: deployments.app:build_app`; `args` is an `AppConfig` (docs/configuration.md)."""
     try:
         config = parse_app_config(args)
     except ConfigError as exc:

@@ -55,7 +55,7 @@ def encoder_document_cache(model: str, capacity_bytes: int, dim: int, dtype: np.
 
 # A quarter CPU is what Ray reserves (a scheduling token), not what the engine uses: it runs on every core it may
 # (`cpu_threads`), and the default app plus three more models fit on 2 cores. Reserve whole CPUs or a GPU per replica
-# on a cluster with `ray_actor_options` (README, Deploying to a cluster).
+# on a cluster with `ray_actor_options` (docs/deployment.md).
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
 class Encoder(EngineReplica):
     async def __init__(self, model: LateInteractionModelConfig, document_cache_bytes: int = 0,

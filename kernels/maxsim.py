@@ -109,7 +109,7 @@ _LONG_DOCS = 512  # mean document tokens above which `_config` picks the long-do
 
 def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int, fp8_docs: bool = False) -> KernelConfig:
     """Block shape for programs of `q_rows` query rows (bucketed to a power of two) — measured on the H100 and the
-    H200, docs/kernel_notes.md. `elem_bytes`: the query's element size (2 for the float16 queries of float8
+    H200, docs/kernel.md. `elem_bytes`: the query's element size (2 for the float16 queries of float8
     documents, 1 for the int8 queries of int8 documents and the float8 pairs of float8 ones); `fp8_docs`: float8
     documents widened in the kernel (against a float16 query)."""
     block_k = min(128, _pow2_at_least(d, 16))

@@ -137,7 +137,7 @@ def maxsim_kernel(
     SWAP computes the tile as D @ Q^T ([BLOCK_D, BLOCK_Q], doc tokens on the MMA's M side), keeps an elementwise
     running max and reduces over doc tokens once at the end: better for short queries.
     The last tile of a document repeats the document's last row instead of masking rows past its end, so no tile
-    needs a row mask or a select (the select cost compute-bound shapes 7-13% on the H100, docs/kernel_notes.md v6).
+    needs a row mask or a select (the select cost compute-bound shapes 7-13% on the H100, docs/kernel.md).
     UPCAST (interpreter only): Triton's CPU interpreter multiplies bf16 tiles as raw integers, so there they are
     widened to fp32 first (exact: every bf16 is an fp32, and products accumulate in fp32 either way).
     """

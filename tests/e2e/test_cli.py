@@ -1,10 +1,10 @@
-"""The README's Serve CLI commands, run as a user runs them, against `serve run` in a subprocess (its own Ray
-cluster on this machine's cores, as `serve run serve_config.yaml` starts it).
+"""The Serve CLI commands of docs/deployment.md, run as a user runs them, against `serve run` in a subprocess (its
+own Ray cluster on this machine's cores, as `serve run serve_config.yaml` starts it).
 
 With token authentication on (Ray's default for a cluster `serve run` starts): serve_config.yaml with its
 commented entries uncommented (a tiny Qwen3 as the generative model, a tiny cross-encoder as the cross-encoder), the
 default model and three more of other kinds, four engines with the default `ray_actor_options`. /health is 503, naming what still starts, until every deployment can serve; then
-200, and every model answers. `serve status`, `serve deploy`, `serve shutdown` work with the README's
+200, and every model answers. `serve status`, `serve deploy`, `serve shutdown` work with docs/deployment.md's
 `export RAY_AUTH_MODE=token`. With it off (`RAY_AUTH_MODE=disabled` for both), the default config and the same
 commands.
 """
@@ -82,7 +82,7 @@ class ServeRun:
         return wait_until(printed, timeout=300, interval=0.5)
 
     def cli(self, *args: str, auth_mode: str | None) -> subprocess.CompletedProcess:
-        """A `serve` command as the README writes it, in a shell with `RAY_AUTH_MODE` as given; the dashboard
+        """A `serve` command as docs/deployment.md writes it, in a shell with `RAY_AUTH_MODE` as given; the dashboard
         address through the variable the CLI reads (another cluster may hold the default port)."""
         env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
         env["RAY_DASHBOARD_ADDRESS"] = self.dashboard()

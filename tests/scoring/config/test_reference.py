@@ -1,13 +1,13 @@
-"""The README's configuration reference is the one generated from the pydantic config."""
+"""docs/configuration.md's reference is the one generated from the pydantic config."""
 
 from __future__ import annotations
 
-from scoring.config.reference import README, readme_section, render
+from scoring.config.reference import REFERENCE_PAGE, page_section, render
 from scoring.config.schema import AppConfig, Limits
 
 
-def test_readme_reference_is_generated_from_the_config():
-    assert readme_section(README.read_text()) == render(), "run: python -m scoring.config.reference"
+def test_reference_page_is_generated_from_the_config():
+    assert page_section(REFERENCE_PAGE.read_text()) == render(), "run: python -m scoring.config.reference"
 
 
 def test_reference_lists_every_section_and_key():
