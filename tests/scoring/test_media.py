@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from scoring.cache import content_key
+from scoring.cache import item_key
 from scoring.config import MediaConfig, parse_app_config
 from scoring.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
 from scoring.media import MediaLoader, image_models, takes_images
@@ -425,9 +425,10 @@ def test_groups_load_each_image_once_and_key_it_by_its_digest(media_dir):
     (group,) = asyncio.run(loader.resolve("colpali", groups))
     as_data, text, as_file = group.documents
     assert text == "text" and isinstance(as_data, ImageInput) and isinstance(as_file, ImageInput)
-    assert content_key("colpali", as_data, None) == content_key("colpali", as_file, None)
-    assert content_key("colpali", as_data, None) != content_key("colpali", as_data, 8)
-    assert content_key("colpali", as_data, None) != content_key("colpali", as_data.digest, None)
+    # one key for the page however it came and whatever the text truncation; not the key of its digest as text
+    assert item_key("colpali", as_data, None) == item_key("colpali", as_file, None) == item_key("colpali", as_file, 8)
+    assert item_key("colpali", as_data, None) != item_key("colpali", as_data.digest, None)
+    assert item_key("colpali", as_data, None) != item_key("other", as_data, None)
     assert as_data.source == "data:image/png;base64" and as_file.source == file_url
 
 
