@@ -132,3 +132,13 @@ def content_key(*parts: Any) -> str:
         else:
             digest.update(b"j" + json.dumps(part, separators=(",", ":"), sort_keys=True).encode() + b"\x00")
     return digest.hexdigest()
+
+
+def item_key(model: str, item: Any, max_tokens: int | None, *options: Any) -> str:
+    """The cache key of a query's or a document's embeddings: the model, the item and the options that change them.
+    A text is truncated to `max_tokens`, so they key it too; an image is encoded whole whatever `max_tokens` says,
+    so its key is its digest (its decoded bytes) and the model alone: the same page under two `max_tokens` values,
+    sent as a data URL or a file URL, is one entry."""
+    if isinstance(item, Digested):
+        return content_key(model, item, *options)
+    return content_key(model, item, max_tokens, *options)

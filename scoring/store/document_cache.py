@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from scoring.store.batching import split_rows
-from scoring.store.cache import ByteBoundedLRU, CacheStats, content_key
+from scoring.store.cache import ByteBoundedLRU, CacheStats, item_key
 from scoring.store.embeddings import PackedEmbeddings
 
 Encode = Callable[[list[str]], Awaitable[PackedEmbeddings]]
@@ -42,7 +42,7 @@ class EncodedDocuments:
         rest from `encode(missing texts)`."""
         if not self._cache.capacity_bytes:
             return await encode(texts)
-        keys = [content_key(self._model, text, max_tokens) for text in texts]
+        keys = [item_key(self._model, text, max_tokens) for text in texts]
         entries, missing = self._cache.get_many(keys)
         self._on_lookup(len(entries) - len(missing), len(missing))
         if missing:

@@ -23,10 +23,13 @@ import torch
 
 from scoring.messages import DocumentSpec, ImageInput, QuerySpec
 from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
+from tests.tiny_jina_m0 import SERVICE_PIXELS, build_tiny_jina_m0, card_scorer, write_flat_config
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "colmodernvbert-tiny"
+M0 = "tiny-m0"  # jina-reranker-m0 from its published (flat) config.json: the second stage of CASCADE
+CASCADE = "vision-cascade"
 QUERIES = ["what does the chart on this page show?", "red"]
 TEXTS = ["quarterly revenue grew by ten percent", "a"]
 
@@ -83,6 +86,17 @@ def reference(checkpoint):
 
 
 @pytest.fixture(scope="module")
+def m0_checkpoint(tmp_path_factory):
+    return write_flat_config(build_tiny_jina_m0(tmp_path_factory.mktemp("tiny-jina-m0-flat")))
+
+
+@pytest.fixture(scope="module")
+def m0_card(m0_checkpoint):
+    """The m0 card's computation (tests/tiny_jina_m0.py): (score, prompt tokens) of a query and a document."""
+    return card_scorer(m0_checkpoint)
+
+
+@pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """A folder the app may read `file://` pages from."""
     return tmp_path_factory.mktemp("pages")
@@ -100,9 +114,9 @@ def file_url(image: ImageInput, folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vision_app(serve_instance, checkpoint, pages):
+def vision_app(serve_instance, checkpoint, m0_checkpoint, pages):
     """The checkpoint by path alone (plus this machine's memory settings), in one app that reads files from
-    `pages`."""
+    `pages`; beside it jina-reranker-m0 and a cascade from the vision model to it."""
     from ray import serve
 
     from deployments.app import build_app
@@ -111,7 +125,10 @@ def vision_app(serve_instance, checkpoint, pages):
     layout = vision_engine_layout(checkpoint)  # written here first, so the test removes it afterwards
     args = {
         "models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
-                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 128}],
+                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 128},
+                   {"name": M0, "kind": "cross_encoder", "model": str(m0_checkpoint), "max_model_len": 256,
+                    "cpu_kv_cache_bytes": 67108864, "engine_kwargs": {"mm_processor_kwargs": SERVICE_PIXELS}},
+                   {"name": CASCADE, "kind": "cascade", "first": MODEL, "then": M0, "candidates": 2}],
         "cache": {"document_dtype": "float32"},  # fp16 storage would round scores past 1e-4
         "media": {"allowed_local_media_dirs": [str(pages)]},
     }
@@ -168,8 +185,10 @@ def test_the_same_image_from_two_urls_is_one_cache_entry(vision_app, reference):
     encoder.encode_documents.remote([image]).result()
     before = encoder.stats.remote().result()["encoder_document_cache"]
     encoder.encode_documents.remote([as_file]).result()
+    encoder.encode_documents.remote([as_file], 8).result()  # a text truncation does not split an image's entry
     after = encoder.stats.remote().result()["encoder_document_cache"]
-    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+    assert after["hits"] == before["hits"] + 2 and after["misses"] == before["misses"]
+    assert after["entries"] == before["entries"]
 
 
 def test_concurrent_requests_image_documents_are_batched_and_score_as_transformers(vision_app, reference):
@@ -190,9 +209,9 @@ def test_concurrent_requests_image_documents_are_batched_and_score_as_transforme
     assert jobs == len(requests) and batches < jobs
 
 
-def _rerank(url: str, query, documents: list) -> np.ndarray:
+def _rerank(url: str, query, documents: list, **options) -> np.ndarray:
     r = httpx.post(f"{url}/v1/rerank", json={"model": MODEL, "query": query, "documents": documents,
-                                             "return_documents": False}, timeout=120)
+                                             "return_documents": False, **options}, timeout=120)
     assert r.status_code == 200, r.text
     got = {result["index"]: result["relevance_score"] for result in r.json()["results"]}
     return np.array([got[i] for i in range(len(documents))])
@@ -207,15 +226,22 @@ def test_image_rerank_over_http_scores_as_transformers_fresh_and_cached(vision_a
 
 
 def test_a_page_as_data_url_then_file_url_is_one_entry(vision_app, reference, pages):
-    scorer, _ = _handles()
+    """The same page as a data URL, as an allowed file URL, and under a text truncation (`max_tokens_per_doc`, which
+    does not change an image's embeddings): one entry in the scorer's store, asked of the encoder once."""
+    scorer, encoder = _handles()
     image = page(30)
+    encoded_before = encoder.stats.remote().result()["encoder_document_cache"]
     first = _rerank(vision_app, QUERIES[1], [data_url(image)])
     before = scorer.stats.remote().result()["document_cache"]
     second = _rerank(vision_app, QUERIES[1], [file_url(image, pages)])
+    truncated = _rerank(vision_app, QUERIES[1], [file_url(image, pages)], max_tokens_per_doc=8)
     after = scorer.stats.remote().result()["document_cache"]
+    encoded_after = encoder.stats.remote().result()["encoder_document_cache"]
     assert (after["entries"], after["bytes"]) == (before["entries"], before["bytes"])
-    assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"])
+    assert (after["hits"], after["misses"]) == (before["hits"] + 2, before["misses"])
+    assert encoded_after["entries"] == encoded_before["entries"] + 1
     np.testing.assert_array_equal(second, first)
+    np.testing.assert_array_equal(truncated, first)
     np.testing.assert_allclose(first, reference.scores(QUERIES[1], [image]), atol=1e-4, rtol=0)
 
 
@@ -263,3 +289,40 @@ def test_long_text_documents_chunk_beside_whole_images(vision_app, reference):
     assert 0 <= start < end <= len(long_text) and end - start < len(long_text)
     window = long_text[start:end]
     assert results[0]["relevance_score"] == pytest.approx(reference.scores(QUERIES[0], [window])[0], abs=1e-4)
+
+
+def test_m0_from_its_published_flat_config_scores_as_the_card(vision_app, m0_card):
+    """jina-reranker-m0's config.json as published (transformers 4's flat form: no text_config) serves as the
+    nested one does: image and text documents, an image query, each the card's score."""
+    image = page(70, (84, 56))
+    body = {"model": M0, "query": QUERIES[0], "documents": [data_url(image), TEXTS[0]], "return_documents": False}
+    r = httpx.post(f"{vision_app}/v1/rerank", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    expected = [m0_card(QUERIES[0], image.data)[0], m0_card(QUERIES[0], TEXTS[0])[0]]
+    np.testing.assert_allclose([got[0], got[1]], expected, atol=1e-4, rtol=0)
+    r = httpx.post(f"{vision_app}/v1/score", json={"model": M0, "queries": data_url(image), "documents": TEXTS[:1]},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["score"] == pytest.approx(m0_card(image.data, TEXTS[0])[0], abs=1e-4)
+
+
+def test_a_cascade_from_the_vision_model_ranks_images_as_its_stages_references(vision_app, reference, m0_card, pages):
+    """A cascade whose first stage is the vision late-interaction model: it ranks image documents (data and file
+    URLs) and texts as transformers' ColModernVBert scores them; jina-reranker-m0 rescores its best two, each as the
+    card scores it; the two come first in m0's order, the rest in the first stage's."""
+    images = [page(60), page(61, (90, 40), "JPEG"), page(62, (32, 32)), page(63)]
+    documents = [images[0], TEXTS[0], images[1], images[2], TEXTS[1], images[3]]
+    wire = [data_url(images[0]), TEXTS[0], file_url(images[1], pages), data_url(images[2]), TEXTS[1],
+            data_url(images[3])]
+    first = reference.scores(QUERIES[0], documents)
+    by_first = [int(i) for i in np.argsort(-first, kind="stable")]
+    candidates = by_first[:2]
+    second = {i: m0_card(QUERIES[0], getattr(documents[i], "data", documents[i]))[0] for i in candidates}
+    r = httpx.post(f"{vision_app}/v1/rerank", json={"model": CASCADE, "query": QUERIES[0], "documents": wire,
+                                                    "return_documents": False}, timeout=120)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == sorted(candidates, key=lambda i: -second[i]) + by_first[2:]
+    for x in results:
+        assert x["relevance_score"] == pytest.approx(second.get(x["index"], first[x["index"]]), abs=1e-4)

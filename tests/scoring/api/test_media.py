@@ -26,7 +26,7 @@ from scoring.api.requests import ImageRef, rerank_group, rerank_results, score_g
 from scoring.config.schema import MediaConfig, parse_app_config
 from scoring.errors import InvalidRequest, PayloadTooLarge, ValidationFailed
 from scoring.messages import ImageInput
-from scoring.store.cache import content_key
+from scoring.store.cache import item_key
 
 APP = parse_app_config({})
 
@@ -425,9 +425,10 @@ def test_groups_load_each_image_once_and_key_it_by_its_digest(media_dir):
     (group,) = asyncio.run(loader.resolve("colpali", groups))
     as_data, text, as_file = group.documents
     assert text == "text" and isinstance(as_data, ImageInput) and isinstance(as_file, ImageInput)
-    assert content_key("colpali", as_data, None) == content_key("colpali", as_file, None)
-    assert content_key("colpali", as_data, None) != content_key("colpali", as_data, 8)
-    assert content_key("colpali", as_data, None) != content_key("colpali", as_data.digest, None)
+    # one key for the page however it came and whatever the text truncation; not the key of its digest as text
+    assert item_key("colpali", as_data, None) == item_key("colpali", as_file, None) == item_key("colpali", as_file, 8)
+    assert item_key("colpali", as_data, None) != item_key("colpali", as_data.digest, None)
+    assert item_key("colpali", as_data, None) != item_key("other", as_data, None)
     assert as_data.source == "data:image/png;base64" and as_file.source == file_url
 
 

@@ -64,3 +64,33 @@ def test_documents_are_cut_as_the_card_cuts_them(tokenizer):
 def test_an_image_larger_than_the_model_takes_is_413_naming_it(tokenizer):
     with pytest.raises(PayloadTooLarge, match=r"documents\[1\]"):
         M0Prompts(tokenizer, 256, PIXELS).pairs("q", ["text", image(600, 600)])
+
+
+def test_the_published_flat_config_loads_as_the_nested_one(tmp_path):
+    """jina-reranker-m0's config.json as published (transformers 4's flat form: the language model's settings at the
+    top level, rotary settings as rope_theta / rope_scaling) is recognised, and transformers (whose config class
+    vLLM loads too) reads the same model from it as from transformers 5's nested form; its weights load."""
+    import json
+    import shutil
+
+    from transformers import Qwen2VLConfig
+
+    from scoring.config.schema import parse_app_config
+    from scoring.cross_encoder.jina_m0 import checkpoint_is_jina_m0
+    from tests.tiny_jina_m0 import build_tiny_jina_m0, transformers_model, write_flat_config
+
+    nested = build_tiny_jina_m0(tmp_path / "nested")
+    flat = write_flat_config(shutil.copytree(nested, tmp_path / "flat"))
+    raw = json.loads((flat / "config.json").read_text())
+    assert "text_config" not in raw and raw["hidden_size"] == 128 and raw["rope_scaling"]["type"] == "mrope"
+    config = parse_app_config({"models": [{"name": "m0", "kind": "cross_encoder", "model": str(flat)}]})
+    assert checkpoint_is_jina_m0(config.models[0])
+    ours, theirs = Qwen2VLConfig.from_pretrained(flat), Qwen2VLConfig.from_pretrained(nested)
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "hidden_act"):
+        assert getattr(ours.text_config, key) == getattr(theirs.text_config, key), key
+    for key in ("rope_theta", "mrope_section", "rope_type"):
+        assert ours.text_config.rope_parameters[key] == theirs.text_config.rope_parameters[key], key
+    assert ours.tie_word_embeddings and ours.image_token_id == theirs.image_token_id
+    assert ours.vision_config.to_dict() == theirs.vision_config.to_dict()
+    transformers_model(flat)  # every published weight name has its place

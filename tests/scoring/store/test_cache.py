@@ -1,7 +1,10 @@
+import hashlib
+
 import numpy as np
 import pytest
 
-from scoring.store.cache import ByteBoundedLRU, content_key
+from scoring.messages import ImageInput, QuerySpec
+from scoring.store.cache import ByteBoundedLRU, content_key, item_key
 
 
 def make(capacity: int) -> ByteBoundedLRU[np.ndarray]:
@@ -68,3 +71,23 @@ def test_content_key_is_stable_and_distinguishes_parts():
     assert content_key("m", {"b": 1, "a": [1, 2]}) == content_key("m", {"a": [1, 2], "b": 1})
     assert content_key("m", "\ud800") != content_key("m", "\ud801")  # lone surrogates from JSON input hash too
     assert len(content_key("x" * 10_000)) == 64
+
+
+def _image(data: bytes, source: str) -> ImageInput:
+    return ImageInput(data=data, digest=hashlib.sha256(data).hexdigest(), mime="image/png", width=1, height=1,
+                      source=source)
+
+
+def test_an_image_is_keyed_by_its_bytes_and_the_model_not_the_text_truncation():
+    page, as_file = _image(b"page", "data:image/png;base64"), _image(b"page", "file:///pages/p.png")
+    assert item_key("m", page, None) == item_key("m", as_file, 8) == item_key("m", page, 512)
+    assert item_key("m", page, None) != item_key("m", _image(b"other page", ""), None)
+    assert item_key("m", page, None) != item_key("n", page, None)
+    assert item_key("m", page, None) != item_key("m", page.digest, None)  # not the text of its digest
+    # a text's truncation changes its embeddings: it keys it
+    assert item_key("m", "text", None) != item_key("m", "text", 8)
+    assert item_key("m", "text", 8) == content_key("m", "text", 8)
+    # a query: the same, with its instruction still part of the key
+    assert QuerySpec("m", page, max_tokens=8).key == QuerySpec("m", as_file).key
+    assert QuerySpec("m", "q", max_tokens=8).key != QuerySpec("m", "q").key
+    assert QuerySpec("m", page, instruction="i").key != QuerySpec("m", page).key

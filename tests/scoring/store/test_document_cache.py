@@ -30,3 +30,23 @@ def test_cached_documents_keep_their_rows_and_tokens():
     want = vectors_of(["x", "c d e", "a b"])
     np.testing.assert_array_equal(mixed.data, want.data)
     assert cache.stats().hits == 4 and cache.stats().misses == 3
+
+
+def test_an_image_under_another_max_tokens_is_the_same_entry():
+    """An image is encoded whole: a request's `max_tokens_per_doc` does not change it, so it does not split it."""
+    import hashlib
+
+    from scoring.messages import ImageInput
+
+    asked: list[list] = []
+
+    async def encode(items):
+        asked.append(items)
+        return vectors_of(["image" if isinstance(i, ImageInput) else i for i in items])
+
+    page = ImageInput(data=b"png", digest=hashlib.sha256(b"png").hexdigest(), mime="image/png", width=1, height=1)
+    cache = EncodedDocuments("m", 1 << 20, 2, np.dtype(np.float32))
+    asyncio.run(cache.encode([page, "a b"], None, encode))
+    asyncio.run(cache.encode([page, "a b"], 4, encode))  # the text is another entry under its truncation
+    assert asked == [[page, "a b"], ["a b"]]
+    assert (cache.stats().entries, cache.stats().hits) == (3, 1)
