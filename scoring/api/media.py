@@ -272,9 +272,11 @@ async def download(url: str, field: str, media: MediaConfig) -> bytes:
 class MediaLoader:
     """Reads and checks the images of requests for one ingress replica, a few at a time."""
 
-    def __init__(self, media: MediaConfig, image_models: frozenset[str] = frozenset()):
+    def __init__(self, media: MediaConfig, image_models: frozenset[str] = frozenset(),
+                 cascades: dict[str, tuple[str, str]] | None = None):
         self.media = media
         self.image_models = image_models
+        self.cascades = cascades or {}  # a cascade's stages, for why it takes no images
         # a pool of its own bounds the decodes at once (and their memory) on whatever loop calls
         self._decoder = ThreadPoolExecutor(DECODES_AT_ONCE, thread_name_prefix="image-decode")
         # digests of images that passed check_image under this policy
@@ -283,7 +285,8 @@ class MediaLoader:
     @classmethod
     def for_app(cls, config: AppConfig) -> "MediaLoader":
         """The loader of an ingress: reads each model's config.json once, to know which take images."""
-        return cls(config.media, image_models(config))
+        cascades = {m.name: (m.first, m.then) for m in config.models if m.kind == "cascade"}
+        return cls(config.media, image_models(config), cascades)
 
     async def resolve(self, model: str, groups: list[QueryGroup]) -> list[QueryGroup]:
         """A request's groups with their images loaded, in the order that reads nothing it need not: every URL
@@ -298,17 +301,20 @@ class MediaLoader:
         budget = [self.media.max_request_image_bytes]
         loaded = await self._load_all([ref for ref in refs if schemes[ref] == "data"], budget)
         if model not in self.image_models:
-            served = ", ".join(sorted(self.image_models)) or "none"
-            raise InvalidRequest(
-                f"model {model!r} takes text only (its checkpoint is not a vision model); models here that take "
-                f"images: {served}"
-            )
+            raise InvalidRequest(self._text_only(model))
         loaded |= await self._load_all([ref for ref in refs if schemes[ref] != "data"], budget)
 
         def item(value) -> Item:
             return loaded[value] if isinstance(value, ImageRef) else value
 
         return [replace(g, query=item(g.query), documents=[item(d) for d in g.documents]) for g in groups]
+
+    def _text_only(self, model: str) -> str:
+        served = ", ".join(sorted(self.image_models)) or "none"
+        stages = [stage for stage in self.cascades.get(model, ()) if stage not in self.image_models]
+        why = (f"a cascade whose stage {' and '.join(map(repr, stages))} is not a vision model" if stages
+               else "its checkpoint is not a vision model")
+        return f"model {model!r} takes text only ({why}); models here that take images: {served}"
 
     def admit(self, ref: ImageRef) -> str:
         """The URL's scheme if the policy lets it be read (no file is opened, no host contacted); else the error."""

@@ -474,6 +474,11 @@ def test_takes_images_reads_the_checkpoints_architectures(tmp_path):
     )  # fmt: skip
     assert takes_images(config.model_by_name("colpali")) and not takes_images(config.model_by_name("text"))
     assert image_models(config) == {"colpali", "m0", "overridden", "vision-cascade"}
+    # a cascade with a text-only stage names that stage as the reason, not its own checkpoint
+    request = RerankRequest.model_validate({"query": "q", "documents": [{"content": [image_part(data_url(PNG))]}]})
+    image = rerank_group(request.query, request.documents, APP)
+    with pytest.raises(InvalidRequest, match="'mixed-cascade' takes text only .a cascade whose stage 'bert-ce' is not"):
+        asyncio.run(MediaLoader.for_app(config).resolve("mixed-cascade", [image]))
 
 
 def test_an_image_is_decoded_once_per_loader(monkeypatch):
