@@ -120,7 +120,7 @@ def test_killing_an_encoder_replica_under_load(strict):
             )
         else:
             assert r.headers["retry-after"] and r.json()["error"]["type"] in ("unavailable", "overloaded")
-    wait_until(lambda: replica_states(APP, ENCODER).get("RUNNING") == 2, timeout=600, interval=1)
+    wait_until(lambda: replica_states(APP, ENCODER).get("RUNNING") == 2, timeout=600, interval=0.25)
     assert victims[0] not in _replica_actors(ENCODER)
 
 
