@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.e2e.test_colbert_families import DOCUMENTS, QUERIES, PyLateReference, VllmForward, modernbert_reference
+from tests.e2e.test_colbert_families import (DOCUMENTS, QUERIES, PyLateReference, VllmForward,
+                                             transformers_reference)
 from tests.tiny_colbert_families import build_jina_colbert, build_modernbert_colbert
 
 RESULTS = Path(__file__).parent / "results"
@@ -29,7 +30,7 @@ def main() -> None:
     jina_path = build_jina_colbert(root / "jina")
     engine = VllmForward(jina_path, "ColBERTJinaRobertaModel", trust_remote_code=True)
     references = {
-        "modernbert (GTE-ModernColBERT layout)": modernbert_reference(build_modernbert_colbert(root / "modernbert")),
+        "modernbert (GTE-ModernColBERT layout)": transformers_reference(build_modernbert_colbert(root / "modernbert")),
         "jina-colbert-v2 layout": PyLateReference(jina_path, engine, query_prefix="[QueryMarker]",
                                                   document_prefix="[DocumentMarker]", query_length=12,
                                                   document_length=24, attend=True),
