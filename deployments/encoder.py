@@ -26,6 +26,7 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
+from deployments.qwen2_vl_compat import add_plugin_path  # puts every plugin of deployments/vllm_plugins in reach
 from scoring.checkpoints import CheckpointError, checkpoint_config, local_checkpoint, sequence_limit
 from scoring.chunking import WindowBudget
 from scoring.config.schema import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
@@ -88,6 +89,8 @@ class Encoder(EngineReplica):
         family_args = {}
         if checkpoint.family is not None:  # vLLM's ColBERT class for this backbone, over the checkpoint's layout
             family_args["hf_overrides"] = {"architectures": [checkpoint.family.architecture]}
+            if checkpoint.family.cpu_rotary_plugin:
+                add_plugin_path()
         if model.trust_remote_code:
             family_args["trust_remote_code"] = True
         if checkpoint.encoding.format == "pylate":

@@ -64,7 +64,7 @@ def test_pip_wheel_holds_every_package(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     probe = (
         "import importlib.metadata as m, json, deployments.qwen2_vl_compat as c; c.add_plugin_path(); "
-        "print(json.dumps([c.__file__, c.PLUGIN_PATH, [[e.name, e.value, e.load() is c.register] "
+        "print(json.dumps([c.__file__, c.PLUGIN_PATH, [[e.name, e.value, e.load().__module__] "
         "for e in m.entry_points(group='vllm.general_plugins')]]))"
     )
     run = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=120,
@@ -72,7 +72,10 @@ def test_pip_wheel_holds_every_package(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     module, plugin_path, entry_points = json.loads(run.stdout)
     assert module.startswith(str(site)) and plugin_path.startswith(str(site))
-    assert entry_points == [["qwen2_vl_without_torchvision", "deployments.qwen2_vl_compat:register", True]]
+    assert sorted(entry_points) == [
+        ["qwen2_vl_without_torchvision", "deployments.qwen2_vl_compat:register", "deployments.qwen2_vl_compat"],
+        ["rotary_cpu_3d_query", "deployments.rotary_cpu_compat:register", "deployments.rotary_cpu_compat"],
+    ]
 
 
 def test_handle_api_is_typed_and_documented():

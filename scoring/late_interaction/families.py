@@ -7,8 +7,10 @@ is told the class (`hf_overrides`) over the checkpoint's own folder: every one o
 it is (the projection from `1_Dense/`, or `linear.weight` beside jina's `roberta.*` weights).
 
 - ModernBERT (lightonai/GTE-ModernColBERT-v1, LateOn) and LFM2 (LiquidAI/LFM2-ColBERT-350M) are PyLate
-  checkpoints: encoded from `config_sentence_transformers.json` like any PyLate one. LFM2 is recognised and refused
-  for now (`Family.unsupported` says why).
+  checkpoints: encoded from `config_sentence_transformers.json` like any PyLate one. LFM2-ColBERT-350M is causal
+  (LiquidAI's first bidirectional retrievers are the later LFM2.5 ones), as PyLate runs it through transformers'
+  `Lfm2Model` and as vLLM's `Lfm2Model` runs it; on vLLM's CPU build its engine needs the rotary plugin of
+  `deployments/rotary_cpu_compat.py` (`Family.cpu_rotary_plugin`), without which its queries are rotated wrongly.
 - jina-colbert-v2 is a Stanford-library checkpoint over Jina's rotary XLM-RoBERTa, whose config class is code in
   the model's repository (`auto_map`). It is encoded as its model card's PyLate usage encodes it: markers
   `[QueryMarker]` / `[DocumentMarker]`, `[MASK]` expansion attended to (`attend_to_expansion_tokens=True`), query
@@ -43,16 +45,13 @@ class Family:
     transformers_forward: bool
     # why this service does not serve the family yet (its scores would not be its library's), or None
     unsupported: str | None = None
+    # its vLLM class hands the rotary embedding a [tokens, heads, head_size] query, which vLLM 0.32's CPU kernel
+    # rotates wrongly: the engine loads deployments/rotary_cpu_compat.py's plugin
+    cpu_rotary_plugin: bool = False
 
 
 MODERNBERT = Family("modernbert", "ColBERTModernBertModel", transformers_forward=True)
-LFM2 = Family(
-    "lfm2", "ColBERTLfm2Model", transformers_forward=True,
-    unsupported="vLLM 0.32's LFM2 forward pass (CPU) is not causal: a token's embedding changes with the tokens "
-    "after it (as ColBERTLfm2Model and as Lfm2ForCausalLM run for pooling alike), while PyLate runs transformers' "
-    "causal Lfm2Model; on a tiny random checkpoint token embeddings after the first differ by up to 0.07 a value, "
-    "so scores would not be PyLate's",
-)
+LFM2 = Family("lfm2", "ColBERTLfm2Model", transformers_forward=True, cpu_rotary_plugin=True)
 JINA = Family("jina-xlm-roberta", "ColBERTJinaRobertaModel", transformers_forward=False)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from scoring.checkpoints import CheckpointError
 from scoring.config.schema import LateInteractionModelConfig
-from scoring.late_interaction.families import JINA, LFM2, MODERNBERT, family_refusal, narrowed, remote_code_refusal
+from scoring.late_interaction.families import JINA, LFM2, MODERNBERT, Family, family_refusal, narrowed, remote_code_refusal
 from scoring.late_interaction.formats import encoding_in_force, load_checkpoint
 from scoring.late_interaction.tokens import LateInteractionTokenizer
 from tests.tiny_colbert_families import build_jina_colbert, build_lfm2_colbert, build_modernbert_colbert
@@ -52,9 +52,11 @@ def test_pylate_families_run_on_vllms_colbert_class(folders, name, family):
     assert (checkpoint.encoding.query_prefix, checkpoint.encoding.embedding_dim) == ("[Q] ", 48)
 
 
-def test_lfm2_is_refused_naming_why_and_the_others_are_not():
-    assert "is not causal" in family_refusal("lfm2", LFM2)
-    assert family_refusal("jina", JINA) is None and family_refusal("mb", MODERNBERT) is None
+def test_every_family_is_served_and_lfm2_gets_the_rotary_plugin():
+    assert all(family_refusal(f.name, f) is None for f in (JINA, LFM2, MODERNBERT))
+    assert LFM2.cpu_rotary_plugin and not JINA.cpu_rotary_plugin and not MODERNBERT.cpu_rotary_plugin
+    unsupported = Family("other", "SomeColBERT", transformers_forward=False, unsupported="its forward pass differs")
+    assert family_refusal("m", unsupported) == "model 'm': a other ColBERT is not served: its forward pass differs"
 
 
 def test_lfm2_queries_are_padded_with_its_end_of_sequence_token(folders):
