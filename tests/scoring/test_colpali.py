@@ -9,6 +9,7 @@ import pytest
 
 from scoring.checkpoints import CheckpointError
 from scoring.colpali import ARCHITECTURE, ColPaliPrompts, colpali_engine_args
+from scoring.protocol import LateInteractionEncoding
 from scoring.vision import vision_family
 from tests.tiny_colpali import build_tiny_colpali
 
@@ -55,6 +56,7 @@ def test_the_image_run_prompt_and_augmentation_sit_where_the_processor_puts_them
     assert (shown["format"], shown["image_tokens"], shown["image_document_tokens"]) == ("colpali", 16, len(tokens))
     assert (shown["visual_prompt"], shown["query_prefix"]) == ("Describe the image.", "Question: ")
     assert (shown["query_augmentation"], shown["query_augmentation_count"]) == ("<pad>", 10)
+    assert LateInteractionEncoding(**shown).format == "colpali"  # what /v1/models serves
 
 
 def test_texts_are_cut_at_max_tokens_and_the_engine_length(checkpoint):
