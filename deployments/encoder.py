@@ -5,8 +5,9 @@ The checkpoint's own encoding settings (PyLate, Stanford ColBERT, or none) with 
 texts are tokenized here (markers, truncation, query expansion) and sent to vLLM as token ids; the skiplist's
 token embeddings are dropped from documents before they leave. Queries of a checkpoint that does not attend to its
 expansion tokens are encoded by `MaskedExpansionQueries` (vLLM's forward pass takes no attention mask).
-A vision checkpoint (ColModernVBert: scoring/late_interaction/vision.py) takes its processor's encoding instead: image documents
-(`ImageInput`s) as its visual prompt with the image, queries with its augmentation, texts as it tokenizes them.
+A vision checkpoint (ColModernVBert: scoring/late_interaction/vision.py; ColPali: scoring/late_interaction/colpali.py) takes its processor's encoding
+instead: image documents (`ImageInput`s) as its visual prompt with the image, queries with its augmentation, texts as
+it tokenizes them.
 Documents this replica encoded before come from its byte-bounded cache: the scorer replicas each cache the
 documents of the queries routed to them, and this cache, shared by all of them, catches a document that another
 scorer replica saw.
@@ -31,6 +32,7 @@ from scoring.checkpoints import CheckpointError, checkpoint_config, local_checkp
 from scoring.chunking import WindowBudget
 from scoring.config.schema import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.errors import InvalidRequest
+from scoring.late_interaction.colpali import ColPaliPrompts, colpali_engine_args
 from scoring.late_interaction.expansion import MaskedExpansionQueries
 from scoring.late_interaction.families import family_refusal, narrowed, remote_code_refusal
 from scoring.late_interaction.formats import encoding_in_force, load_checkpoint
@@ -67,7 +69,7 @@ class Encoder(EngineReplica):
         # the query and document dtypes of the handoff: `document_dtype` is the scorer's storage, which the
         # documents' handoff dtype follows (`embedding_dtype: auto`)
         self._query_dtype, self._document_dtype = map(np.dtype, handoff_dtypes(model.embedding_dtype, document_dtype))
-        self._vision: VisionProcessor | None = None
+        self._vision: VisionProcessor | ColPaliPrompts | None = None
         path = local_checkpoint(model.model)
         if vision_family(checkpoint_config(path)):
             await self._start_vision(path, document_cache_bytes, started)
@@ -142,17 +144,22 @@ class Encoder(EngineReplica):
 
         model = self._model
         check_no_text_settings(model)
-        register_prompt_placeholders()
+        if vision_family(checkpoint_config(path)) == "colpali":
+            add_plugin_path()  # vLLM's processes load the ColPali model class (deployments/colpali_vllm.py)
+            engine_args, prompts = colpali_engine_args(path), ColPaliPrompts
+        else:
+            register_prompt_placeholders()
+            engine_args, prompts = {"weights": str(vision_engine_layout(path))}, VisionProcessor
         self._engine = start_engine(
             model,
-            weights=str(vision_engine_layout(path)),
             tokenizer=str(path),
             runner="pooling",
             pooler_config={"task": "token_embed"},
+            **engine_args,
         )
         max_model_len = self._engine.model_config.max_model_len
         self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
-        self._vision = VisionProcessor(path, max_model_len, self._dim)
+        self._vision = prompts(path, max_model_len, self._dim)
         self._documents = encoder_document_cache(model.name, document_cache_bytes, self._dim, self._document_dtype)
         warm_up = time.perf_counter()
         from PIL import Image

@@ -64,7 +64,8 @@ def test_pip_wheel_holds_every_package(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     probe = (
         "import importlib.metadata as m, json, deployments.qwen2_vl_compat as c; c.add_plugin_path(); "
-        "print(json.dumps([c.__file__, c.PLUGIN_PATH, [[e.name, e.value, e.load().__module__] "
+        "import importlib.util as u; "
+        "print(json.dumps([c.__file__, c.PLUGIN_PATH, [[e.name, e.value, u.find_spec(e.module).origin] "
         "for e in m.entry_points(group='vllm.general_plugins')]]))"
     )
     run = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, timeout=120,
@@ -73,9 +74,11 @@ def test_pip_wheel_holds_every_package(tmp_path):
     module, plugin_path, entry_points = json.loads(run.stdout)
     assert module.startswith(str(site)) and plugin_path.startswith(str(site))
     assert sorted(entry_points) == [
-        ["qwen2_vl_without_torchvision", "deployments.qwen2_vl_compat:register", "deployments.qwen2_vl_compat"],
-        ["rotary_cpu_3d_query", "deployments.rotary_cpu_compat:register", "deployments.rotary_cpu_compat"],
-    ]
+        ["colpali_as_transformers", "deployments.colpali_vllm:register", f"{site}/deployments/colpali_vllm.py"],
+        ["qwen2_vl_without_torchvision", "deployments.qwen2_vl_compat:register",
+         f"{site}/deployments/qwen2_vl_compat.py"],
+        ["rotary_cpu_3d_query", "deployments.rotary_cpu_compat:register", f"{site}/deployments/rotary_cpu_compat.py"],
+    ]  # each entry point's module is the installed copy's (importing them needs vLLM, absent under -S)
 
 
 def test_handle_api_is_typed_and_documented():

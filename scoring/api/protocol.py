@@ -395,7 +395,7 @@ class ScoreResponse(_Response):
 class LateInteractionEncoding(_Response):
     """How a late-interaction model encodes: its checkpoint's settings with the config's overrides."""
 
-    format: Literal["pylate", "stanford", "plain", "colmodernvbert"] = Field(
+    format: Literal["pylate", "stanford", "plain", "colmodernvbert", "colpali"] = Field(
         description="Where the settings were read from (a vision family: its processor's settings)."
     )
     query_prefix: str = Field(description="Marker token inserted after [CLS] in queries; empty for none.")

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from scoring.checkpoints import CheckpointError, checkpoint_config, converted_copy
 from scoring.chunking import WindowBudget
 
-VISION_ARCHITECTURES = {"ColModernVBertForRetrieval": "colmodernvbert"}
+VISION_ARCHITECTURES = {"ColModernVBertForRetrieval": "colmodernvbert", "ColPaliForRetrieval": "colpali"}
 AUGMENTATION_COUNT = 10  # process_queries' default suffix: the augmentation token ten times
 # the text-model keys vLLM's ColModernVBertConfig reads; it leaves every other ModernBERT setting at its default
 _VLLM_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -71,7 +71,7 @@ class VisionEncoding:
 
 
 # vision late-interaction models vLLM registers whose library encoding is not built here yet
-NOT_SERVED = frozenset({"ColPaliForRetrieval", "ColQwen3", "OpsColQwen3Model", "ColQwen3_5"})
+NOT_SERVED = frozenset({"ColQwen3", "OpsColQwen3Model", "ColQwen3_5"})
 
 
 def vision_family(config: dict[str, Any]) -> str | None:
@@ -82,8 +82,8 @@ def vision_family(config: dict[str, Any]) -> str | None:
             return VISION_ARCHITECTURES[architecture]
         if architecture in NOT_SERVED:
             raise CheckpointError(
-                f"{architecture} checkpoints are not served yet: only ColModernVBertForRetrieval among the vision "
-                "late-interaction models"
+                f"{architecture} checkpoints are not served yet: only {', '.join(VISION_ARCHITECTURES)} among the "
+                "vision late-interaction models"
             )
     return None
 

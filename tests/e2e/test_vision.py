@@ -6,6 +6,8 @@ documents, `process_queries` for queries, the processor's tokenization for text 
 `ColModernVBertForRetrieval` for the embeddings and `processor.score_retrieval` for the scores (float32).
 Images are sent over HTTP as data URLs and file URLs (the media branch's request shape), and to the deployments'
 handles as the ingress hands them on (`ImageInput`: the file's bytes and their SHA-256).
+A tiny ColPali (`ColPaliForRetrieval`, transformers' layout) is served in the same app and checked the same way
+against `ColPaliProcessor` + `ColPaliForRetrieval`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import torch
 from scoring.messages import DocumentSpec, ImageInput, QuerySpec
 from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
 from tests.tiny_jina_m0 import SERVICE_PIXELS, build_tiny_jina_m0, card_scorer, write_flat_config
+from tests.tiny_colpali import build_tiny_colpali
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "colmodernvbert-tiny"
 M0 = "tiny-m0"  # jina-reranker-m0 from its published (flat) config.json: the second stage of CASCADE
 CASCADE = "vision-cascade"
+COLPALI = "colpali-tiny"  # ColPaliForRetrieval in transformers' save_pretrained layout, served beside it
 QUERIES = ["what does the chart on this page show?", "red"]
 TEXTS = ["quarterly revenue grew by ten percent", "a"]
 
@@ -47,13 +51,15 @@ def page(seed: int, size: tuple[int, int] = (48, 64), fmt: str = "PNG") -> Image
 
 
 class Reference:
-    """transformers' ColModernVBertProcessor + ColModernVBertForRetrieval on the checkpoint, float32."""
+    """transformers' processor + retrieval model on the checkpoint (ColModernVBert's unless `retrieval` names
+    another), float32."""
 
-    def __init__(self, path):
-        from transformers import AutoProcessor, ColModernVBertForRetrieval
+    def __init__(self, path, retrieval: str = "ColModernVBertForRetrieval"):
+        import transformers
+        from transformers import AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(str(path))
-        self.model = ColModernVBertForRetrieval.from_pretrained(str(path)).to(torch.float32).eval()
+        self.model = getattr(transformers, retrieval).from_pretrained(str(path)).to(torch.float32).eval()
 
     def _embed(self, batch) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -96,6 +102,15 @@ def m0_card(m0_checkpoint):
     return card_scorer(m0_checkpoint)
 
 
+def colpali_checkpoint(tmp_path_factory):
+    return build_tiny_colpali(tmp_path_factory.mktemp("colpali") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def colpali_reference(colpali_checkpoint):
+    return Reference(colpali_checkpoint, "ColPaliForRetrieval")
+
+
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """A folder the app may read `file://` pages from."""
@@ -114,7 +129,7 @@ def file_url(image: ImageInput, folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vision_app(serve_instance, checkpoint, m0_checkpoint, pages):
+def vision_app(serve_instance, checkpoint, m0_checkpoint, colpali_checkpoint, pages):
     """The checkpoint by path alone (plus this machine's memory settings), in one app that reads files from
     `pages`; beside it jina-reranker-m0 and a cascade from the vision model to it."""
     from ray import serve
@@ -128,7 +143,9 @@ def vision_app(serve_instance, checkpoint, m0_checkpoint, pages):
                     "cpu_kv_cache_bytes": 67108864, "max_model_len": 128},
                    {"name": M0, "kind": "cross_encoder", "model": str(m0_checkpoint), "max_model_len": 256,
                     "cpu_kv_cache_bytes": 67108864, "engine_kwargs": {"mm_processor_kwargs": SERVICE_PIXELS}},
-                   {"name": CASCADE, "kind": "cascade", "first": MODEL, "then": M0, "candidates": 2}],
+                   {"name": CASCADE, "kind": "cascade", "first": MODEL, "then": M0, "candidates": 2},
+                   {"name": COLPALI, "kind": "late_interaction", "model": str(colpali_checkpoint),
+                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 128}],
         "cache": {"document_dtype": "float32"},  # fp16 storage would round scores past 1e-4
         "media": {"allowed_local_media_dirs": [str(pages)]},
     }
@@ -209,8 +226,8 @@ def test_concurrent_requests_image_documents_are_batched_and_score_as_transforme
     assert jobs == len(requests) and batches < jobs
 
 
-def _rerank(url: str, query, documents: list, **options) -> np.ndarray:
-    r = httpx.post(f"{url}/v1/rerank", json={"model": MODEL, "query": query, "documents": documents,
+def _rerank(url: str, query, documents: list, model: str = MODEL, **options) -> np.ndarray:
+    r = httpx.post(f"{url}/v1/rerank", json={"model": model, "query": query, "documents": documents,
                                              "return_documents": False, **options}, timeout=120)
     assert r.status_code == 200, r.text
     got = {result["index"]: result["relevance_score"] for result in r.json()["results"]}
@@ -326,3 +343,38 @@ def test_a_cascade_from_the_vision_model_ranks_images_as_its_stages_references(v
     assert [x["index"] for x in results] == sorted(candidates, key=lambda i: -second[i]) + by_first[2:]
     for x in results:
         assert x["relevance_score"] == pytest.approx(second.get(x["index"], first[x["index"]]), abs=1e-4)
+def test_colpali_over_http_scores_as_transformers_fresh_and_cached(vision_app, colpali_reference, pages):
+    """ColPali's page images (data and file URLs, any size: PaliGemma resizes them) and text documents, scored as
+    `ColPaliProcessor` + `ColPaliForRetrieval` score them, first encoded, then from the caches."""
+    scorer, _ = _handles()
+    images = [page(60), page(61, (120, 30), "JPEG"), page(62, (16, 16))]
+    documents = [data_url(images[0]), TEXTS[0], file_url(images[1], pages), TEXTS[1], data_url(images[2])]
+    for query in QUERIES:
+        expected = colpali_reference.scores(query, [images[0], TEXTS[0], images[1], TEXTS[1], images[2]])
+        fresh = _rerank(vision_app, query, documents, COLPALI)
+        before = scorer.stats.remote().result()["document_cache"]
+        cached = _rerank(vision_app, query, documents, COLPALI)
+        after = scorer.stats.remote().result()["document_cache"]
+        np.testing.assert_allclose(fresh, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=0)
+        assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (len(documents), 0)
+
+
+def test_a_colpali_image_query_is_encoded_as_process_images_encodes_it(vision_app, colpali_reference):
+    reference = colpali_reference
+    image = page(70)
+    query = reference.document(image).unsqueeze(0)
+    expected = [reference.processor.score_retrieval(query, [reference.document(t)])[0, 0].item() for t in TEXTS]
+    np.testing.assert_allclose(_rerank(vision_app, data_url(image), TEXTS, COLPALI), expected, atol=1e-4, rtol=0)
+
+
+def test_models_show_colpalis_processor_encoding(vision_app, colpali_reference):
+    r = httpx.get(f"{vision_app}/v1/models", timeout=60)
+    assert r.status_code == 200, r.text
+    encoding = next(card for card in r.json()["data"] if card["id"] == COLPALI)["encoding"]
+    processor = colpali_reference.processor
+    assert encoding["format"] == "colpali"
+    assert encoding["image_tokens"] == processor.image_seq_length == 16
+    assert encoding["image_document_tokens"] == len(colpali_reference.document(page(0)))
+    assert (encoding["visual_prompt"], encoding["query_prefix"]) == ("Describe the image.", "Question: ")
+    assert (encoding["query_augmentation"], encoding["query_augmentation_count"]) == ("<pad>", 10)

@@ -99,8 +99,9 @@ def test_family_from_architectures(checkpoint):
     assert vision_family(json.loads((checkpoint / "config.json").read_text())) == "colmodernvbert"
     assert vision_family({"architectures": ["BertModel"]}) is None
     assert vision_family({}) is None
-    with pytest.raises(CheckpointError, match="ColPaliForRetrieval checkpoints are not served yet"):
-        vision_family({"architectures": ["ColPaliForRetrieval"]})
+    assert vision_family({"architectures": ["ColPaliForRetrieval"]}) == "colpali"
+    with pytest.raises(CheckpointError, match="ColQwen3 checkpoints are not served yet"):
+        vision_family({"architectures": ["ColQwen3"]})
 
 
 def test_engine_layout_is_vllms(checkpoint, tmp_path):
