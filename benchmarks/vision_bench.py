@@ -10,7 +10,7 @@ For both servers, the largest |score difference| against transformers' reference
 No ColModernVBert weights can be downloaded here: the checkpoint is tests/tiny_colmodernvbert.py's (random, 32-pixel
 images, 4 image tokens a page), so the numbers say what the serving path costs around a small model, not what the
 250M model's forward pass costs. This service loads it by path alone; vLLM's server gets the layout it reads (the
-converted copy scoring/vision.py writes), with its defaults otherwise.
+converted copy scoring/late_interaction/vision.py writes), with its defaults otherwise.
 
     .venv/bin/python -m benchmarks.vision_bench                          # table + results/vision_bench.json
     .venv/bin/python -m benchmarks.vision_bench --requests 4 --pages 4   # smoke run
@@ -127,7 +127,7 @@ class VLLMVisionServer(Server):
     """vLLM's OpenAI server on the checkpoint in the layout it reads, with its defaults (`--runner pooling`)."""
 
     def __init__(self, port: int, log: Path, checkpoint: Path):
-        from scoring.vision import vision_engine_layout
+        from scoring.late_interaction.vision import vision_engine_layout
 
         self.name = "vllm-server"
         super().__init__(
@@ -224,7 +224,7 @@ def main() -> None:
             server.stop()
     import shutil
 
-    from scoring.vision import vision_engine_layout
+    from scoring.late_interaction.vision import vision_engine_layout
 
     shutil.rmtree(vision_engine_layout(checkpoint), ignore_errors=True)  # the converted copy in the checkpoint cache
     shutil.rmtree(workdir, ignore_errors=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
 
 def default_args() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.exceptions import RayServeException
 
 from deployments.bi_encoder import BiEncoder
 from deployments.cross_encoder import CrossEncoder
@@ -13,7 +14,13 @@ from deployments.generative import Generative
 from deployments.ingress import Ingress
 from deployments.listwise import Listwise
 from deployments.scorer import Scorer
-from scoring.config import AppConfig, parse_app_config
+from scoring.config.schema import AppConfig, ConfigError, parse_app_config
+
+
+class InvalidAppConfig(ConfigError, RayServeException):
+    """Invalid application args. Serve's build task reports a RayServeException by its message alone, once; any
+    other exception is retried three times and printed as a traceback each time, the error buried in Ray's frames
+    (`serve status` then shows the message as it is)."""
 
 
 def encoder_deployment_name(model_name: str) -> str:
@@ -37,8 +44,11 @@ def listwise_deployment_name(model_name: str) -> str:
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
-    """`import_path: deployments.app:build_app`; `args` is an `AppConfig` (see the README's reference)."""
-    config = parse_app_config(args)
+    """`import_path: deployments.app:build_app`; `args` is an `AppConfig` (docs/configuration.md)."""
+    try:
+        config = parse_app_config(args)
+    except ConfigError as exc:
+        raise InvalidAppConfig(str(exc)) from None
     late_interaction = {
         model.name: Encoder.options(name=encoder_deployment_name(model.name)).bind(
             model, config.cache.encoder_document_cache_bytes, config.cache.document_dtype

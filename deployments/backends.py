@@ -10,7 +10,7 @@ which deployment to call and how, and returns one `ScoreOutcome` per group. A ne
 - `CascadeBackend`: a first backend over every document, a second one over the first's best `candidates`.
 - `ChunkedBackend`: any of these over long documents' windows (scoring/chunking.py), built per request that chunks;
   a cascade chunks in its first stage and its second stage scores each candidate's winning window.
-A request's `instruction` reaches a backend only for a model that takes one (scoring/instructions.py).
+A request's `instruction` reaches a backend only for a model that takes one (scoring/api/instructions.py).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Awaitable, Callable, Protocol, TypeVar
 
 from ray.serve.handle import DeploymentHandle
 
+from scoring.api.instructions import takes_instruction
+from scoring.api.ranking import cascade_order, rank
+from scoring.api.requests import QueryGroup
 from scoring.chunking import WindowedGroup
-from scoring.config import AppConfig, CascadeModelConfig, ModelConfig
-from scoring.generative import GenerativeJob
-from scoring.instructions import takes_instruction
+from scoring.config.schema import AppConfig, CascadeModelConfig, ModelConfig
+from scoring.generative.labels import GenerativeJob
 from scoring.messages import DocumentSpec, Item, QuerySpec, ScoreOutcome
-from scoring.ranking import cascade_order, rank
-from scoring.requests import QueryGroup
 
 T = TypeVar("T")
 # the ingress's timeout and error mapping around a backend call: guard(call, model, documents=n) names the model's

@@ -2,7 +2,7 @@
 
 It has the late-interaction Encoder's interface (`encode_queries`, `encode_documents` → `PackedEmbeddings`) with
 one L2-normalised row per text, so the Scorer serves it unchanged: its query and document caches hold the
-vectors, and MaxSim of one row against one row is the cosine similarity (`scoring/bi_encoder.py`). Documents this
+vectors, and MaxSim of one row against one row is the cosine similarity (`scoring/bi_encoder/pooling.py`). Documents this
 replica encoded before come from its byte-bounded cache, as in the Encoder.
 """
 
@@ -21,11 +21,11 @@ from ray import serve
 from deployments.encoder import encoder_document_cache
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.bi_encoder import BiEncoderTokenizer, l2_normalized, read_layout
+from scoring.bi_encoder.pooling import BiEncoderTokenizer, l2_normalized, read_layout
 from scoring.checkpoints import sequence_limit
 from scoring.chunking import WindowBudget
-from scoring.config import BiEncoderModelConfig
-from scoring.embeddings import PackedEmbeddings
+from scoring.config.schema import BiEncoderModelConfig
+from scoring.store.embeddings import PackedEmbeddings
 
 logger = logging.getLogger("ray.serve")
 

@@ -5,7 +5,7 @@ vLLM 0.32 builds `custom_text_proj` without a bias when config.json names `embed
 checkpoint's bias; sized from the weights instead, it creates the layer on the first projection weight it meets,
 which in a checkpoint's sorted names is the bias, so the bias is never loaded either way. This class builds the
 layer with a bias from the start. The service names it (`hf_overrides: architectures`) only for a checkpoint whose
-weights hold that bias (scoring/colqwen3.py); the vLLM plugin (deployments/qwen2_vl_compat.py) registers it, lazily,
+weights hold that bias (scoring/late_interaction/colqwen3.py); the vLLM plugin (deployments/qwen2_vl_compat.py) registers it, lazily,
 by this module's path. Everything else, the multimodal processing included, is vLLM's ColQwen3.
 """
 

@@ -1,10 +1,10 @@
 """Cross-encoder deployment: a vLLM sequence-classification engine (`classify`) scoring (query, document) pairs.
 
-Each pair is one engine request: its token ids built here with the model's tokenizer (`scoring/cross_encoder.py`),
+Each pair is one engine request: its token ids built here with the model's tokenizer (`scoring/cross_encoder/pairs.py`),
 the second segment's token types handed to vLLM, the raw logit back (`use_activation=False`) and the checkpoint's
 activation applied here. All pairs of a call, and of concurrent calls, are in flight together and batched by vLLM.
 jina-reranker-m0 (`JinaVLForRanking`) takes images too: its pairs are the model card's prompts
-(`scoring/jina_m0.py`), each with its images as the engine's `multi_modal_data`.
+(`scoring/cross_encoder/jina_m0.py`), each with its images as the engine's `multi_modal_data`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import numpy as np
 from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
-from deployments.qwen2_vl_compat import add_plugin_path
 from deployments.metrics import service_metrics
+from deployments.qwen2_vl_compat import add_plugin_path
 from scoring.checkpoints import sequence_limit
 from scoring.chunking import WindowBudget
-from scoring.config import CrossEncoderModelConfig
-from scoring.cross_encoder import (
+from scoring.config.schema import CrossEncoderModelConfig
+from scoring.cross_encoder.pairs import (
     CrossEncoderHead,
     CrossEncoderTokenizer,
     PairInput,
@@ -31,7 +31,7 @@ from scoring.cross_encoder import (
     activation_name,
     check_one_label,
 )
-from scoring.jina_m0 import M0_ENGINE_ARGS, M0Pair, M0Prompts, checkpoint_is_jina_m0, processor_kwargs
+from scoring.cross_encoder.jina_m0 import M0_ENGINE_ARGS, M0Pair, M0Prompts, checkpoint_is_jina_m0, processor_kwargs
 from scoring.messages import Item, ScoreOutcome
 
 logger = logging.getLogger("ray.serve")

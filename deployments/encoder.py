@@ -5,8 +5,9 @@ The checkpoint's own encoding settings (PyLate, Stanford ColBERT, or none) with 
 texts are tokenized here (markers, truncation, query expansion) and sent to vLLM as token ids; the skiplist's
 token embeddings are dropped from documents before they leave. Queries of a checkpoint that does not attend to its
 expansion tokens are encoded by `MaskedExpansionQueries` (vLLM's forward pass takes no attention mask).
-A vision checkpoint (ColModernVBert: scoring/vision.py) takes its processor's encoding instead: image documents
-(`ImageInput`s) as its visual prompt with the image, queries with its augmentation, texts as it tokenizes them.
+A vision checkpoint (ColModernVBert: scoring/late_interaction/vision.py; ColPali: scoring/late_interaction/colpali.py) takes its processor's encoding
+instead: image documents (`ImageInput`s) as its visual prompt with the image, queries with its augmentation, texts as
+it tokenizes them.
 Documents this replica encoded before come from its byte-bounded cache: the scorer replicas each cache the
 documents of the queries routed to them, and this cache, shared by all of them, catches a document that another
 scorer replica saw.
@@ -26,26 +27,21 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from deployments.qwen2_vl_compat import add_plugin_path
-from scoring import colqwen3
-from scoring.checkpoints import (
-    CheckpointError,
-    checkpoint_config,
-    encoding_in_force,
-    load_checkpoint,
-    local_checkpoint,
-    sequence_limit,
-)
+from deployments.qwen2_vl_compat import add_plugin_path  # puts every plugin of deployments/vllm_plugins in reach
+from scoring.checkpoints import CheckpointError, checkpoint_config, local_checkpoint, sequence_limit
 from scoring.chunking import WindowBudget
-from scoring.colbert_families import family_refusal, narrowed, remote_code_refusal
-from scoring.config import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
-from scoring.document_cache import EncodedDocuments
-from scoring.embeddings import PackedEmbeddings
+from scoring.config.schema import LateInteractionModelConfig, handoff_dtypes, resolve_model_path
 from scoring.errors import InvalidRequest
-from scoring.expansion import MaskedExpansionQueries
+from scoring.late_interaction import colqwen3
+from scoring.late_interaction.colpali import ColPaliPrompts, colpali_engine_args
+from scoring.late_interaction.expansion import MaskedExpansionQueries
+from scoring.late_interaction.families import family_refusal, narrowed, remote_code_refusal
+from scoring.late_interaction.formats import encoding_in_force, load_checkpoint
+from scoring.late_interaction.tokens import LateInteractionTokenizer
+from scoring.late_interaction.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
 from scoring.messages import ImageInput, Item
-from scoring.tokens import LateInteractionTokenizer
-from scoring.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
+from scoring.store.document_cache import EncodedDocuments
+from scoring.store.embeddings import PackedEmbeddings
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,7 +59,7 @@ def encoder_document_cache(model: str, capacity_bytes: int, dim: int, dtype: np.
 
 # A quarter CPU is what Ray reserves (a scheduling token), not what the engine uses: it runs on every core it may
 # (`cpu_threads`), and the default app plus three more models fit on 2 cores. Reserve whole CPUs or a GPU per replica
-# on a cluster with `ray_actor_options` (README, Deploying to a cluster).
+# on a cluster with `ray_actor_options` (docs/deployment.md).
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10)
 class Encoder(EngineReplica):
     async def __init__(self, model: LateInteractionModelConfig, document_cache_bytes: int = 0,
@@ -74,7 +70,7 @@ class Encoder(EngineReplica):
         # the query and document dtypes of the handoff: `document_dtype` is the scorer's storage, which the
         # documents' handoff dtype follows (`embedding_dtype: auto`)
         self._query_dtype, self._document_dtype = map(np.dtype, handoff_dtypes(model.embedding_dtype, document_dtype))
-        self._vision: VisionProcessor | colqwen3.ColQwen3Prompts | None = None
+        self._vision: VisionProcessor | ColPaliPrompts | colqwen3.ColQwen3Prompts | None = None
         path = local_checkpoint(model.model)
         if family := vision_family(checkpoint_config(path)):
             await self._start_vision(path, family, document_cache_bytes, started)
@@ -96,6 +92,8 @@ class Encoder(EngineReplica):
         family_args = {}
         if checkpoint.family is not None:  # vLLM's ColBERT class for this backbone, over the checkpoint's layout
             family_args["hf_overrides"] = {"architectures": [checkpoint.family.architecture]}
+            if checkpoint.family.cpu_rotary_plugin:
+                add_plugin_path()
         if model.trust_remote_code:
             family_args["trust_remote_code"] = True
         if checkpoint.encoding.format == "pylate":
@@ -143,7 +141,7 @@ class Encoder(EngineReplica):
     async def _start_vision(self, path, family: str, document_cache_bytes: int, started: float) -> None:
         """Start the engine on a vision checkpoint (converted to vLLM's layout if need be), with vLLM's processor
         taking the image's place from the prompt (deployments/vision.py; ColQwen3: vLLM's Qwen3-VL processing
-        through the plugin that runs it without torchvision, scoring/colqwen3.py)."""
+        through the plugin that runs it without torchvision, scoring/late_interaction/colqwen3.py)."""
         from deployments.vision import register_prompt_placeholders
 
         model = self._model
@@ -152,13 +150,16 @@ class Encoder(EngineReplica):
             add_plugin_path()
             family_args, prompts = colqwen3.engine_args(path), colqwen3.ColQwen3Prompts
             self._dim = colqwen3.embedding_dim(path)
+        elif family == "colpali":
+            add_plugin_path()  # vLLM's processes load the ColPali model class (deployments/colpali_vllm.py)
+            family_args, prompts = colpali_engine_args(path), ColPaliPrompts
+            self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
         else:
             register_prompt_placeholders()
-            family_args, prompts = {}, VisionProcessor
+            family_args, prompts = {"weights": str(vision_engine_layout(path))}, VisionProcessor
             self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
         self._engine = start_engine(
             model,
-            weights=str(vision_engine_layout(path)),
             tokenizer=str(path),
             runner="pooling",
             pooler_config={"task": "token_embed"},

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
-from scoring.config import EngineModelConfig
+from scoring.config.schema import EngineModelConfig
 
 logger = logging.getLogger("ray.serve")
 

@@ -21,8 +21,8 @@ from ray import serve
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
 from scoring.chunking import WindowBudget
-from scoring.config import LOGIT_TEMPLATES, GenerativeModelConfig
-from scoring.generative import (
+from scoring.config.schema import LOGIT_TEMPLATES, GenerativeModelConfig
+from scoring.generative.labels import (
     GenerativeJob,
     GenerativeModelInfo,
     GenerativeOutcome,
@@ -30,8 +30,8 @@ from scoring.generative import (
     shared_prefix_length,
     template_scores,
 )
-from scoring.protocol import MAX_LABEL_TOKEN_IDS
-from scoring.templates import TEMPLATES_WITH_INSTRUCTION, TokenIds, build_template, label_token_ids
+from scoring.api.protocol import MAX_LABEL_TOKEN_IDS
+from scoring.generative.templates import TEMPLATES_WITH_INSTRUCTION, TokenIds, build_template, label_token_ids
 
 logger = logging.getLogger("ray.serve")
 

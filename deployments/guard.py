@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from scoring.auth import ApiKeys
+from scoring.api.auth import ApiKeys
 from scoring.errors import Overloaded, PayloadTooLarge, ServiceError, Unauthorized
 
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})

@@ -29,8 +29,8 @@ from deployments.metrics import request_recorder
 from deployments.readiness import ReadinessTracker, health_of
 from scoring.readiness import timeout_message
 
-from scoring.config import AppConfig, ModelConfig
-from scoring.auth import ApiKeys
+from scoring.api.auth import ApiKeys
+from scoring.config.schema import AppConfig, ModelConfig
 from scoring.errors import (
     Overloaded,
     ServiceError,
@@ -40,9 +40,9 @@ from scoring.errors import (
     describe_validation_errors,
     error_body,
 )
-from scoring.media import MediaLoader
+from scoring.api.media import MediaLoader
 from scoring.messages import ScoreOutcome
-from scoring.protocol import (
+from scoring.api.protocol import (
     ChunkSpan,
     DocumentOptions,
     Health,
@@ -60,7 +60,7 @@ from scoring.protocol import (
     Tokens,
     Usage,
 )
-from scoring.requests import (
+from scoring.api.requests import (
     QueryGroup,
     place_chunks,
     place_scores,
@@ -69,17 +69,17 @@ from scoring.requests import (
     resolve_model,
     score_groups,
 )
+from scoring.api.instructions import check_instruction, takes_instruction
 from scoring.chunking import Chunker, WindowedGroup
-from scoring.instructions import check_instruction, takes_instruction
 from scoring.errors import InvalidRequest
-from scoring.listwise import listwise_score_groups
-from scoring.generative import (
+from scoring.listwise.prompt import listwise_score_groups
+from scoring.generative.labels import (
     GenerativeModelInfo,
     generative_job,
     generative_scoring_response,
     resolve_generative_model,
 )
-from scoring.protocol import GenerativeScoringRequest, GenerativeScoringResponse
+from scoring.api.protocol import GenerativeScoringRequest, GenerativeScoringResponse
 
 logger = logging.getLogger("ray.serve")
 

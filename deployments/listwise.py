@@ -1,6 +1,6 @@
 """Listwise deployment: a vLLM pooling engine running jina-reranker-v3 (`JinaForRanking`, `token_embed`).
 
-A call scores one query's list: the prompts (one a block of the list, `scoring/listwise.py`) go to vLLM as token
+A call scores one query's list: the prompts (one a block of the list, `scoring/listwise/prompt.py`) go to vLLM as token
 ids, all blocks of a call (and of concurrent calls) in flight together; vLLM's `JinaForRanking` pooler returns the
 projected hidden states at the documents' and the query's marker tokens, and the scores are computed here from them.
 """
@@ -17,8 +17,8 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from scoring.config import ListwiseModelConfig
-from scoring.listwise import (
+from scoring.config.schema import ListwiseModelConfig
+from scoring.listwise.prompt import (
     DEFAULT_MAX_DOC_TOKENS,
     DEFAULT_MAX_QUERY_TOKENS,
     EMBED_TOKEN,

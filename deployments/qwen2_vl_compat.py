@@ -143,6 +143,6 @@ def _register_colqwen3_projection_bias() -> None:
     """ColQwen3 with its projection's bias (deployments/colqwen3_model.py), by path: imported only where used."""
     from vllm import ModelRegistry
 
-    from scoring.colqwen3 import BIASED_ARCHITECTURE
+    from scoring.late_interaction.colqwen3 import BIASED_ARCHITECTURE
 
     ModelRegistry.register_model(BIASED_ARCHITECTURE, "deployments.colqwen3_model:ColQwen3WithProjectionBias")

@@ -15,8 +15,8 @@ import logging
 import time
 from typing import Callable, Mapping, Sequence
 
+from scoring.api.protocol import DeploymentHealth, Health, ModelHealth
 from scoring.errors import Unavailable
-from scoring.protocol import DeploymentHealth, Health, ModelHealth
 from scoring.readiness import (
     RETRY_AFTER_S,
     ClusterResources,

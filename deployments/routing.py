@@ -1,7 +1,7 @@
 """Query-cache affinity: calls about the same query go to the same scorer replica.
 
 A Ray Serve request router for the Scorer deployment. The first argument of a scorer call (a query, or
-a list of queries whose first one counts) carries the query key; replicas are ranked by rendezvous hashing of that key (`scoring.affinity`), the home
+a list of queries whose first one counts) carries the query key; replicas are ranked by rendezvous hashing of that key (`scoring.store.affinity`), the home
 replica first. Serve takes the first rank that has room, so a busy home spills to the next replica
 instead of queueing, and a call without a key is routed by load as usual.
 """
@@ -12,7 +12,7 @@ from typing import List, Optional
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from scoring.affinity import rendezvous_order
+from scoring.store.affinity import rendezvous_order
 
 
 def routing_key(request: Optional[PendingRequest]) -> str | None:

@@ -5,7 +5,7 @@ embeddings cross a process boundary once (encoder → scorer) and cached ones no
 - Queries: a byte-bounded LRU keyed by (model, query text, query options). A miss is encoded once,
   even when several requests ask for the same query at the same time. Requests are routed to scorer
   replicas by query key (`QueryAffinityRouter`), so the hit rate holds as replicas are added.
-- Documents: the MaxSim scorer's document store (`scoring/store.py`: pages on the scoring device, GPU memory on
+- Documents: the MaxSim scorer's document store (`scoring/store/pages.py`: pages on the scoring device, GPU memory on
   CUDA), keyed by content hash (+ model + options), stored as `document_dtype`, byte-bounded, LRU. A request pins
   its documents from lookup until its scores are back. Misses of concurrent requests are gathered (`@serve.batch`,
   token budget), sent to the encoder replicas in parallel calls of about `chunk_tokens` tokens, and the encoders'
@@ -26,12 +26,12 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import service_metrics
 from deployments.routing import QueryAffinityRouter
-from scoring.batching import DEFAULT_IMAGE_TOKENS, estimate_tokens, plan_encode_calls, scatter_results, split_rows
-from scoring.cache import ByteBoundedLRU, CacheStats, content_key
-from scoring.config import AppConfig
-from scoring.maxsim import MaxSimScorer, ScoreGroup
+from scoring.config.schema import AppConfig
 from scoring.messages import DocumentSpec, EncodeJob, QuerySpec, ScoreOutcome
-from scoring.store import DocumentStore, StoredDocuments
+from scoring.store.batching import DEFAULT_IMAGE_TOKENS, estimate_tokens, plan_encode_calls, scatter_results, split_rows
+from scoring.store.cache import ByteBoundedLRU, CacheStats, item_key
+from scoring.store.maxsim import MaxSimScorer, ScoreGroup
+from scoring.store.pages import DocumentStore, StoredDocuments
 
 logger = logging.getLogger("ray.serve")
 
@@ -164,7 +164,7 @@ class Scorer:
     async def _document_embeddings(self, model: str, documents: DocumentSpec) -> tuple[StoredDocuments, int]:
         """Each document's entry in the store, in order, pinned for the caller (who releases them), and how many
         were there already."""
-        keys = [content_key(model, text, documents.max_tokens) for text in documents.texts]
+        keys = [item_key(model, text, documents.max_tokens) for text in documents.texts]
         store = self._store(model)
         slots = store.lookup(keys) if store is not None else np.full(len(keys), -1, dtype=np.int64)
         missing = np.flatnonzero(slots < 0)
@@ -205,7 +205,7 @@ class Scorer:
         try:
             for model, indices in by_model.items():
                 store = self._kernel(results[indices[0]].dim, model).store
-                keys = [content_key(model, text, calls[i].max_tokens) for i in indices for text in calls[i].texts]
+                keys = [item_key(model, text, calls[i].max_tokens) for i in indices for text in calls[i].texts]
                 lengths = np.concatenate([results[i].lengths for i in indices])
                 tokens = np.concatenate([results[i].token_counts for i in indices])
                 slots = await asyncio.to_thread(

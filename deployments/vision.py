@@ -1,7 +1,7 @@
 """vLLM's multimodal processing of ColModernVBert, made to take the prompt as the model's library builds it.
 
 vLLM 0.32's ColModernVBert processor inserts the image's `<image>` tokens at the start of every prompt. The encoder
-instead sends the ids `ColModernVBertProcessor` builds (scoring/vision.py), which hold the image's `<image>` run
+instead sends the ids `ColModernVBertProcessor` builds (scoring/late_interaction/vision.py), which hold the image's `<image>` run
 already: the processor registered here finds that run and places the image's embeddings on it (a replacement of
 the run by itself), so vLLM runs the forward pass on exactly the library's sequence. The image's pixels are vLLM's
 (`Idefics3ImageProcessor` from the checkpoint's settings, no tiles), the same processor the library runs.

@@ -12,7 +12,7 @@ for int8 documents, a float8 pair (`float8_query`) for float8 ones.
 Compilation: the kernels are specialised only on the model dimension, the dtypes and a block configuration chosen
 from length buckets (`_config`), never on exact lengths or counts, so a replica that ran `warmup` for its `d`
 never compiles while serving. Under TRITON_INTERPRET the Triton kernels run through Triton on the CPU; elsewhere
-without CUDA, the exact reference. (The scorer replays its launches as CUDA graphs, `scoring/maxsim.py`: what a
+without CUDA, the exact reference. (The scorer replays its launches as CUDA graphs, `scoring/store/maxsim.py`: what a
 launch costs the host is paid once per call shape.)
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def float8_query(x: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None 
     """A query for float8_e4m3 documents' tensor cores: each row as two float8_e4m3 terms, [L, 2d] (hi, then lo),
     and one float32 scale a row, amax|row| / 448 (1 for a zero row), so row = scale * (hi + lo) to ~2^-8 of its
     size (one float8 alone: 2^-4; the float8 documents' own rounding is 2^-4). hi is the store's float8 format of
-    the row (`scoring.store.quantize`, the same arithmetic: IEEE divisions on every device), lo the float8 of what
+    the row (`scoring.store.pages.quantize`, the same arithmetic: IEEE divisions on every device), lo the float8 of what
     hi leaves. `out`: (pair [L, 2d] float8, scales [L] float32) to write into (the scorer's CUDA graphs)."""
     x = x.float()
     qmax = QMAX[torch.float8_e4m3fn]
@@ -109,7 +109,7 @@ _LONG_DOCS = 512  # mean document tokens above which `_config` picks the long-do
 
 def _config(q_rows: int, mean_ld: float, d: int, elem_bytes: int, fp8_docs: bool = False) -> KernelConfig:
     """Block shape for programs of `q_rows` query rows (bucketed to a power of two) — measured on the H100 and the
-    H200, docs/kernel_notes.md. `elem_bytes`: the query's element size (2 for the float16 queries of float8
+    H200, docs/kernel.md. `elem_bytes`: the query's element size (2 for the float16 queries of float8
     documents, 1 for the int8 queries of int8 documents and the float8 pairs of float8 ones); `fp8_docs`: float8
     documents widened in the kernel (against a float16 query)."""
     block_k = min(128, _pow2_at_least(d, 16))
@@ -341,7 +341,7 @@ def maxsim_paged(Q: torch.Tensor, cu_seqlens_q: torch.Tensor, arena: torch.Tenso
                  max_lq: int, mean_ld: float, scales: torch.Tensor | None = None,
                  config: KernelConfig | None = None, out: torch.Tensor | None = None,
                  q_scales: torch.Tensor | None = None) -> torch.Tensor:
-    """The grouped form over documents kept in pages of an arena (`scoring/store.py`): arena [rows, d] (rows a
+    """The grouped form over documents kept in pages of an arena (`scoring/store/pages.py`): arena [rows, d] (rows a
     multiple of `page_tokens`, a power of two), scales [rows] float32 for compressed arenas; document b is the
     logical rows [doc_start[b], doc_end[b]) of the page list `pages` (int32), logical row x being arena row
     pages[x // page_tokens] * page_tokens + x % page_tokens. `mean_ld` (mean document tokens) picks the block

@@ -137,7 +137,7 @@ def maxsim_kernel(
     SWAP computes the tile as D @ Q^T ([BLOCK_D, BLOCK_Q], doc tokens on the MMA's M side), keeps an elementwise
     running max and reduces over doc tokens once at the end: better for short queries.
     The last tile of a document repeats the document's last row instead of masking rows past its end, so no tile
-    needs a row mask or a select (the select cost compute-bound shapes 7-13% on the H100, docs/kernel_notes.md v6).
+    needs a row mask or a select (the select cost compute-bound shapes 7-13% on the H100, docs/kernel.md).
     UPCAST (interpreter only): Triton's CPU interpreter multiplies bf16 tiles as raw integers, so there they are
     widened to fp32 first (exact: every bf16 is an fp32, and products accumulate in fp32 either way).
     """
@@ -242,7 +242,7 @@ def write_pages_kernel(src, dst, dst_scales, log, doc_src, doc_len, doc_log,
     entries log[doc_log[b]] onward, a page a step: program (b, j) writes pages j, j + G, ... of document b (G the
     grid's second size). QMAX > 0 (compressed storage): each row is divided by its scale amax|row| / QMAX (1 for a
     zero row), rounded (ROUND: to the nearest integer, halves up, for int8; else the cast to float8 rounds) and
-    stored with its scale. `scoring/store.py` does the same on the CPU, with the same arithmetic."""
+    stored with its scale. `scoring/store/pages.py` does the same on the CPU, with the same arithmetic."""
     b = tl.program_id(0)
     first = tl.load(doc_src + b).to(tl.int64)
     length = tl.load(doc_len + b)

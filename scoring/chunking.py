@@ -16,9 +16,9 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from scoring.api.requests import QueryGroup, tightest
 from scoring.errors import PayloadTooLarge
 from scoring.messages import ScoreOutcome
-from scoring.requests import QueryGroup, tightest
 
 Offsets = Sequence[tuple[int, int]]
 

@@ -7,7 +7,7 @@ from typing import Union
 
 import numpy as np
 
-from scoring.cache import content_key
+from scoring.store.cache import item_key
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ Item = Union[str, ImageInput]
 @dataclass(frozen=True)
 class QuerySpec:
     """A query as the scorer caches it: its embedding depends on the model, the text (or image: its digest), the
-    truncation and a request's instruction (a bi-encoder's query prompt)."""
+    truncation (of a text) and a request's instruction (a bi-encoder's query prompt)."""
 
     model: str
     text: Item
@@ -41,7 +41,7 @@ class QuerySpec:
 
     def __post_init__(self) -> None:
         instructed = () if self.instruction is None else (self.instruction,)
-        object.__setattr__(self, "key", content_key(self.model, self.text, self.max_tokens, *instructed))
+        object.__setattr__(self, "key", item_key(self.model, self.text, self.max_tokens, *instructed))
 
 
 @dataclass(frozen=True)

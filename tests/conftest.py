@@ -12,6 +12,11 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# vLLM's own CPU CI setting (vllm/platforms/cpu.py): models run through Dynamo with the eager backend, not inductor,
+# whose compile is most of a tiny engine's start, at every start (vLLM 0.32 cannot load its AOT compile cache on CPU:
+# "'function' object has no attribute 'finalize_loading'"). Ray's workers and `serve run` inherit it.
+# VLLM_CPU_CI_ENV=0 runs the suite on inductor, as a deployment runs.
+os.environ.setdefault("VLLM_CPU_CI_ENV", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_PORT_ENV = "RERANK_TEST_METRICS_PORT"
@@ -77,7 +82,7 @@ def hf_token_embeddings():
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from scoring.config import resolve_model_path
+    from scoring.config.schema import resolve_model_path
 
     model_cfg = default_app_args()["models"][0]
     path = resolve_model_path(model_cfg["model"])

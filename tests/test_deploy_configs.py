@@ -20,7 +20,7 @@ from deployments.app import (
     encoder_deployment_name,
     generative_deployment_name,
 )
-from scoring.config import parse_app_config
+from scoring.config.schema import parse_app_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIGS = ["serve_config.yaml", "serve_config.gpu.yaml", "serve_config.kinds.yaml"]

@@ -20,7 +20,7 @@ import json
 import string
 from pathlib import Path
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
 ST_VERSION = {"sentence_transformers": "3.4.1", "transformers": "4.48.2", "pytorch": "2.5.1"}
 

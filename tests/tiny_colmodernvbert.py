@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
 SPECIAL_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", "<|begin_of_text|>"]
 TILE_TAGS = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]

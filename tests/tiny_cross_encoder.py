@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
 
 def build_tiny_cross_encoder(

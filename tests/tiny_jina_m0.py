@@ -17,8 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+CARD_PIXELS = {"min_pixels": 3136, "max_pixels": 602112}
+# The service's cap on an image's size in the tests, for a small max_model_len: 64 image tokens. Every test image is
+# smaller, so its resize is the card's.
+SERVICE_PIXELS = {"min_pixels": 3136, "max_pixels": 28 * 28 * 64}
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
     "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -119,6 +124,66 @@ def build_tiny_jina_m0(
     return path
 
 
+def write_flat_config(path: str | Path) -> Path:
+    """Rewrite the checkpoint's config.json in the published jina-reranker-m0 form, as transformers 4 saved it: the
+    language model's settings at the top level beside `vision_config` (no `text_config`), its rotary settings as
+    `rope_theta` and `rope_scaling` (`type: mrope` with the sections), `torch_dtype`. Returns `path`."""
+    path = Path(path)
+    raw = json.loads((path / "config.json").read_text())
+    text = raw.pop("text_config")
+    rope = text.pop("rope_parameters")
+    # transformers 5's additions (layer_types) were not in the published file
+    flat = {key: value for key, value in text.items()
+            if key not in ("model_type", "dtype", "architectures", "layer_types")}
+    flat.update(raw)  # the outer settings (architectures, model_type, token ids, vision_config) win
+    flat["rope_theta"] = rope["rope_theta"]
+    flat["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
+    flat["torch_dtype"] = flat.pop("dtype", None) or "float32"
+    flat.pop("transformers_version", None)
+    (path / "config.json").write_text(json.dumps(flat, indent=2))
+    return path
+
+
+def card_scorer(checkpoint):
+    """The card's computation: the prompt `**Document**:\\n{doc}\\n**Query**:\\n{query}` with an image as
+    `<|vision_start|><|image_pad|><|vision_end|>`, its pad expanded to one token per 28x28 pixels of the image as
+    Qwen2-VL's processor resizes it (the card's min/max pixels), the score token 100 appended, the last hidden
+    state through the score head, sigmoid(logit - 2.65). Returns (score, prompt tokens)."""
+    import io
+
+    import torch
+    from PIL import Image
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint, **CARD_PIXELS)
+    model = transformers_model(checkpoint)
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    def score(query: str | bytes, document: str | bytes) -> tuple[float, int]:
+        parts = [(document, "Document"), (query, "Query")]
+        text = "\n".join(f"**{name}**:\n{IMAGE if isinstance(x, bytes) else x}" for x, name in parts)
+        images = [Image.open(io.BytesIO(x)).convert("RGB") for x, _ in parts if isinstance(x, bytes)]
+        inputs = {}
+        if images:
+            pixels = processor(images=images, return_tensors="pt")
+            inputs = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
+            pieces = text.split("<|image_pad|>")
+            text = pieces[0] + "".join("<|image_pad|>" * int(thw.prod() // 4) + rest
+                                       for thw, rest in zip(pixels["image_grid_thw"], pieces[1:]))
+        ids = tokenizer(text)["input_ids"] + [100]
+        if images:
+            inputs["mm_token_type_ids"] = torch.tensor([[int(t == image_id) for t in ids]])
+        with torch.no_grad():
+            hidden = model.body(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                **inputs).last_hidden_state
+            logit = model.score(hidden[:, -1]).squeeze()
+        return float(torch.sigmoid(logit - 2.65)), len(ids)
+
+    return score
+
+
 class _Ranker:
     """What `transformers_model` returns: transformers' Qwen2-VL body and the score head, in float32."""
 
@@ -157,7 +222,6 @@ def _published_name(name: str) -> str:
 
 def transformers_model(path: str | Path) -> _Ranker:
     """The checkpoint at `path` in transformers' `Qwen2VLModel` and a torch `Sequential` score head (float32)."""
-    import torch
     from safetensors.torch import load_file
     from transformers import Qwen2VLConfig
 

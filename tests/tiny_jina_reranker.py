@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
 EMBED_TOKEN_ID = 151670
 RERANK_TOKEN_ID = 151671

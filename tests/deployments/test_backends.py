@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deployments.backends import MAX_CALLS_PER_REQUEST, CascadeBackend, bounded, build_backends
-from scoring.config import parse_app_config
+from scoring.api.requests import QueryGroup
+from scoring.config.schema import parse_app_config
 from scoring.messages import ScoreOutcome
-from scoring.requests import QueryGroup
 
 
 @dataclass
@@ -96,7 +96,7 @@ def test_chunked_cascade_rescores_the_winning_windows():
 
     from deployments.backends import ChunkedBackend
     from scoring.chunking import Chunker, WindowBudget
-    from scoring.config import EMBEDDED_MODEL, resolve_model_path
+    from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 
     chunker = Chunker(
         AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL)), WindowBudget("minilm", document_tokens=2)

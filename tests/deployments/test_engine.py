@@ -17,7 +17,7 @@ def test_cpu_engine_runs_the_model_in_the_engine_process_with_the_configured_thr
 
 
 def test_cpu_engine_kv_cache_is_the_configured_size():
-    from scoring.config import LateInteractionModelConfig
+    from scoring.config.schema import LateInteractionModelConfig
 
     default = LateInteractionModelConfig(name="m").cpu_kv_cache_bytes
     assert default == 2**30  # not vLLM's share of the machine's RAM for every engine

@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from deployments.guard import GuardSettings, RequestGuard
-from scoring.auth import ApiKeys
+from scoring.api.auth import ApiKeys
 
 KEY = "s3cret-key-value"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-import scoring.protocol as protocol
+import scoring.api.protocol as protocol
 from deployments.ingress import api
 
 ROUTES = {

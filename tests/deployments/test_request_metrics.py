@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from deployments.guard import GuardSettings, RequestGuard
 from deployments.metrics import UNKNOWN_ROUTE, route_label
-from scoring.auth import ApiKeys
+from scoring.api.auth import ApiKeys
 
 
 async def test_guard_reports_route_and_status_of_every_response():

@@ -60,7 +60,7 @@ def main(out: Path) -> None:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         deploy(app_from_serve_config(APP, f"/{APP}", PLACEMENT))
-        wait_until(lambda: app_running(APP), timeout=600, interval=1)
+        wait_until(lambda: app_running(APP), timeout=600, interval=0.25)
         response = httpx.post(f"http://127.0.0.1:{port}/{APP}/v1/rerank", json=request, timeout=300)
         response.raise_for_status()
         result = {

@@ -52,7 +52,7 @@ def serving(app: dict, base_url: str, **client_options):
 
     deploy(app)
     try:
-        wait_until(lambda: app_running(app["name"]), timeout=600, interval=1)
+        wait_until(lambda: app_running(app["name"]), timeout=600, interval=0.25)
         with httpx.Client(base_url=base_url + app["route_prefix"], timeout=120, **client_options) as client:
             yield client
     finally:

@@ -72,13 +72,13 @@ def test_encoder_scales_up_under_load_and_back_down(serve_instance):
         )
     )
     try:
-        wait_until(lambda: app_running(APP), timeout=600, interval=1)
+        wait_until(lambda: app_running(APP), timeout=600, interval=0.25)
         assert replica_states(APP, ENCODER) == {"RUNNING": 1}
 
         with Load(f"{serve_instance}{ROUTE}") as load:
-            wait_until(lambda: replica_states(APP, ENCODER).get("RUNNING") == 2, timeout=600, interval=1)
+            wait_until(lambda: replica_states(APP, ENCODER).get("RUNNING") == 2, timeout=600, interval=0.25)
         assert load.statuses and set(load.statuses) == {200}
 
-        wait_until(lambda: replica_states(APP, ENCODER) == {"RUNNING": 1}, timeout=300, interval=1)
+        wait_until(lambda: replica_states(APP, ENCODER) == {"RUNNING": 1}, timeout=300, interval=0.25)
     finally:
         serve.delete(APP)

@@ -1,16 +1,17 @@
-"""The README's Serve CLI commands, run as a user runs them, against `serve run` in a subprocess (its own Ray
-cluster on this machine's cores, as `serve run serve_config.yaml` starts it).
+"""The Serve CLI commands of docs/deployment.md, run as a user runs them, against `serve run` in a subprocess (its
+own Ray cluster on this machine's cores, as `serve run serve_config.yaml` starts it).
 
 With token authentication on (Ray's default for a cluster `serve run` starts): serve_config.yaml with its
 commented entries uncommented (a tiny Qwen3 as the generative model, a tiny cross-encoder as the cross-encoder), the
 default model and three more of other kinds, four engines with the default `ray_actor_options`. /health is 503, naming what still starts, until every deployment can serve; then
-200, and every model answers. `serve status`, `serve deploy`, `serve shutdown` work with the README's
+200, and every model answers. `serve status`, `serve deploy`, `serve shutdown` work with docs/deployment.md's
 `export RAY_AUTH_MODE=token`. With it off (`RAY_AUTH_MODE=disabled` for both), the default config and the same
 commands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.e2e
 SERVE = str(Path(sys.executable).with_name("serve"))
 QUERY, DOCUMENTS = "what is the capital of France?", ["Berlin is in Germany.", "Paris is the capital of France."]
 ENGINE_START_S = 1500  # four engines starting at once on 2 cores: 10 min seen on a busy machine
+STOP_S = 30  # `serve run` exits a few seconds after Ctrl-C; past this, its group is killed
 
 
 def _free_port() -> int:
@@ -82,7 +84,7 @@ class ServeRun:
         return wait_until(printed, timeout=300, interval=0.5)
 
     def cli(self, *args: str, auth_mode: str | None) -> subprocess.CompletedProcess:
-        """A `serve` command as the README writes it, in a shell with `RAY_AUTH_MODE` as given; the dashboard
+        """A `serve` command as docs/deployment.md writes it, in a shell with `RAY_AUTH_MODE` as given; the dashboard
         address through the variable the CLI reads (another cluster may hold the default port)."""
         env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
         env["RAY_DASHBOARD_ADDRESS"] = self.dashboard()
@@ -90,14 +92,22 @@ class ServeRun:
             env["RAY_AUTH_MODE"] = auth_mode
         return subprocess.run([SERVE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
-    def stop(self) -> None:
+    def interrupt(self) -> None:
+        """What Ctrl-C does: SIGINT to the foreground group (Ray's own processes block it); `serve run` shuts Serve
+        down and its exit takes the cluster it started."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # what Ctrl-C does: serve run shuts Serve and its Ray down
-            try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            os.killpg(self.process.pid, signal.SIGINT)
+
+    def wait_stopped(self) -> None:
+        """`serve run` gone (a few seconds after Ctrl-C here), then whatever of its group is left: SIGKILL, as a
+        terminal closing does, so no engine outlives the test."""
+        try:
+            self.process.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            print(f"serve run still running {STOP_S} s after Ctrl-C:\n{self.output()[-2000:]}")
+        with contextlib.suppress(ProcessLookupError):  # nothing left of the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 def _health(client: httpx.Client) -> tuple[int, dict | None]:
@@ -115,16 +125,31 @@ def _status_of(result: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.fixture(scope="module")
-def four_engines(tmp_path_factory):
+def serve_runs(tmp_path_factory):
+    """Both clusters of this file, started together: a cluster's start is much waiting, which the other's fills.
+    "token": Ray's default, token authentication on for a new cluster; serve_config.yaml uncommented, four engines.
+    "disabled": `RAY_AUTH_MODE=disabled` exported for `serve run` and the commands alike; the default config."""
     tmp = tmp_path_factory.mktemp("cli-token")
     tiny = build_tiny_qwen3(tmp / "tiny-qwen3", max_positions=4096)
     cross = build_tiny_cross_encoder(tmp / "tiny-cross-encoder", max_positions=512)
     config = uncommented_serve_config(
         {"Qwen/Qwen3-Reranker-0.6B": str(tiny), "cross-encoder/ms-marco-MiniLM-L6-v2": str(cross)}
     )
-    run = ServeRun(config, tmp, auth_mode=None)  # Ray's default: token authentication on for a new cluster
-    yield run
-    run.stop()
+    runs = {
+        "token": ServeRun(config, tmp, auth_mode=None),
+        "disabled": ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()),
+                             tmp_path_factory.mktemp("cli-auth-off"), auth_mode="disabled"),
+    }
+    yield runs
+    for run in runs.values():
+        run.interrupt()
+    for run in runs.values():
+        run.wait_stopped()
+
+
+@pytest.fixture(scope="module")
+def four_engines(serve_runs):
+    return serve_runs["token"]
 
 
 def test_health_is_503_until_every_model_can_serve_then_each_answers(four_engines):
@@ -206,17 +231,14 @@ def test_serve_status_deploy_and_shutdown_with_token_auth(four_engines):
     assert _status_of(run.cli("status", auth_mode="token")).get("applications") in ({}, None)
 
 
-def test_serve_status_deploy_and_shutdown_with_auth_off(tmp_path):
+def test_serve_status_deploy_and_shutdown_with_auth_off(serve_runs):
     """`RAY_AUTH_MODE=disabled` exported for `serve run` and the commands alike: the default serve_config.yaml."""
-    run = ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()), tmp_path, auth_mode="disabled")
-    try:
-        with httpx.Client(base_url=run.url, timeout=30) as client:
-            wait_until(lambda: run.process.poll() is None and _health(client)[0] == 200, timeout=600, interval=0.5)
-        app = _status_of(run.cli("status", auth_mode="disabled"))["applications"]["reranker"]
-        assert app["status"] == "RUNNING" and "Encoder-minilm-colbert" in app["deployments"]
-        deployed = run.cli("deploy", str(run.config_path), auth_mode="disabled")
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        shutdown = run.cli("shutdown", "-y", auth_mode="disabled")
-        assert shutdown.returncode == 0, shutdown.stdout + shutdown.stderr
-    finally:
-        run.stop()
+    run = serve_runs["disabled"]
+    with httpx.Client(base_url=run.url, timeout=30) as client:
+        wait_until(lambda: run.process.poll() is None and _health(client)[0] == 200, timeout=600, interval=0.5)
+    app = _status_of(run.cli("status", auth_mode="disabled"))["applications"]["reranker"]
+    assert app["status"] == "RUNNING" and "Encoder-minilm-colbert" in app["deployments"]
+    deployed = run.cli("deploy", str(run.config_path), auth_mode="disabled")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    shutdown = run.cli("shutdown", "-y", auth_mode="disabled")
+    assert shutdown.returncode == 0, shutdown.stdout + shutdown.stderr

@@ -1,13 +1,16 @@
 """The non-BERT ColBERT families vLLM 0.32 has a class for, served from the checkpoint alone and encoded as PyLate
-encodes them: a ModernBERT ColBERT (GTE-ModernColBERT-v1's layout) and jina-colbert-v2 (`HF_ColBERT` over Jina's
-rotary XLM-RoBERTa, its config class behind `auto_map`), tiny and random (tests/tiny_colbert_families.py), in one app.
+encodes them: a ModernBERT ColBERT (GTE-ModernColBERT-v1's layout), an LFM2 ColBERT (LFM2-ColBERT-350M's: causal,
+convolution and attention blocks, queries padded with its end-of-sequence token) and jina-colbert-v2 (`HF_ColBERT`
+over Jina's rotary XLM-RoBERTa, its config class behind `auto_map`), tiny and random
+(tests/tiny_colbert_families.py), in one app.
 
 The reference is written here from PyLate's documented encoding, independently of scoring/: the text tokenized to
 one token less than the length, the marker inserted after the first token, queries padded with the mask token to
-the query length (attention mask 0 on those tokens unless the checkpoint attends to them), the punctuation skiplist
-dropped from documents, MaxSim in float64. The forward pass: transformers' ModernBertModel in float64 with the
-`1_Dense` projection; for jina's rotary XLM-RoBERTa, whose only implementation here is vLLM's (Jina's own is code
-in its repository, flash-attention only), vLLM's offline engine on the token ids built here, outside the service.
+the query length (attention mask 0 on those tokens unless the checkpoint attends to them; LFM2's tokenizer has no
+mask token: its end-of-sequence token), the punctuation skiplist dropped from documents, MaxSim in float64. The
+forward pass: transformers' ModernBertModel / Lfm2Model (causal, as PyLate loads it) in float64 with the `1_Dense`
+projection; for jina's rotary XLM-RoBERTa, whose only implementation here is vLLM's (Jina's own is code in its
+repository, flash-attention only), vLLM's offline engine on the token ids built here, outside the service.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_colbert_families import build_jina_colbert, build_modernbert_colbert
+from tests.tiny_colbert_families import build_jina_colbert, build_lfm2_colbert, build_modernbert_colbert
 
 pytestmark = pytest.mark.e2e
 
@@ -83,13 +86,14 @@ class PyLateReference:
         return float((self.query(query) @ self.document(document).T).max(axis=1).sum())
 
 
-def modernbert_reference(path: Path) -> PyLateReference:
+def transformers_reference(path: Path, model_class=None) -> PyLateReference:
+    """PyLate's encoding over transformers' backbone (`model_class`, default ModernBertModel) in float64."""
     import json
 
     from safetensors.torch import load_file
     from transformers import ModernBertModel
 
-    model = ModernBertModel.from_pretrained(path, attn_implementation="eager").double().eval()
+    model = (model_class or ModernBertModel).from_pretrained(path, attn_implementation="eager").double().eval()
     projection = load_file(str(path / "1_Dense" / "model.safetensors"))["linear.weight"].double()
     settings = json.loads((path / "config_sentence_transformers.json").read_text())
 
@@ -133,6 +137,7 @@ def family_checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("colbert-families")
     return {
         "modernbert-colbert": build_modernbert_colbert(root / "modernbert", attend_to_expansion_tokens=False),
+        "lfm2-colbert": build_lfm2_colbert(root / "lfm2"),
         "jina-colbert": build_jina_colbert(root / "jina"),
     }
 
@@ -146,12 +151,15 @@ def references(family_checkpoints):
     # the ids the reference builds, encoded in one engine call; then the engine goes
     engine.encode_all([jina.query_ids(q)[0] for q in QUERIES] + [jina.document_ids(d) for d in DOCUMENTS])
     del engine.llm
-    return {"modernbert-colbert": modernbert_reference(family_checkpoints["modernbert-colbert"]), "jina-colbert": jina}
+    from transformers import Lfm2Model
+
+    return {"modernbert-colbert": transformers_reference(family_checkpoints["modernbert-colbert"]),
+            "lfm2-colbert": transformers_reference(family_checkpoints["lfm2-colbert"], Lfm2Model), "jina-colbert": jina}
 
 
 @pytest.fixture(scope="module")
 def families_app(serve_instance, family_checkpoints):
-    """Both checkpoints, each given by path only (jina's with the remote code it needs allowed), in one app."""
+    """The checkpoints, each given by path only (jina's with the remote code it needs allowed), in one app."""
     from ray import serve
 
     from deployments.app import build_app
@@ -161,6 +169,8 @@ def families_app(serve_instance, family_checkpoints):
         "models": [
             {"name": "modernbert-colbert", "kind": "late_interaction",
              "model": str(family_checkpoints["modernbert-colbert"]), **small},
+            {"name": "lfm2-colbert", "kind": "late_interaction", "model": str(family_checkpoints["lfm2-colbert"]),
+             **small},
             {"name": "jina-colbert", "kind": "late_interaction", "model": str(family_checkpoints["jina-colbert"]),
              "trust_remote_code": True, "embedding_dim": JINA_DIM, **small},
         ],
@@ -171,7 +181,7 @@ def families_app(serve_instance, family_checkpoints):
     serve.delete("colbert-families")
 
 
-@pytest.mark.parametrize("model", ["modernbert-colbert", "jina-colbert"])
+@pytest.mark.parametrize("model", ["modernbert-colbert", "lfm2-colbert", "jina-colbert"])
 def test_rerank_scores_equal_the_pylate_reference(families_app, references, model):
     reference = references[model]
     for query in QUERIES:

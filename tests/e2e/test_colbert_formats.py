@@ -127,7 +127,7 @@ def colbert_app(serve_instance, colbert_checkpoints):
     from ray import serve
 
     from deployments.app import build_app
-    from scoring.checkpoints import load_checkpoint
+    from scoring.late_interaction.formats import load_checkpoint
 
     # written here first, so the test removes it afterwards (the replicas find it in place)
     layout = load_checkpoint(str(colbert_checkpoints["stanford-tiny"])).engine_path

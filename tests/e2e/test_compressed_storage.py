@@ -36,8 +36,8 @@ def int8_app(serve_instance):
 
 
 def test_int8_scores_are_maxsim_of_the_quantised_embeddings(int8_app, hf_token_embeddings):
-    from scoring.maxsim import quantize_int8
-    from scoring.store import quantize
+    from scoring.store.maxsim import quantize_int8
+    from scoring.store.pages import quantize
 
     r = int8_app.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS})
     assert r.status_code == 200, r.text

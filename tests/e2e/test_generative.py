@@ -1,5 +1,6 @@
-"""Generative scoring end to end: a tiny Qwen3 CausalLM built here, served by real vLLM in real Ray Serve,
-against a `transformers` forward pass on the same prompt ids; and the cascade, stage by stage."""
+"""Generative scoring end to end: a tiny Qwen3 CausalLM (tests/e2e/conftest.py builds it), served by real vLLM in
+real Ray Serve in the app this file shares with test_kinds, against a `transformers` forward pass on the same prompt
+ids; and the cascade, stage by stage."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import default_app_args
-from tests.scoring.test_templates import qwen3_reference_text
-from tests.tiny_qwen3 import build_tiny_qwen3
+from tests.e2e.shared_app import CANDIDATES
+from tests.e2e.shared_app import NAME as SHARED_APP
+from tests.scoring.generative.test_templates import qwen3_reference_text
 
 pytestmark = pytest.mark.e2e
 
@@ -27,45 +28,18 @@ DOCUMENTS = [
     "Photosynthesis converts light energy into chemical energy.",
     "France is a country in Western Europe; its capital is Paris.",
 ]
-CANDIDATES = 3
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+def tiny_model(shared_checkpoints):
+    return shared_checkpoints["generative"]
 
 
 @pytest.fixture(scope="module")
-def generative_app(serve_instance, tiny_model):
-    """MiniLM late interaction + the tiny Qwen3 (qwen3-reranker template) + a cascade of the two."""
-    from ray import serve
-
-    from deployments.app import build_app
-
-    minilm = {**default_app_args()["models"][0], "gpu_memory_utilization": 0.1}
-    args = {
-        "models": [
-            minilm,
-            {
-                "name": "tiny-qwen3",
-                "kind": "generative",
-                "model": str(tiny_model),
-                "template": "qwen3-reranker",
-                "max_model_len": 512,
-                "gpu_memory_utilization": 0.1,
-            },
-            {
-                "name": "cascade",
-                "kind": "cascade",
-                "first": minilm["name"],
-                "then": "tiny-qwen3",
-                "candidates": CANDIDATES,
-            },
-        ]
-    }
-    handle = serve.run(build_app(args), name="generative", route_prefix="/gen")
-    yield f"{serve_instance}/gen", handle
-    serve.delete("generative")
+def generative_app(shared_app):
+    """The app this file shares with test_kinds (tests/e2e/shared_app.py): MiniLM late interaction, the tiny Qwen3
+    as `tiny-qwen3` (qwen3-reranker template, the app's first generative model) and `cascade` of the two."""
+    return shared_app
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +171,8 @@ def test_long_shared_query_reuses_its_prefix_in_small_blocks(client, reference):
 
     from deployments.app import generative_deployment_name
 
-    info = serve.get_deployment_handle(generative_deployment_name("tiny-qwen3"), "generative").info.remote().result()
+    replica = serve.get_deployment_handle(generative_deployment_name("tiny-qwen3"), SHARED_APP)
+    info = replica.info.remote().result()
     assert info.kv_block_size == 32
     query = " ".join(f"clue {i} points to {['Paris', 'Berlin', 'Rome'][i % 3]}" for i in range(30))
     items = [f"answer {i}: {['Paris', 'Berlin', 'Rome', 'Madrid'][i % 4]}" for i in range(12)]

@@ -10,18 +10,12 @@ import io
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
-from tests.tiny_jina_m0 import build_tiny_jina_m0, transformers_model
+from tests.tiny_jina_m0 import SERVICE_PIXELS, build_tiny_jina_m0, card_scorer
 
 pytestmark = pytest.mark.e2e
 
-IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-CARD_PIXELS = {"min_pixels": 3136, "max_pixels": 602112}
-# The service's cap on an image's size, for a small max_model_len: 64 image tokens. Every test image is smaller,
-# so its resize is the card's.
-SERVICE_PIXELS = {"min_pixels": 3136, "max_pixels": 28 * 28 * 64}
 
 
 def page(size: tuple[int, int], color: tuple[int, int, int], text: str = "") -> bytes:
@@ -73,45 +67,9 @@ def card_score(checkpoint):
     return card_scorer(checkpoint)
 
 
-def card_scorer(checkpoint):
-    """The card's computation: the prompt `**Document**:\\n{doc}\\n**Query**:\\n{query}` with an image as
-    `<|vision_start|><|image_pad|><|vision_end|>`, its pad expanded to one token per 28x28 pixels of the image as
-    Qwen2-VL's processor resizes it (the card's min/max pixels), the score token 100 appended, the last hidden
-    state through the score head, sigmoid(logit - 2.65). Returns (score, prompt tokens)."""
-    from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    processor = Qwen2VLImageProcessorPil.from_pretrained(checkpoint, **CARD_PIXELS)
-    model = transformers_model(checkpoint)
-    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-
-    def score(query: str | bytes, document: str | bytes) -> tuple[float, int]:
-        parts = [(document, "Document"), (query, "Query")]
-        text = "\n".join(f"**{name}**:\n{IMAGE if isinstance(x, bytes) else x}" for x, name in parts)
-        images = [Image.open(io.BytesIO(x)).convert("RGB") for x, _ in parts if isinstance(x, bytes)]
-        inputs = {}
-        if images:
-            pixels = processor(images=images, return_tensors="pt")
-            inputs = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
-            pieces = text.split("<|image_pad|>")
-            text = pieces[0] + "".join("<|image_pad|>" * int(thw.prod() // 4) + rest
-                                       for thw, rest in zip(pixels["image_grid_thw"], pieces[1:]))
-        ids = tokenizer(text)["input_ids"] + [100]
-        if images:
-            inputs["mm_token_type_ids"] = torch.tensor([[int(t == image_id) for t in ids]])
-        with torch.no_grad():
-            hidden = model.body(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                **inputs).last_hidden_state
-            logit = model.score(hidden[:, -1]).squeeze()
-        return float(torch.sigmoid(logit - 2.65)), len(ids)
-
-    return score
-
-
 def test_checkpoint_takes_images(checkpoint):
-    from scoring.config import parse_app_config
-    from scoring.media import takes_images
+    from scoring.api.media import takes_images
+    from scoring.config.schema import parse_app_config
 
     config = parse_app_config({"models": [{"name": "m0", "kind": "cross_encoder", "model": str(checkpoint)}]})
     assert takes_images(config.models[0])

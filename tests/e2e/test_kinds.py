@@ -1,7 +1,8 @@
 """Cross-encoders, bi-encoders and cascades of two kinds, end to end through real vLLM engines in real Ray Serve.
 
-One application: the default late-interaction model, a tiny random BERT cross-encoder written here, the packaged
-MiniLM as the bi-encoder it was trained as, a tiny Qwen3 generative model, and cascades pairing them. The new
+One application, shared with test_generative (tests/e2e/shared_app.py): the default late-interaction model, tiny
+random cross-encoders (BERT, XLM-RoBERTa, ModernBERT) written there, the packaged MiniLM as the bi-encoder it was
+trained as, a tiny Qwen3 generative model (`tiny-qwen3-raw`, the raw template), and cascades pairing them. The new
 kinds are given by `{name, kind, model}` only. References: sentence-transformers' `CrossEncoder.predict` and
 `SentenceTransformer.similarity` on the same checkpoints, and transformers' own forward pass + sigmoid.
 """
@@ -15,14 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
-from tests.conftest import default_app_args
-from tests.tiny_cross_encoder import (
-    build_tiny_cross_encoder,
-    build_tiny_modernbert_cross_encoder,
-    build_tiny_xlmr_cross_encoder,
-)
-from tests.tiny_qwen3 import build_tiny_qwen3
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
+from tests.e2e.shared_app import CANDIDATES, CHUNK_OVERLAP
 
 pytestmark = pytest.mark.e2e
 
@@ -36,55 +31,17 @@ DOCUMENTS = [
     LONG,  # over 128 tokens (the cross-encoder's length) and 256 (MiniLM's max_seq_length)
     "France is a country in Western Europe; its capital is Paris.",
 ]
-CANDIDATES = 3
-CHUNK_OVERLAP = 4
 FP16_DOCUMENTS = 2e-3  # the scorer stores documents as float16 (cache.document_dtype): cosine to ~1e-3
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    return {
-        "cross_encoder": build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder")),
-        # XLM-RoBERTa (bge-reranker's architecture), saved by transformers 5: no position_embedding_type in its
-        # config, so vLLM takes the position table's 130 for its length where sentence-transformers cuts to 128
-        "xlmr_cross_encoder": build_tiny_xlmr_cross_encoder(tmp_path_factory.mktemp("tiny-xlmr-cross-encoder")),
-        # ModernBERT (gte-reranker-modernbert's): rotary positions, local attention, pairs of up to 256 tokens
-        "modernbert_cross_encoder": build_tiny_modernbert_cross_encoder(tmp_path_factory.mktemp("tiny-modernbert")),
-        "generative": build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3")),
-    }
+def checkpoints(shared_checkpoints):
+    return shared_checkpoints
 
 
 @pytest.fixture(scope="module")
-def kinds_app(serve_instance, checkpoints):
-    from ray import serve
-
-    from deployments.app import build_app
-
-    args = {
-        "models": [
-            {**default_app_args()["models"][0], "chunk_overlap": CHUNK_OVERLAP},
-            {"name": "tiny-ce", "kind": "cross_encoder", "model": str(checkpoints["cross_encoder"])},
-            {"name": "tiny-xlmr-ce", "kind": "cross_encoder", "model": str(checkpoints["xlmr_cross_encoder"])},
-            {"name": "tiny-modernbert-ce", "kind": "cross_encoder",
-             "model": str(checkpoints["modernbert_cross_encoder"])},
-            {"name": "minilm-bi", "kind": "bi_encoder", "model": EMBEDDED_MODEL},
-            {"name": "tiny-qwen3", "kind": "generative", "model": str(checkpoints["generative"])},
-            {"name": "colbert-then-ce", "kind": "cascade", "first": "minilm-colbert", "then": "tiny-ce",
-             "candidates": CANDIDATES},
-            {"name": "bi-then-ce", "kind": "cascade", "first": "minilm-bi", "then": "tiny-ce",
-             "candidates": CANDIDATES},
-            {"name": "ce-then-qwen3", "kind": "cascade", "first": "tiny-ce", "then": "tiny-qwen3",
-             "candidates": CANDIDATES},
-            # chunks long documents unless a request says otherwise (the config's default)
-            {"name": "colbert-then-ce-chunked", "kind": "cascade", "first": "minilm-colbert", "then": "tiny-ce",
-             "candidates": CANDIDATES, "long_documents": "chunk"},
-        ]
-    }
-    for model in args["models"][1:]:  # a cascade's own setting applies to its requests, as a model's does
-        model["chunk_overlap"] = CHUNK_OVERLAP
-    handle = serve.run(build_app(args), name="kinds", route_prefix="/kinds")
-    yield f"{serve_instance}/kinds", handle
-    serve.delete("kinds")
+def kinds_app(shared_app):
+    return shared_app
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +242,7 @@ def test_cascade_into_the_cross_encoder(client, cross_encoder_reference, cascade
 def test_cascade_from_the_cross_encoder_into_the_generative_model(client):
     first = rerank(client, "tiny-ce")
     shortlist = [x["index"] for x in first["results"]][:CANDIDATES]
-    generative = rerank(client, "tiny-qwen3", documents=[DOCUMENTS[i] for i in shortlist])
+    generative = rerank(client, "tiny-qwen3-raw", documents=[DOCUMENTS[i] for i in shortlist])
     second = {shortlist[x["index"]]: x["relevance_score"] for x in generative["results"]}
     order, scores = cascade_expected(first, second)
     body = rerank(client, "ce-then-qwen3")
@@ -348,7 +305,7 @@ def five_windows(tokenizer, window: int) -> tuple[str, list[tuple[int, int]]]:
 
 # (model, max_tokens_per_doc, window): a late-interaction or bi-encoder document's limit counts [CLS] and [SEP];
 # a cross-encoder's or generative model's counts the document's own tokens
-CHUNKED_KINDS = [("minilm-colbert", 32, 30), ("minilm-bi", 32, 30), ("tiny-ce", 30, 30), ("tiny-qwen3", 30, 30)]
+CHUNKED_KINDS = [("minilm-colbert", 32, 30), ("minilm-bi", 32, 30), ("tiny-ce", 30, 30), ("tiny-qwen3-raw", 30, 30)]
 
 
 @pytest.mark.parametrize("model,max_tokens_per_doc,window", CHUNKED_KINDS)
@@ -521,7 +478,7 @@ def test_instruction_is_the_bi_encoders_query_prompt_on_every_route(client, kind
 @pytest.mark.parametrize(
     "route,model",
     [(route, model) for route in ("/v1/rerank", "/v2/rerank", "/v1/score")
-     for model in ("minilm-colbert", "tiny-ce", "tiny-qwen3")] + [("/v1/rerank", "colbert-then-ce")],
+     for model in ("minilm-colbert", "tiny-ce", "tiny-qwen3-raw")] + [("/v1/rerank", "colbert-then-ce")],
 )
 def test_instruction_for_a_model_without_a_slot_is_a_400_naming_it(client, route, model):
     query = {"queries": QUERY} if route == "/v1/score" else {"query": QUERY}

@@ -149,7 +149,7 @@ def test_seen_documents_skip_the_encoder(client, handle):
 
 
 def test_handle_matches_http(client, handle):
-    from scoring.protocol import RerankRequest, ScoreRequest
+    from scoring.api.protocol import RerankRequest, ScoreRequest
 
     body = {"query": QUERY, "documents": DOCUMENTS, "top_n": 3}
     http = post(client, "/v1/rerank", body).json()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from scoring.config import QWEN3_RERANKER_INSTRUCTION
+from scoring.config.schema import QWEN3_RERANKER_INSTRUCTION
 from tests.tiny_jina_reranker import build_tiny_jina_reranker, load_reference
 from tests.tiny_llm_rerankers import build_tiny_gemma_reranker, build_tiny_mxbai_reranker, build_tiny_qwen3_seq_cls
 

@@ -6,6 +6,8 @@ documents, `process_queries` for queries, the processor's tokenization for text 
 `ColModernVBertForRetrieval` for the embeddings and `processor.score_retrieval` for the scores (float32).
 Images are sent over HTTP as data URLs and file URLs (the media branch's request shape), and to the deployments'
 handles as the ingress hands them on (`ImageInput`: the file's bytes and their SHA-256).
+A tiny ColPali (`ColPaliForRetrieval`, transformers' layout) is served in the same app and checked the same way
+against `ColPaliProcessor` + `ColPaliForRetrieval`.
 A tiny ColQwen3 in TomoroAI's layout shares the app: its reference is the model card's computation written out
 (tests/tiny_colqwen3.py: its processor's prompts and image processing, transformers' Qwen3-VL, the projection with
 its bias, L2 normalisation), its pages of a few image tokens each.
@@ -27,11 +29,16 @@ import torch
 from scoring.messages import DocumentSpec, ImageInput, QuerySpec
 from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
 from tests.tiny_colqwen3 import CardReference, build_tiny_colqwen3
+from tests.tiny_jina_m0 import SERVICE_PIXELS, build_tiny_jina_m0, card_scorer, write_flat_config
+from tests.tiny_colpali import build_tiny_colpali
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "colmodernvbert-tiny"
 COLQWEN3 = "colqwen3-tiny"
+M0 = "tiny-m0"  # jina-reranker-m0 from its published (flat) config.json: the second stage of CASCADE
+CASCADE = "vision-cascade"
+COLPALI = "colpali-tiny"  # ColPaliForRetrieval in transformers' save_pretrained layout, served beside it
 QUERIES = ["what does the chart on this page show?", "red"]
 TEXTS = ["quarterly revenue grew by ten percent", "a"]
 
@@ -49,13 +56,15 @@ def page(seed: int, size: tuple[int, int] = (48, 64), fmt: str = "PNG") -> Image
 
 
 class Reference:
-    """transformers' ColModernVBertProcessor + ColModernVBertForRetrieval on the checkpoint, float32."""
+    """transformers' processor + retrieval model on the checkpoint (ColModernVBert's unless `retrieval` names
+    another), float32."""
 
-    def __init__(self, path):
-        from transformers import AutoProcessor, ColModernVBertForRetrieval
+    def __init__(self, path, retrieval: str = "ColModernVBertForRetrieval"):
+        import transformers
+        from transformers import AutoProcessor
 
         self.processor = AutoProcessor.from_pretrained(str(path))
-        self.model = ColModernVBertForRetrieval.from_pretrained(str(path)).to(torch.float32).eval()
+        self.model = getattr(transformers, retrieval).from_pretrained(str(path)).to(torch.float32).eval()
 
     def _embed(self, batch) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -98,6 +107,27 @@ def card(colqwen3_checkpoint):
 
 
 @pytest.fixture(scope="module")
+def m0_checkpoint(tmp_path_factory):
+    return write_flat_config(build_tiny_jina_m0(tmp_path_factory.mktemp("tiny-jina-m0-flat")))
+
+
+@pytest.fixture(scope="module")
+def m0_card(m0_checkpoint):
+    """The m0 card's computation (tests/tiny_jina_m0.py): (score, prompt tokens) of a query and a document."""
+    return card_scorer(m0_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def colpali_checkpoint(tmp_path_factory):
+    return build_tiny_colpali(tmp_path_factory.mktemp("colpali") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def colpali_reference(colpali_checkpoint):
+    return Reference(colpali_checkpoint, "ColPaliForRetrieval")
+
+
+@pytest.fixture(scope="module")
 def pages(tmp_path_factory):
     """A folder the app may read `file://` pages from."""
     return tmp_path_factory.mktemp("pages")
@@ -115,17 +145,22 @@ def file_url(image: ImageInput, folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vision_app(serve_instance, checkpoint, colqwen3_checkpoint, pages):
+def vision_app(serve_instance, checkpoint, m0_checkpoint, colpali_checkpoint, colqwen3_checkpoint, pages):
     """The checkpoint by path alone (plus this machine's memory settings), in one app that reads files from
-    `pages`."""
+    `pages`; beside it jina-reranker-m0 and a cascade from the vision model to it."""
     from ray import serve
 
     from deployments.app import build_app
-    from scoring.vision import vision_engine_layout
+    from scoring.late_interaction.vision import vision_engine_layout
 
     layout = vision_engine_layout(checkpoint)  # written here first, so the test removes it afterwards
     args = {
         "models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
+                    "cpu_kv_cache_bytes": 67108864, "max_model_len": 128},
+                   {"name": M0, "kind": "cross_encoder", "model": str(m0_checkpoint), "max_model_len": 256,
+                    "cpu_kv_cache_bytes": 67108864, "engine_kwargs": {"mm_processor_kwargs": SERVICE_PIXELS}},
+                   {"name": CASCADE, "kind": "cascade", "first": MODEL, "then": M0, "candidates": 2},
+                   {"name": COLPALI, "kind": "late_interaction", "model": str(colpali_checkpoint),
                     "cpu_kv_cache_bytes": 67108864, "max_model_len": 128},
                    # a page of ColQwen3 takes up to 1280 image tokens: the engine's length holds one whole
                    {"name": COLQWEN3, "kind": "late_interaction", "model": str(colqwen3_checkpoint),
@@ -186,8 +221,10 @@ def test_the_same_image_from_two_urls_is_one_cache_entry(vision_app, reference):
     encoder.encode_documents.remote([image]).result()
     before = encoder.stats.remote().result()["encoder_document_cache"]
     encoder.encode_documents.remote([as_file]).result()
+    encoder.encode_documents.remote([as_file], 8).result()  # a text truncation does not split an image's entry
     after = encoder.stats.remote().result()["encoder_document_cache"]
-    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+    assert after["hits"] == before["hits"] + 2 and after["misses"] == before["misses"]
+    assert after["entries"] == before["entries"]
 
 
 def test_concurrent_requests_image_documents_are_batched_and_score_as_transformers(vision_app, reference):
@@ -208,9 +245,9 @@ def test_concurrent_requests_image_documents_are_batched_and_score_as_transforme
     assert jobs == len(requests) and batches < jobs
 
 
-def _rerank(url: str, query, documents: list, model: str = MODEL) -> np.ndarray:
+def _rerank(url: str, query, documents: list, model: str = MODEL, **options) -> np.ndarray:
     r = httpx.post(f"{url}/v1/rerank", json={"model": model, "query": query, "documents": documents,
-                                             "return_documents": False}, timeout=120)
+                                             "return_documents": False, **options}, timeout=120)
     assert r.status_code == 200, r.text
     got = {result["index"]: result["relevance_score"] for result in r.json()["results"]}
     return np.array([got[i] for i in range(len(documents))])
@@ -225,15 +262,22 @@ def test_image_rerank_over_http_scores_as_transformers_fresh_and_cached(vision_a
 
 
 def test_a_page_as_data_url_then_file_url_is_one_entry(vision_app, reference, pages):
-    scorer, _ = _handles()
+    """The same page as a data URL, as an allowed file URL, and under a text truncation (`max_tokens_per_doc`, which
+    does not change an image's embeddings): one entry in the scorer's store, asked of the encoder once."""
+    scorer, encoder = _handles()
     image = page(30)
+    encoded_before = encoder.stats.remote().result()["encoder_document_cache"]
     first = _rerank(vision_app, QUERIES[1], [data_url(image)])
     before = scorer.stats.remote().result()["document_cache"]
     second = _rerank(vision_app, QUERIES[1], [file_url(image, pages)])
+    truncated = _rerank(vision_app, QUERIES[1], [file_url(image, pages)], max_tokens_per_doc=8)
     after = scorer.stats.remote().result()["document_cache"]
+    encoded_after = encoder.stats.remote().result()["encoder_document_cache"]
     assert (after["entries"], after["bytes"]) == (before["entries"], before["bytes"])
-    assert (after["hits"], after["misses"]) == (before["hits"] + 1, before["misses"])
+    assert (after["hits"], after["misses"]) == (before["hits"] + 2, before["misses"])
+    assert encoded_after["entries"] == encoded_before["entries"] + 1
     np.testing.assert_array_equal(second, first)
+    np.testing.assert_array_equal(truncated, first)
     np.testing.assert_allclose(first, reference.scores(QUERIES[1], [image]), atol=1e-4, rtol=0)
 
 
@@ -337,7 +381,7 @@ def test_colqwen3_vllm_processing_gives_the_cards_ids_and_pixels(colqwen3_checkp
     from vllm.multimodal.processing.inputs import ProcessorInputs
 
     from deployments.qwen2_vl_compat import register
-    from scoring.colqwen3 import ColQwen3Prompts, engine_args
+    from scoring.late_interaction.colqwen3 import ColQwen3Prompts, engine_args
 
     register()
     path = Path(colqwen3_checkpoint)
@@ -354,3 +398,77 @@ def test_colqwen3_vllm_processing_gives_the_cards_ids_and_pixels(colqwen3_checkp
         assert item["image_grid_thw"].data.tolist() == expected["image_grid_thw"][0].tolist(), size
         assert torch.equal(item["pixel_values"].data, expected["pixel_values"]), size
     assert expected["input_ids"].count(card.image_token_id) == 60 * 82 // 4 <= 1280
+
+
+def test_m0_from_its_published_flat_config_scores_as_the_card(vision_app, m0_card):
+    """jina-reranker-m0's config.json as published (transformers 4's flat form: no text_config) serves as the
+    nested one does: image and text documents, an image query, each the card's score."""
+    image = page(70, (84, 56))
+    body = {"model": M0, "query": QUERIES[0], "documents": [data_url(image), TEXTS[0]], "return_documents": False}
+    r = httpx.post(f"{vision_app}/v1/rerank", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    expected = [m0_card(QUERIES[0], image.data)[0], m0_card(QUERIES[0], TEXTS[0])[0]]
+    np.testing.assert_allclose([got[0], got[1]], expected, atol=1e-4, rtol=0)
+    r = httpx.post(f"{vision_app}/v1/score", json={"model": M0, "queries": data_url(image), "documents": TEXTS[:1]},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["score"] == pytest.approx(m0_card(image.data, TEXTS[0])[0], abs=1e-4)
+
+
+def test_a_cascade_from_the_vision_model_ranks_images_as_its_stages_references(vision_app, reference, m0_card, pages):
+    """A cascade whose first stage is the vision late-interaction model: it ranks image documents (data and file
+    URLs) and texts as transformers' ColModernVBert scores them; jina-reranker-m0 rescores its best two, each as the
+    card scores it; the two come first in m0's order, the rest in the first stage's."""
+    images = [page(60), page(61, (90, 40), "JPEG"), page(62, (32, 32)), page(63)]
+    documents = [images[0], TEXTS[0], images[1], images[2], TEXTS[1], images[3]]
+    wire = [data_url(images[0]), TEXTS[0], file_url(images[1], pages), data_url(images[2]), TEXTS[1],
+            data_url(images[3])]
+    first = reference.scores(QUERIES[0], documents)
+    by_first = [int(i) for i in np.argsort(-first, kind="stable")]
+    candidates = by_first[:2]
+    second = {i: m0_card(QUERIES[0], getattr(documents[i], "data", documents[i]))[0] for i in candidates}
+    r = httpx.post(f"{vision_app}/v1/rerank", json={"model": CASCADE, "query": QUERIES[0], "documents": wire,
+                                                    "return_documents": False}, timeout=120)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == sorted(candidates, key=lambda i: -second[i]) + by_first[2:]
+    for x in results:
+        assert x["relevance_score"] == pytest.approx(second.get(x["index"], first[x["index"]]), abs=1e-4)
+
+
+def test_colpali_over_http_scores_as_transformers_fresh_and_cached(vision_app, colpali_reference, pages):
+    """ColPali's page images (data and file URLs, any size: PaliGemma resizes them) and text documents, scored as
+    `ColPaliProcessor` + `ColPaliForRetrieval` score them, first encoded, then from the caches."""
+    scorer, _ = _handles()
+    images = [page(60), page(61, (120, 30), "JPEG"), page(62, (16, 16))]
+    documents = [data_url(images[0]), TEXTS[0], file_url(images[1], pages), TEXTS[1], data_url(images[2])]
+    for query in QUERIES:
+        expected = colpali_reference.scores(query, [images[0], TEXTS[0], images[1], TEXTS[1], images[2]])
+        fresh = _rerank(vision_app, query, documents, COLPALI)
+        before = scorer.stats.remote().result()["document_cache"]
+        cached = _rerank(vision_app, query, documents, COLPALI)
+        after = scorer.stats.remote().result()["document_cache"]
+        np.testing.assert_allclose(fresh, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=0)
+        assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (len(documents), 0)
+
+
+def test_a_colpali_image_query_is_encoded_as_process_images_encodes_it(vision_app, colpali_reference):
+    reference = colpali_reference
+    image = page(70)
+    query = reference.document(image).unsqueeze(0)
+    expected = [reference.processor.score_retrieval(query, [reference.document(t)])[0, 0].item() for t in TEXTS]
+    np.testing.assert_allclose(_rerank(vision_app, data_url(image), TEXTS, COLPALI), expected, atol=1e-4, rtol=0)
+
+
+def test_models_show_colpalis_processor_encoding(vision_app, colpali_reference):
+    r = httpx.get(f"{vision_app}/v1/models", timeout=60)
+    assert r.status_code == 200, r.text
+    encoding = next(card for card in r.json()["data"] if card["id"] == COLPALI)["encoding"]
+    processor = colpali_reference.processor
+    assert encoding["format"] == "colpali"
+    assert encoding["image_tokens"] == processor.image_seq_length == 16
+    assert encoding["image_document_tokens"] == len(colpali_reference.document(page(0)))
+    assert (encoding["visual_prompt"], encoding["query_prefix"]) == ("Describe the image.", "Question: ")
+    assert (encoding["query_augmentation"], encoding["query_augmentation_count"]) == ("<pad>", 10)

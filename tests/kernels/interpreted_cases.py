@@ -13,7 +13,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from kernels import maxsim as km  # noqa: E402
-from scoring.store import DocumentStore, quantize  # noqa: E402
+from scoring.store.pages import DocumentStore, quantize  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

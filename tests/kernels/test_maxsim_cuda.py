@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernels import maxsim as km
-from scoring.store import quantize
+from scoring.store.pages import quantize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

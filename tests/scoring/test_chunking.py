@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scoring.api.requests import QueryGroup
 from scoring.chunking import Chunker, Span, WindowBudget, split_spans, window_ranges
-from scoring.config import EMBEDDED_MODEL, resolve_model_path
+from scoring.config.schema import EMBEDDED_MODEL, resolve_model_path
 from scoring.errors import PayloadTooLarge
 from scoring.messages import ScoreOutcome
-from scoring.requests import QueryGroup
 
 
 @pytest.fixture(scope="module")
