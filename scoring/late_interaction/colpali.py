@@ -14,13 +14,12 @@ registers (`ARCHITECTURE`), which runs the forward pass as transformers does. No
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
 from scoring.checkpoints import CheckpointError
 from scoring.chunking import WindowBudget
-from scoring.late_interaction.vision import AUGMENTATION_COUNT, VisionEncoding
+from scoring.late_interaction.vision import AUGMENTATION_COUNT, VisionEncoding, rgb_image
 
 ARCHITECTURE = "ColPaliAsTransformers"  # deployments/colpali_vllm.py's model class, asked for by `hf_overrides`
 
@@ -82,13 +81,7 @@ class ColPaliPrompts:
         """`process_images`' ids for one image: the `<image>` run, `<bos>`, the visual prompt, a newline."""
         return list(self._image_ids)
 
-    @staticmethod
-    def image(data: bytes):
-        """The image file's pixels as `process_images` takes them (RGB)."""
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
+    image = staticmethod(rgb_image)
 
     def _text_ids(self, texts: list[str], max_tokens: int | None) -> list[list[int]]:
         if not texts:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from scoring.checkpoints import CheckpointError, checkpoint_config
 from scoring.chunking import WindowBudget
-from scoring.late_interaction.vision import AUGMENTATION_COUNT, VisionEncoding, VisionProcessor
+from scoring.late_interaction.vision import AUGMENTATION_COUNT, VisionEncoding, rgb_image
 
 # ColQwen3Processor's defaults (its __init__ keywords, which a processor_config.json may set)
 VISUAL_PROMPT_PREFIX = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image."
@@ -166,7 +166,7 @@ class ColQwen3Prompts:
         """The visual prompt's ids with one `<|image_pad|>`, which vLLM expands to the image's tokens."""
         return list(self._image_ids)
 
-    image = staticmethod(VisionProcessor.image)  # the file's pixels as `process_images` takes them (RGB)
+    image = staticmethod(rgb_image)
 
 
 def _read_optional(path: Path) -> dict[str, Any]:

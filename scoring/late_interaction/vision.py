@@ -75,6 +75,14 @@ class VisionEncoding:
 NOT_SERVED = frozenset({"OpsColQwen3Model", "ColQwen3_5"})
 
 
+def rgb_image(data: bytes):
+    """An image file's pixels as the processors' `process_images` take them (RGB)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
 def vision_family(config: dict[str, Any]) -> str | None:
     """The vision family of a checkpoint's config.json (None: a text checkpoint); a vision model this service does
     not encode as its library does yet is refused rather than served with vLLM's own encoding."""
@@ -222,13 +230,7 @@ class VisionProcessor:
         """`process_images`' ids for one image: the visual prompt with the image block."""
         return list(self._image_ids)
 
-    @staticmethod
-    def image(data: bytes):
-        """The image file's pixels as `process_images` takes them (RGB)."""
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
+    image = staticmethod(rgb_image)
 
     def _tokenize(self, texts: list[str], max_tokens: int | None) -> list[list[int]]:
         if not texts:
