@@ -151,7 +151,7 @@ class Chunker:
         return max(room, 1)
 
     def _count(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def split(
         self, group: QueryGroup, size: int, overlap: int, max_chunks: int, field: str = "documents"
@@ -159,7 +159,10 @@ class Chunker:
         """Every document of `group` as its windows; a document of more than `max_chunks` windows is a 413 naming
         it (by its index in the request)."""
         texts = [d for d in group.documents if isinstance(d, str)]
-        encoded = self._tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+        # verbose=False: a long document is longer than the model's limit by design (it is cut into windows next),
+        # which transformers would log as a warning
+        encoded = (self._tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+                   if texts else None)
         offsets_of = iter(encoded["offset_mapping"] if encoded else ())
         documents, positions, owners, spans = [], [], [], []
         for i, text in enumerate(group.documents):
