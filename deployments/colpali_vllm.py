@@ -12,7 +12,7 @@ checkpoint, tests/tiny_colpali.py):
 It also reads transformers 5's `save_pretrained` names of the vision tower (`vlm.vision_tower.embeddings...`, no
 `vision_model.`), beside the hub's. The encoder asks for `ARCHITECTURE` through `hf_overrides`, so vLLM's own
 `ColPaliForRetrieval` stays as it is. vLLM runs general plugins in every process it starts (the model inspection,
-the engine core) and in the one creating the engine; `qwen2_vl_compat.add_plugin_path` makes this one visible there.
+the engine core) and in the one creating the engine; `deployments.plugins.add_plugin_path` makes it visible there.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from deployments.qwen2_vl_compat import add_plugin_path
+from deployments.plugins import add_plugin_path
 from scoring.checkpoints import sequence_limit
 from scoring.chunking import WindowBudget
 from scoring.config.schema import CrossEncoderModelConfig

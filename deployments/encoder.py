@@ -27,7 +27,7 @@ from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
 from deployments.metrics import service_metrics
-from deployments.qwen2_vl_compat import add_plugin_path  # puts every plugin of deployments/vllm_plugins in reach
+from deployments.plugins import add_plugin_path
 from scoring.checkpoints import CheckpointError, checkpoint_config, local_checkpoint, sequence_limit
 from scoring.chunking import WindowBudget
 from scoring.config.schema import LateInteractionModelConfig, handoff_dtypes, resolve_model_path

@@ -10,31 +10,18 @@ vLLM's own JinaVL and ColQwen3 processing on image-only processors (images only:
 `Qwen3VLProcessor` loads a video processor that needs torchvision too.
 
 vLLM runs its general plugins in every process it starts (the model-inspection subprocess, the engine core), which
-is where this must hold; `PLUGIN_PATH` holds the entry point (`vllm.general_plugins`) that names `register`, and
-`start_engine` puts it on the `PYTHONPATH` those processes inherit. With torchvision installed it only registers
+is where this must hold; the entry point naming `register` is found through `deployments.plugins.add_plugin_path`. With torchvision installed it only registers
 ColQwen3 with its projection's bias (deployments/colqwen3_model.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import types
-from pathlib import Path
 
-PLUGIN_PATH = str(Path(__file__).parent / "vllm_plugins")
 _TORCHVISION_MODULE = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
 _registered = False
-
-
-def add_plugin_path() -> None:
-    """Make this plugin visible to this process and to the processes it starts (vLLM's subprocesses)."""
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if PLUGIN_PATH not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, PLUGIN_PATH])
-    if PLUGIN_PATH not in sys.path:
-        sys.path.append(PLUGIN_PATH)
 
 
 def register() -> None:

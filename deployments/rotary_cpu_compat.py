@@ -11,7 +11,7 @@ matches a causal SDPA on its inputs to 1e-6). `register()` makes `forward_cpu` h
 the tensors back in the shape they came in; nothing else changes, and GPU builds never call `forward_cpu`.
 
 It runs where the model runs (vLLM's engine core process), through the entry point in `deployments/vllm_plugins`
-(see `deployments/qwen2_vl_compat.py`, whose `add_plugin_path` the encoder calls for an LFM2 checkpoint).
+(see `deployments/plugins.py`, whose `add_plugin_path` the encoder calls for an LFM2 checkpoint).
 """
 
 from __future__ import annotations

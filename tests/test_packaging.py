@@ -63,7 +63,7 @@ def test_pip_wheel_holds_every_package(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     probe = (
-        "import importlib.metadata as m, json, deployments.qwen2_vl_compat as c; c.add_plugin_path(); "
+        "import importlib.metadata as m, json, deployments.plugins as c; c.add_plugin_path(); "
         "import importlib.util as u; "
         "print(json.dumps([c.__file__, c.PLUGIN_PATH, [[e.name, e.value, u.find_spec(e.module).origin] "
         "for e in m.entry_points(group='vllm.general_plugins')]]))"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from scoring.api.requests import tightest
 from scoring.checkpoints import CheckpointError
 from scoring.chunking import WindowBudget
 from scoring.late_interaction.vision import AUGMENTATION_COUNT, VisionEncoding, rgb_image
@@ -67,9 +68,7 @@ class ColPaliPrompts:
         length)."""
         return self._text_ids(list(texts), max_tokens)
 
-    def text_document_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
-        """The processor's tokenization of a text (its query form), cut to `max_tokens` (or the engine's length)."""
-        return self._text_ids(list(texts), max_tokens)
+    text_document_ids = query_ids  # the processor's tokenization of a text is its query form
 
     def window_budget(self, tokenizer: str) -> WindowBudget:
         """The text a text document's window holds: the engine's length less the processor's prompt around it, which
@@ -88,6 +87,6 @@ class ColPaliPrompts:
             return []
         processor = self._processor
         prompts = [f"{self._tokenizer.bos_token}{processor.query_prefix}{text}{self._augmentation}\n" for text in texts]
-        limit = min(max_tokens, self._max_model_len) if max_tokens else self._max_model_len
+        limit = tightest(max_tokens, self._max_model_len)
         encoded = self._tokenizer(prompts, truncation=True, max_length=limit)
         return [list(ids) for ids in encoded["input_ids"]]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from scoring.api.requests import tightest
 from scoring.checkpoints import CheckpointError, checkpoint_config
 from scoring.chunking import WindowBudget
 from scoring.late_interaction.vision import AUGMENTATION_COUNT, VisionEncoding, rgb_image
@@ -148,7 +149,7 @@ class ColQwen3Prompts:
     def query_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
         """`process_texts`: prefix, stripped text, augmentation; the text cut so that the augmentation fits in
         `max_tokens` (or the engine's length)."""
-        limit = min(max_tokens, self._max_model_len) if max_tokens else self._max_model_len
+        limit = tightest(max_tokens, self._max_model_len)
         room = max(limit - len(self._augmentation), 0)
         ids = self._tokenizer([self._query_prefix + text.strip() for text in texts])["input_ids"] if texts else []
         # the augmentation tokens are special: the text before them tokenizes the same alone

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from scoring.api.requests import tightest
 from scoring.checkpoints import CheckpointError, checkpoint_config, converted_copy
 from scoring.chunking import WindowBudget
 
@@ -235,6 +236,6 @@ class VisionProcessor:
     def _tokenize(self, texts: list[str], max_tokens: int | None) -> list[list[int]]:
         if not texts:
             return []
-        limit = min(max_tokens, self._max_model_len) if max_tokens else self._max_model_len
+        limit = tightest(max_tokens, self._max_model_len)
         encoded = self._tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit)
         return [list(ids) for ids in encoded["input_ids"]]
