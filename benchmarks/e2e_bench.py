@@ -120,6 +120,9 @@ class RunResult:
     cache: dict | None = None
 
 
+JSON = {"content-type": "application/json"}
+
+
 async def drive(
     url: str,
     requests: list[dict],
@@ -131,19 +134,21 @@ async def drive(
     A request counts as an error unless it gets a 200 with one answer per input (`answers`: the request's list
     and the response's list that must have the same length)."""
     inputs, outputs = answers
-    queue: asyncio.Queue[dict] = asyncio.Queue()
+    # bodies are encoded before the clock starts: the client's JSON encoding is no server's cost, and on these
+    # 2 cores it would take CPU from the server measured (15 ms for a 3.3 MB request of 16 page images)
+    queue: asyncio.Queue[tuple[dict, bytes]] = asyncio.Queue()
     for request in requests:
-        queue.put_nowait(request)
+        queue.put_nowait((request, json.dumps(request).encode()))
     latencies: list[float] = []
     errors = 0
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal errors
         while not queue.empty():
-            request = queue.get_nowait()
+            request, body = queue.get_nowait()
             started = time.perf_counter()
             try:
-                response = await client.post(f"{url}{route}", json=request)
+                response = await client.post(f"{url}{route}", content=body, headers=JSON)
                 ok = response.status_code == 200 and len(response.json()[outputs]) == len(request[inputs])
             except httpx.HTTPError:
                 ok = False

@@ -194,6 +194,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--compared", type=int, default=2, help="requests whose scores are compared")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--servers", nargs="+", choices=("ours", "vllm-server"), default=["ours", "vllm-server"])
+    parser.add_argument("--workloads", nargs="+", choices=("cold", "warm", "cached"),
+                        default=["cold", "warm", "cached"])
     parser.add_argument("--port", type=int, default=8127)
     parser.add_argument("--output", type=Path, default=RESULTS / "vision_bench.json")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -211,9 +214,11 @@ def main() -> None:
     compared = workloads[0].requests[: args.compared]
     reference = np.array(reference_scores(checkpoint, compared, pages))
     rows, differences = [], {}
-    for make in (lambda: OurVisionServer(args.port, workdir / "ours.log", checkpoint),
-                 lambda: VLLMVisionServer(args.port, workdir / "vllm.log", checkpoint)):
-        server = make()
+    workloads = [w for w in workloads if w.name in args.workloads]
+    servers = {"ours": lambda: OurVisionServer(args.port, workdir / "ours.log", checkpoint),
+               "vllm-server": lambda: VLLMVisionServer(args.port, workdir / "vllm.log", checkpoint)}
+    for name in args.servers:
+        server = servers[name]()
         try:
             server.wait_ready()
             got = np.array([scores_of(server.url, request) for request in compared])

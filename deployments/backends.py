@@ -22,6 +22,7 @@ from typing import Awaitable, Callable, Protocol, TypeVar
 
 from ray.serve.handle import DeploymentHandle
 
+from deployments.image_transfer import detach
 from scoring.api.instructions import takes_instruction
 from scoring.api.ranking import cascade_order, rank
 from scoring.api.requests import QueryGroup
@@ -75,14 +76,16 @@ class EmbeddingBackend:
         # One scorer call per request, routed to the home replica of its (first) query. Not one call per
         # query: Serve's custom-router path matches routed calls by the parent request's id, so concurrent
         # calls from one request to the Scorer would wait on each other.
+        # images travel by reference: the scorer reads the bytes of those it has no embedding of
+        queries, documents = detach(
+            [
+                QuerySpec(model=self.model, text=g.query, max_tokens=max_tokens_per_query, instruction=instruction)
+                for g in groups
+            ],
+            [DocumentSpec(texts=g.documents, max_tokens=max_tokens_per_doc) for g in groups],
+        )
         return await self.guard(
-            self.scorer.score.remote(
-                [
-                    QuerySpec(model=self.model, text=g.query, max_tokens=max_tokens_per_query, instruction=instruction)
-                    for g in groups
-                ],
-                [DocumentSpec(texts=g.documents, max_tokens=max_tokens_per_doc) for g in groups],
-            ),
+            self.scorer.score.remote(queries, documents),
             self.model,
             documents=sum(len(g.documents) for g in groups),
         )

@@ -102,6 +102,14 @@ def test_bad_image_data_is_a_4xx_naming_item_and_cause(url, error, words):
     assert 400 <= caught.value.status_code < 500
 
 
+def test_base64_with_line_breaks_is_the_same_image_and_counts_no_bytes():
+    noise = noise_png(30)
+    header, _, payload = data_url(noise).partition(",")
+    wrapped = header + "," + "\r\n".join(payload[i:i + 76] for i in range(0, len(payload), 76))  # MIME's 76 a line
+    image = load(wrapped, MediaConfig(max_image_bytes=len(noise)))
+    assert image.data == noise and image.digest == load(data_url(noise)).digest
+
+
 def test_byte_and_pixel_limits():
     noise = noise_png(30)
     with pytest.raises(PayloadTooLarge, match=f"has {len(noise)} bytes; the limit is {len(noise) - 1}"):
