@@ -26,6 +26,7 @@ import numpy as np
 from ray import serve
 
 from deployments.engine import EngineReplica, start_engine
+from deployments.image_transfer import attach
 from deployments.metrics import service_metrics
 from deployments.plugins import add_plugin_path
 from scoring.checkpoints import CheckpointError, checkpoint_config, local_checkpoint, sequence_limit
@@ -237,6 +238,7 @@ class Encoder(EngineReplica):
         """A vision checkpoint's token embeddings of each item: an image as its visual prompt with the image (query
         or document alike, as `process_images`), a text as a query or a text document."""
         vision = self._vision
+        items = await attach(items)  # images come by reference (deployments/image_transfer.py): read their bytes
         texts = [i for i, item in enumerate(items) if isinstance(item, str)]
         text_ids = (vision.query_ids if query else vision.text_document_ids)([items[i] for i in texts], max_tokens)
         prompts: list[tuple[list[int], object]] = [None] * len(items)  # type: ignore[list-item]

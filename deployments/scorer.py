@@ -24,7 +24,6 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.image_transfer import attach
 from deployments.metrics import service_metrics
 from deployments.routing import QueryAffinityRouter
 from scoring.config.schema import AppConfig
@@ -146,11 +145,10 @@ class Scorer:
         for i, query in enumerate(queries):
             groups.setdefault((query.model, query.max_tokens, query.instruction), []).append(i)
         results: list[tuple[np.ndarray, int]] = [(np.empty(0), 0)] * len(queries)
-        texts = await attach([query.text for query in queries])  # an image query's bytes, read now it is encoded
         encoded = await asyncio.gather(
             *(
                 self._encoders[model].encode_queries.remote(
-                    [texts[i] for i in indices],
+                    [queries[i].text for i in indices],
                     max_tokens,
                     # only models with a query prompt take one (the ingress refuses it for the others)
                     **({} if instruction is None else {"instruction": instruction}),
@@ -174,7 +172,6 @@ class Scorer:
         if missing.size:
             texts = [documents.texts[i] for i in missing]
             try:
-                texts = await attach(texts)  # the bytes of the images to encode, and of no other
                 image_tokens = await self._image_document_tokens(model, texts)
                 # A job larger than the whole budget counts as the budget: it runs in a batch of its own.
                 tokens = min(
