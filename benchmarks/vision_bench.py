@@ -14,6 +14,7 @@ converted copy scoring/late_interaction/vision.py writes), with its defaults oth
 
     .venv/bin/python -m benchmarks.vision_bench                          # table + results/vision_bench.json
     .venv/bin/python -m benchmarks.vision_bench --requests 4 --pages 4   # smoke run
+    .venv/bin/python -m benchmarks.vision_bench --servers ours ours-haproxy vllm-server   # + Serve's HAProxy ingress
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,10 +97,14 @@ class OurVisionServer(OurServer):
 
     name = "ours"
 
-    def __init__(self, port: int, log: Path, checkpoint: Path):
+    def __init__(self, port: int, log: Path, checkpoint: Path, haproxy: bool = False):
         command = [sys.executable, "-m", "benchmarks.vision_bench", "--serve", str(port), "--checkpoint",
                    str(checkpoint)]
-        Server.__init__(self, command, port, log, stdin=subprocess.PIPE)
+        # Serve's HAProxy ingress (docs/deployment.md): the binary ray[serve] installs, requests straight to the ingress
+        env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if haproxy else None
+        if haproxy:
+            self.name = "ours-haproxy"
+        Server.__init__(self, command, port, log, stdin=subprocess.PIPE, env=env)
         self.probe = ("/v1/rerank", {"model": MODEL, "query": "ready?", "documents": ["yes"]})
 
 
@@ -194,7 +200,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--compared", type=int, default=2, help="requests whose scores are compared")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--servers", nargs="+", choices=("ours", "vllm-server"), default=["ours", "vllm-server"])
+    parser.add_argument("--servers", nargs="+", choices=("ours", "ours-haproxy", "vllm-server"),
+                        default=["ours", "vllm-server"],
+                        help="ours-haproxy: this service behind Serve's HAProxy ingress (docs/deployment.md)")
     parser.add_argument("--workloads", nargs="+", choices=("cold", "warm", "cached"),
                         default=["cold", "warm", "cached"])
     parser.add_argument("--port", type=int, default=8127)
@@ -216,6 +224,7 @@ def main() -> None:
     rows, differences = [], {}
     workloads = [w for w in workloads if w.name in args.workloads]
     servers = {"ours": lambda: OurVisionServer(args.port, workdir / "ours.log", checkpoint),
+               "ours-haproxy": lambda: OurVisionServer(args.port, workdir / "ours-haproxy.log", checkpoint, haproxy=True),
                "vllm-server": lambda: VLLMVisionServer(args.port, workdir / "vllm.log", checkpoint)}
     for name in args.servers:
         server = servers[name]()
@@ -227,8 +236,6 @@ def main() -> None:
                 rows.append(asdict(measure(server.name, server.url, workload, args.concurrency)))
         finally:
             server.stop()
-    import shutil
-
     from scoring.late_interaction.vision import vision_engine_layout
 
     shutil.rmtree(vision_engine_layout(checkpoint), ignore_errors=True)  # the converted copy in the checkpoint cache

@@ -6,7 +6,7 @@ commented entries uncommented (a tiny Qwen3 as the generative model, a tiny cros
 default model and three more of other kinds, four engines with the default `ray_actor_options`. /health is 503, naming what still starts, until every deployment can serve; then
 200, and every model answers. `serve status`, `serve deploy`, `serve shutdown` work with docs/deployment.md's
 `export RAY_AUTH_MODE=token`. With it off (`RAY_AUTH_MODE=disabled` for both), the default config and the same
-commands.
+commands, behind Serve's HAProxy ingress (`RAY_SERVE_ENABLE_HA_PROXY=1`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def _free_port() -> int:
 class ServeRun:
     """`serve run <config>` in its own session (so its Ray cluster goes when it is stopped); output to a file."""
 
-    def __init__(self, config: dict, tmp: Path, auth_mode: str | None):
+    def __init__(self, config: dict, tmp: Path, auth_mode: str | None, env_extra: dict[str, str] | None = None):
         self.port = _free_port()
         config["http_options"] = {"host": "127.0.0.1", "port": self.port}
         self.config_path = tmp / "serve_config.yaml"
@@ -61,6 +63,8 @@ class ServeRun:
             env["VLLM_CPU_KVCACHE_SPACE"] = os.environ["VLLM_CPU_KVCACHE_SPACE"]
         if auth_mode is not None:
             env["RAY_AUTH_MODE"] = auth_mode
+        self.env_extra = env_extra or {}
+        env.update(self.env_extra)
         self.auth_mode = auth_mode
         with self.log.open("w") as out:
             self.process = subprocess.Popen(
@@ -110,6 +114,22 @@ class ServeRun:
         self.process.wait()
 
 
+def _haproxy_env() -> dict[str, str]:
+    """docs/deployment.md's high-throughput ingress: Serve's HAProxy (the binary ray[serve] ships) in front of the
+    ingress replicas, with files and ports of this run's own (the defaults are fixed per machine). The files go to a
+    short folder: Ray adds the node id below it, and HAProxy refuses a socket path over 97 characters."""
+    files = Path(tempfile.mkdtemp(prefix="haproxy-", dir="/tmp"))
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(files / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(files / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(files / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
+
+
 def _health(client: httpx.Client) -> tuple[int, dict | None]:
     try:
         response = client.get("/health")
@@ -135,16 +155,19 @@ def serve_runs(tmp_path_factory):
     config = uncommented_serve_config(
         {"Qwen/Qwen3-Reranker-0.6B": str(tiny), "cross-encoder/ms-marco-MiniLM-L6-v2": str(cross)}
     )
+    off = tmp_path_factory.mktemp("cli-auth-off")
     runs = {
         "token": ServeRun(config, tmp, auth_mode=None),
-        "disabled": ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()),
-                             tmp_path_factory.mktemp("cli-auth-off"), auth_mode="disabled"),
+        "disabled": ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()), off,
+                             auth_mode="disabled", env_extra=_haproxy_env()),
     }
     yield runs
     for run in runs.values():
         run.interrupt()
     for run in runs.values():
         run.wait_stopped()
+        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in run.env_extra:
+            shutil.rmtree(run.env_extra["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +252,24 @@ def test_serve_status_deploy_and_shutdown_with_token_auth(four_engines):
     shutdown = run.cli("shutdown", "-y", auth_mode="token")
     assert shutdown.returncode == 0, shutdown.stdout + shutdown.stderr
     assert _status_of(run.cli("status", auth_mode="token")).get("applications") in ({}, None)
+
+
+def test_haproxy_ingress_serves_the_app_and_its_errors(serve_runs):
+    """The auth-off cluster runs with `RAY_SERVE_ENABLE_HA_PROXY=1`: HAProxy listens on the Serve port, and requests,
+    /health and the 4xx JSON errors come through it as through Serve's own proxy."""
+    run = serve_runs["disabled"]
+    with httpx.Client(base_url=run.url, timeout=60) as client:
+        wait_until(lambda: run.process.poll() is None and _health(client)[0] == 200, timeout=600, interval=0.5)
+        files = Path(run.env_extra["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+        config = "".join(p.read_text() for p in files.rglob("haproxy.cfg"))  # below a folder named by the node id
+        assert re.search(rf"bind \S*:{run.port}\b", config), config  # HAProxy, not Serve's proxy, holds the port
+        answer = client.post("/v1/rerank", json={"model": "minilm-colbert", "query": QUERY, "documents": DOCUMENTS})
+        assert answer.status_code == 200 and answer.json()["results"][0]["index"] == 1, answer.text
+        broken = client.post("/v1/rerank", content=b"{not json", headers={"content-type": "application/json"})
+        assert broken.status_code == 422 and "not valid JSON" in broken.json()["error"]["message"]
+        image = {"content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}
+        refused = client.post("/v1/rerank", json={"model": "minilm-colbert", "query": QUERY, "documents": [image]})
+        assert 400 <= refused.status_code < 500 and refused.json()["error"]["message"], refused.text
 
 
 def test_serve_status_deploy_and_shutdown_with_auth_off(serve_runs):
