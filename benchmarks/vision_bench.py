@@ -23,7 +23,6 @@ import argparse
 import base64
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import httpx
 import numpy as np
 
 from benchmarks.e2e_bench import RESULTS, OurServer, Server, TextSource, Workload, measure
+from benchmarks.serving import serve_until_stdin_closes
 
 MODEL = "colmodernvbert-tiny"
 MAX_MODEL_LEN = 128
@@ -109,24 +109,19 @@ class OurVisionServer(OurServer):
 
 
 def serve_vision(port: int, checkpoint: Path) -> None:
-    """Child process: Ray, Serve on `port`, the checkpoint by path alone, until stdin closes."""
-    import ray
-    from ray import serve
+    """Child process: serve_config.yaml's application as `serve run` deploys it (its runtime env: requests on the
+    replicas' main event loop; access log off), with the checkpoint by path alone as its one model and one replica of
+    each deployment, until stdin closes."""
+    from tests.e2e.serve_configs import app_from_serve_config
 
-    from deployments.app import build_app
-
-    root = str(Path(__file__).resolve().parents[1])
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
-                        "max_model_len": MAX_MODEL_LEN, "cpu_kv_cache_bytes": 67108864}],
-            "cache": {"document_dtype": "float32"}}
-    serve.run(build_app(args), name="vision", route_prefix="/")
-    for _ in sys.stdin:
-        pass
-    serve.shutdown()
-    ray.shutdown()
+    one = {"autoscaling_config": None, "num_replicas": 1}
+    app = app_from_serve_config("vision", "/", {"Scorer": one, "Encoder-minilm-colbert": one})
+    for deployment in app["deployments"]:  # the shipped encoder's settings, for this model's encoder
+        deployment["name"] = deployment["name"].replace("Encoder-minilm-colbert", f"Encoder-{MODEL}")
+    app["args"] = {"models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
+                               "max_model_len": MAX_MODEL_LEN, "cpu_kv_cache_bytes": 67108864}],
+                   "cache": {"document_dtype": "float32"}}
+    serve_until_stdin_closes(port, app)
 
 
 class VLLMVisionServer(Server):
