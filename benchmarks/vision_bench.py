@@ -100,10 +100,9 @@ class OurVisionServer(OurServer):
     def __init__(self, port: int, log: Path, checkpoint: Path, haproxy: bool = False):
         command = [sys.executable, "-m", "benchmarks.vision_bench", "--serve", str(port), "--checkpoint",
                    str(checkpoint)]
-        # Serve's HAProxy ingress (docs/deployment.md): the binary ray[serve] installs, requests straight to the ingress
-        env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if haproxy else None
-        if haproxy:
+        if haproxy:  # Serve's HAProxy ingress (docs/deployment.md): requests straight to the ingress replica
             self.name = "ours-haproxy"
+        env = {"RAY_SERVE_ENABLE_HA_PROXY": "1"} if haproxy else None
         Server.__init__(self, command, port, log, stdin=subprocess.PIPE, env=env)
         self.probe = ("/v1/rerank", {"model": MODEL, "query": "ready?", "documents": ["yes"]})
 
@@ -115,9 +114,11 @@ def serve_vision(port: int, checkpoint: Path) -> None:
     from tests.e2e.serve_configs import app_from_serve_config
 
     one = {"autoscaling_config": None, "num_replicas": 1}
-    app = app_from_serve_config("vision", "/", {"Scorer": one, "Encoder-minilm-colbert": one})
-    for deployment in app["deployments"]:  # the shipped encoder's settings, for this model's encoder
-        deployment["name"] = deployment["name"].replace("Encoder-minilm-colbert", f"Encoder-{MODEL}")
+    shipped = "Encoder-minilm-colbert"  # serve_config.yaml's encoder: its settings, for this model's encoder
+    app = app_from_serve_config("vision", "/", {"Scorer": one, shipped: one})
+    for deployment in app["deployments"]:
+        if deployment["name"] == shipped:
+            deployment["name"] = f"Encoder-{MODEL}"
     app["args"] = {"models": [{"name": MODEL, "kind": "late_interaction", "model": str(checkpoint),
                                "max_model_len": MAX_MODEL_LEN, "cpu_kv_cache_bytes": 67108864}],
                    "cache": {"document_dtype": "float32"}}
@@ -219,7 +220,7 @@ def main() -> None:
     rows, differences = [], {}
     workloads = [w for w in workloads if w.name in args.workloads]
     servers = {"ours": lambda: OurVisionServer(args.port, workdir / "ours.log", checkpoint),
-               "ours-haproxy": lambda: OurVisionServer(args.port, workdir / "ours-haproxy.log", checkpoint, haproxy=True),
+               "ours-haproxy": lambda: OurVisionServer(args.port, workdir / "ours-haproxy.log", checkpoint, True),
                "vllm-server": lambda: VLLMVisionServer(args.port, workdir / "vllm.log", checkpoint)}
     for name in args.servers:
         server = servers[name]()

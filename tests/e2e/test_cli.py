@@ -155,11 +155,10 @@ def serve_runs(tmp_path_factory):
     config = uncommented_serve_config(
         {"Qwen/Qwen3-Reranker-0.6B": str(tiny), "cross-encoder/ms-marco-MiniLM-L6-v2": str(cross)}
     )
-    off = tmp_path_factory.mktemp("cli-auth-off")
     runs = {
         "token": ServeRun(config, tmp, auth_mode=None),
-        "disabled": ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()), off,
-                             auth_mode="disabled", env_extra=_haproxy_env()),
+        "disabled": ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()),
+                             tmp_path_factory.mktemp("cli-auth-off"), auth_mode="disabled", env_extra=_haproxy_env()),
     }
     yield runs
     for run in runs.values():
