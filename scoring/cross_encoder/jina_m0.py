@@ -17,7 +17,6 @@ order (its scoring API hands them query first), so they are handed over query fi
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from scoring.checkpoints import checkpoint_architectures
 from scoring.chunking import WindowBudget
 from scoring.config.schema import ModelConfig
 from scoring.errors import PayloadTooLarge
+from scoring.late_interaction.vision import rgb_image
 from scoring.messages import ImageInput, Item
 
 ARCHITECTURE = "JinaVLForRanking"
@@ -128,8 +128,5 @@ class M0Prompts:
 
 
 def decode_image(image: ImageInput):
-    """The client's image as RGB pixels, as the card's `load_image` reads a file."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(image.data)) as opened:
-        return opened.convert("RGB")
+    """The client's image as RGB pixels, as the card's `load_image` reads a file (upright)."""
+    return rgb_image(image.data)

@@ -77,10 +77,13 @@ NOT_SERVED = frozenset({"OpsColQwen3Model", "ColQwen3_5"})
 
 
 def rgb_image(data: bytes):
-    """An image file's pixels as the processors' `process_images` take them (RGB)."""
-    from PIL import Image
+    """An image file's pixels as the processors' `process_images` take them (RGB), upright: its EXIF Orientation
+    applied, as transformers' `load_image` reads a file (vLLM turns what it is given upright too)."""
+    from PIL import Image, ImageOps
 
     with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
         return image.convert("RGB")
 
 

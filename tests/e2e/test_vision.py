@@ -472,3 +472,49 @@ def test_models_show_colpalis_processor_encoding(vision_app, colpali_reference):
     assert encoding["image_document_tokens"] == len(colpali_reference.document(page(0)))
     assert (encoding["visual_prompt"], encoding["query_prefix"]) == ("Describe the image.", "Question: ")
     assert (encoding["query_augmentation"], encoding["query_augmentation_count"]) == ("<pad>", 10)
+
+
+def rotated_photo(seed: int, size: tuple[int, int], orientation: int) -> ImageInput:
+    """A JPEG as phones and scanners write it: pixels stored sideways, an EXIF Orientation tag saying how to turn
+    them upright (a dark band marks one edge, so a turn changes every model's input)."""
+    from PIL import Image
+
+    pixels = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype("uint8")
+    pixels[:, : size[0] // 4] = 0
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    data = buffer.getvalue()
+    return ImageInput(data=data, digest=hashlib.sha256(data).hexdigest(), mime="image/jpeg", width=size[0],
+                      height=size[1], source=f"data:{seed}")
+
+
+def test_a_photo_with_an_exif_orientation_is_encoded_upright_by_every_family(vision_app, reference,
+                                                                             colpali_reference, card, m0_card):
+    """A page photographed sideways is encoded as every viewer shows it: its EXIF Orientation applied, as
+    transformers' `load_image` reads a file for the processors (and the m0 card reads its pages). Each family's
+    scores equal its reference on the upright page, and differ from the raw pixels' (the check can fail)."""
+    from PIL import Image, ImageOps
+
+    photos = [rotated_photo(80 + o, (96, 40), o) for o in (6, 8, 3)]
+    upright = [ImageOps.exif_transpose(Image.open(io.BytesIO(p.data))).convert("RGB") for p in photos]
+    as_upright = [ImageInput(data=_png(u), digest="", mime="image/png", width=u.width, height=u.height,
+                             source="upright") for u in upright]
+    documents = [data_url(p) for p in photos]
+    raw = reference.scores(QUERIES[0], photos)
+    for model, expected in [
+        (MODEL, reference.scores(QUERIES[0], as_upright)),
+        (COLPALI, colpali_reference.scores(QUERIES[0], as_upright)),
+        (COLQWEN3, _colqwen3_expected(card, QUERIES[0], as_upright)),
+        (M0, [m0_card(QUERIES[0], u.data)[0] for u in as_upright]),
+    ]:
+        np.testing.assert_allclose(_rerank(vision_app, QUERIES[0], documents, model), expected, atol=1e-4, rtol=0,
+                                   err_msg=model)
+    assert np.abs(reference.scores(QUERIES[0], as_upright) - raw).max() > 1e-2
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
