@@ -518,3 +518,21 @@ def _png(image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_a_transparent_png_scores_as_the_processor_reads_it(vision_app, reference):
+    """An RGBA page (a screenshot with transparent margins): the processor's `convert_to_rgb` keeps the colour under
+    a transparent pixel and drops the alpha; so does the service (vLLM, given RGBA, would paint it white)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(90)
+    pixels = (rng.random((40, 72, 4)) * 255).astype("uint8")
+    pixels[:, :30, 3] = 0  # transparent left part, colours underneath
+    rgba = Image.fromarray(pixels, "RGBA")
+    image = ImageInput(data=_png(rgba), digest="", mime="image/png", width=72, height=40, source="rgba")
+    white = Image.new("RGB", rgba.size, (255, 255, 255))
+    white.paste(rgba, mask=rgba.split()[3])
+    on_white = ImageInput(data=_png(white), digest="", mime="image/png", width=72, height=40, source="white")
+    expected = reference.scores(QUERIES[0], [image])  # Image.open gives RGBA: the processor converts it
+    np.testing.assert_allclose(_rerank(vision_app, QUERIES[0], [data_url(image)]), expected, atol=1e-4, rtol=0)
+    assert abs(reference.scores(QUERIES[0], [on_white])[0] - expected[0]) > 1e-2
