@@ -44,7 +44,7 @@ from scoring.store.cache import CacheStats
 # The encoders' outputs come out of Ray's object store read-only, and torch warns on wrapping read-only memory
 # (writing through the tensor would be undefined). The store and the scorer only read what they wrap: not shown.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
-                        module=r"scoring\.(store|maxsim)$")
+                        module=r"scoring\.store\.(pages|maxsim)$")
 
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                   "float8_e4m3": torch.float8_e4m3fn, "int8": torch.int8}

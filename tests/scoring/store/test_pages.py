@@ -1,6 +1,10 @@
 """The document store on the CPU: LRU within its byte bound, pins that keep an entry's pages while a call reads
 them, transient entries, duplicate keys, page reuse and page-list compaction. The kernel reading the same store in
 place runs under Triton's interpreter (tests/kernels/interpreted_cases.py)."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -190,3 +194,22 @@ def test_a_failed_write_leaves_no_entry(monkeypatch):
     store.release(kept)
     store.release(store.lookup(["kept"]))
     assert store._pins[kept[0]] == 0
+
+
+def test_read_only_rows_from_the_object_store_are_stored_without_a_warning():
+    """Ray hands the encoders' rows over read-only; the store only reads them, and says nothing about it in the
+    replica's log (torch warns once a process: a fresh one, so an earlier test cannot hide it)."""
+    code = """
+import warnings
+import numpy as np
+from scoring.store.pages import DocumentStore
+rows = np.ones((40, 8), dtype=np.float32)
+rows.setflags(write=False)
+store = DocumentStore(8, 1 << 20, "cpu")
+with warnings.catch_warnings(record=True) as caught:
+    store.insert(["a", "b"], [rows], np.array([15, 25]))
+print([str(w.message)[:60] for w in caught])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[3])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
