@@ -39,6 +39,7 @@ from scoring.late_interaction.expansion import MaskedExpansionQueries
 from scoring.late_interaction.families import family_refusal, narrowed, remote_code_refusal
 from scoring.late_interaction.formats import encoding_in_force, load_checkpoint
 from scoring.late_interaction.tokens import LateInteractionTokenizer
+from scoring.late_interaction.vision import ARCHITECTURE as VISION_ARCH
 from scoring.late_interaction.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
 from scoring.messages import ImageInput, Item
 from scoring.store.document_cache import EncodedDocuments
@@ -141,10 +142,8 @@ class Encoder(EngineReplica):
 
     async def _start_vision(self, path, family: str, document_cache_bytes: int, started: float) -> None:
         """Start the engine on a vision checkpoint (converted to vLLM's layout if need be), with vLLM's processor
-        taking the image's place from the prompt (deployments/vision.py; ColQwen3: vLLM's Qwen3-VL processing
+        taking the image's place from the prompt (deployments/colmodernvbert_vllm.py; ColQwen3: vLLM's Qwen3-VL processing
         through the plugin that runs it without torchvision, scoring/late_interaction/colqwen3.py)."""
-        from deployments.vision import register_prompt_placeholders
-
         model = self._model
         check_no_text_settings(model)
         if family == "colqwen3":
@@ -156,8 +155,9 @@ class Encoder(EngineReplica):
             family_args, prompts = colpali_engine_args(path), ColPaliPrompts
             self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
         else:
-            register_prompt_placeholders()
-            family_args, prompts = {"weights": str(vision_engine_layout(path))}, VisionProcessor
+            add_plugin_path()  # vLLM's processes load the ColModernVBert model class (deployments/colmodernvbert_vllm.py)
+            family_args = {"weights": str(vision_engine_layout(path)), "hf_overrides": {"architectures": [VISION_ARCH]}}
+            prompts = VisionProcessor
             self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
         self._engine = start_engine(
             model,

@@ -74,6 +74,8 @@ def test_pip_wheel_holds_every_package(tmp_path):
     module, plugin_path, entry_points = json.loads(run.stdout)
     assert module.startswith(str(site)) and plugin_path.startswith(str(site))
     assert sorted(entry_points) == [
+        ["colmodernvbert_as_transformers", "deployments.colmodernvbert_vllm:register",
+         f"{site}/deployments/colmodernvbert_vllm.py"],
         ["colpali_as_transformers", "deployments.colpali_vllm:register", f"{site}/deployments/colpali_vllm.py"],
         ["qwen2_vl_without_torchvision", "deployments.qwen2_vl_compat:register",
          f"{site}/deployments/qwen2_vl_compat.py"],

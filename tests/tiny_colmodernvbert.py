@@ -7,8 +7,10 @@ one head of 64: vLLM's CPU attention rejects smaller heads) on 32-pixel images o
 of 2 (4 image tokens an image), and a ModernBERT text model (hidden 128, heads of 64, three layers: one global, two
 local), with the packaged MiniLM WordPiece tokenizer plus the processor's special tokens (`<fake_token_around_image>`,
 `<image>`, `<end_of_utterance>`, `<global-img>`, the tile tags, `<|begin_of_text|>`). Every text-model setting vLLM's
-config does not read stays at its default, as in the released checkpoint. The image processor does not split images
-into tiles.
+config does not read stays at its default, as in the released checkpoint. The image processor splits pages into
+tiles as the released one does (Idefics3's `do_image_splitting`, pages resized to a longest edge of a few tiles:
+2048 = 4 x 512 there, 64 = 2 x 32 here, so a page is up to 2 x 2 tiles and the global image, 20 image tokens);
+`image_splitting=False` writes one that does not.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ TILE_TAGS = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
 def build_tiny_colmodernvbert(
     path: str | Path, *, image_size: int = 32, patch_size: int = 8, pixel_shuffle_factor: int = 2,
     text_hidden: int = 128, text_layers: int = 3, vision_hidden: int = 64, embedding_dim: int = 128,
-    max_positions: int = 512, seed: int = 0,
+    max_positions: int = 512, seed: int = 0, image_splitting: bool = True,
 ) -> Path:
     import torch
     from transformers import (
@@ -44,8 +46,8 @@ def build_tiny_colmodernvbert(
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS + TILE_TAGS})
     image_seq_len = (image_size // patch_size) ** 2 // pixel_shuffle_factor**2
     image_processor = Idefics3ImageProcessor(
-        do_image_splitting=False,
-        size={"longest_edge": image_size},
+        do_image_splitting=image_splitting,
+        size={"longest_edge": 2 * image_size if image_splitting else image_size},
         max_image_size={"longest_edge": image_size},
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
@@ -82,4 +84,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Write a tiny random ColModernVBert checkpoint.")
     parser.add_argument("path", help="directory to write (config.json, weights, processor, tokenizer)")
-    print(build_tiny_colmodernvbert(parser.parse_args().path))
+    parser.add_argument("--no-splitting", action="store_true", help="an image processor that does not split pages")
+    args = parser.parse_args()
+    print(build_tiny_colmodernvbert(args.path, image_splitting=not args.no_splitting))

@@ -3,14 +3,18 @@ documents, and the layout vLLM loads them in.
 
 The encoding is the model's own library's (transformers' `ColModernVBertProcessor`), read from the checkpoint:
 - an image document is the processor's visual prompt (`process_images`): `[CLS]`, the prompt's text with the image's
-  block `<fake_token_around_image><global-img><image>×N<fake_token_around_image>` where the prompt names `<image>`,
-  `[SEP]`; the image tower's N embeddings take the `<image>` positions;
+  block where the prompt names `<image>`, `[SEP]`. The block is `<fake_token_around_image><global-img><image>×N
+  <fake_token_around_image>` for the page as one global image; where the image processor splits pages into tiles
+  (`do_image_splitting`, as the released checkpoint's does), a page of r x c tiles is first r x c tile blocks
+  (`<fake_token_around_image><row_i_col_j><image>×N`, a newline after each row), then the global image's. Each image
+  (tile) gives the image tower's N embeddings, at its `<image>` positions;
 - a query is `process_queries`: the query prefix, the text, the augmentation token (`<end_of_utterance>`) ten times;
 - a text document is the processor's plain tokenization.
 Every token's embedding is kept (MaxSim over all of them, as `score_retrieval` does). vLLM's own processing of these
 checkpoints differs (the image tokens before `[CLS]`, no visual prompt, no augmentation): the encoder sends vLLM the
-ids built here, and vLLM places the image's embeddings on the `<image>` run it finds in them
-(deployments/vision.py).
+ids built here (an image document with one global image's block), and vLLM's processing as registered by this
+service's plugin (deployments/colmodernvbert_vllm.py) makes the pixels with the checkpoint's image processor,
+replaces that block by the page's own and places the embeddings on its `<image>` tokens.
 
 transformers 5 saves ColModernVBert with its settings under `vlm_config` and weights under `vlm.*` /
 `embedding_proj_layer`; vLLM 0.32 reads the original layout (model_type `modernvbert`, `text_config` /
@@ -70,6 +74,9 @@ class VisionEncoding:
             "query_expansion": self.query_augmentation_count > 0, "attend_to_expansion_tokens": True,
             "skiplist_words": [], **settings,
         }
+
+
+ARCHITECTURE = "ColModernVBertAsTransformers"  # deployments/colmodernvbert_vllm.py's model class, by `hf_overrides`
 
 
 # vision late-interaction models vLLM registers whose library encoding is not built here yet
@@ -180,40 +187,45 @@ def check_no_text_settings(model: Any) -> None:
 
 class VisionProcessor:
     """Token ids (and the image) the encoder sends vLLM for ColModernVBert queries and documents, as the
-    checkpoint's `ColModernVBertProcessor` builds them."""
+    checkpoint's `ColModernVBertProcessor` builds them.
+
+    An image document is sent as the visual prompt around one global image's block (`image_document_ids`); where
+    the image processor splits images into tiles (`do_image_splitting`, as the released checkpoint's does), vLLM's
+    processing (deployments/colmodernvbert_vllm_model.py) replaces that block by the processor's block for the
+    page's tiles (`image_block_ids`), so vLLM runs exactly the library's sequence."""
 
     def __init__(self, path: str | Path, max_model_len: int, embedding_dim: int):
         from transformers import AutoProcessor
-        from PIL import Image
 
         self._processor = AutoProcessor.from_pretrained(str(path))
-        if getattr(self._processor.image_processor, "do_image_splitting", False):
-            raise CheckpointError(
-                f"{path}: the image processor splits images into tiles (do_image_splitting), which vLLM's "
-                "ColModernVBert model does not run"
-            )
         self._tokenizer = self._processor.tokenizer
         self._max_model_len = max_model_len
-        # without tiles, an image document's ids do not depend on the image: built once, from a blank image
-        blank = Image.new("RGB", (8, 8))
-        self._image_ids = self._processor.process_images([blank])["input_ids"][0].tolist()
+        image_processor = self._processor.image_processor
+        self.splits = bool(getattr(image_processor, "do_image_splitting", False))
+        # the visual prompt around one global image (no tiles: ids that do not depend on the image)
+        self._image_ids = image_document_ids(self._processor)
         image_token = self._tokenizer.convert_tokens_to_ids(self._processor.image_token)
+        seq_len = int(self._processor.image_seq_len)
+        if self._image_ids.count(image_token) != seq_len:
+            raise CheckpointError(f"{path}: the visual prompt does not hold one image's {image_token} tokens")
+        grid = max_tile_grid(image_processor) if self.splits else 0
+        largest = len(self._image_ids) - len(image_block_ids(self._processor, 0, 0)) + len(
+            image_block_ids(self._processor, grid, grid))
+        if largest > max_model_len:
+            raise CheckpointError(
+                f"{path}: an image document takes up to {largest} tokens ({grid}x{grid} tiles and the global "
+                f"image), over max_model_len {max_model_len}; raise max_model_len"
+            )
         self.encoding = VisionEncoding(
             family="colmodernvbert",
-            image_tokens=int(self._processor.image_seq_len),
-            image_document_tokens=len(self._image_ids),
+            image_tokens=seq_len * (grid * grid + 1 if self.splits else 1),  # at most: tiles follow a page's size
+            image_document_tokens=largest,
             visual_prompt=self._processor.visual_prompt_prefix,
             query_prefix=self._processor.query_prefix,
             query_augmentation=self._processor.query_augmentation_token,
             query_augmentation_count=AUGMENTATION_COUNT,
             embedding_dim=embedding_dim,
         )
-        if self._image_ids.count(image_token) != self.encoding.image_tokens:
-            raise CheckpointError(f"{path}: the visual prompt does not hold one image's {image_token} tokens")
-        if len(self._image_ids) > max_model_len:
-            raise CheckpointError(
-                f"{path}: an image document takes {len(self._image_ids)} tokens, over max_model_len {max_model_len}"
-            )
 
     def query_ids(self, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
         """`process_queries`: prefix, text, augmentation; cut to `max_tokens` (or the engine's length)."""
@@ -231,7 +243,8 @@ class VisionProcessor:
         return WindowBudget(tokenizer, document_tokens=self._max_model_len - specials, document_overhead=specials)
 
     def image_document_ids(self) -> list[int]:
-        """`process_images`' ids for one image: the visual prompt with the image block."""
+        """`process_images`' ids for one image without tiles: the visual prompt with the global image's block, which
+        vLLM's processing replaces by the page's own block where the processor splits pages."""
         return list(self._image_ids)
 
     image = staticmethod(rgb_image)
@@ -242,3 +255,28 @@ class VisionProcessor:
         limit = tightest(max_tokens, self._max_model_len)
         encoded = self._tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit)
         return [list(ids) for ids in encoded["input_ids"]]
+
+
+def image_document_ids(processor) -> list[int]:
+    """`process_images`' ids of one image as a single global image (no tiles), from the checkpoint's processor."""
+    from PIL import Image
+
+    blank = Image.new("RGB", (8, 8))
+    return processor.process_images([blank], do_image_splitting=False)["input_ids"][0].tolist()
+
+
+def image_block_ids(processor, rows: int, cols: int) -> list[int]:
+    """The ids of an image's block as `ColModernVBertProcessor` writes it for a page of `rows` x `cols` tiles (0 x 0:
+    the global image alone): the processor's own text for the block, tokenized as the processor tokenizes the
+    prompt (its tags are special tokens, so the block tokenizes alone as it does inside the prompt)."""
+    text = processor.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
+    return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def max_tile_grid(image_processor) -> int:
+    """Rows (= columns) of tiles of the largest page: pages are resized to `size.longest_edge` at most, then to
+    multiples of the tile (`max_image_size.longest_edge`)."""
+    size, tile = image_processor.size, image_processor.max_image_size
+    longest = size["longest_edge"] if isinstance(size, dict) else size.longest_edge
+    tile_edge = tile["longest_edge"] if isinstance(tile, dict) else tile.longest_edge
+    return -(-int(longest) // int(tile_edge))

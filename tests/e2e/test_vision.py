@@ -303,8 +303,9 @@ def test_models_show_the_processor_encoding(vision_app, reference):
     encoding = next(card for card in r.json()["data"] if card["id"] == MODEL)["encoding"]
     processor = reference.processor
     assert encoding["format"] == "colmodernvbert"
-    assert encoding["image_tokens"] == processor.image_seq_len == 4
-    assert encoding["image_document_tokens"] == len(reference.document(page(0)))
+    # at most: a page of 2 x 2 tiles (48 x 64 pixels, resized to a longest edge of 64) and its global image
+    assert encoding["image_tokens"] == processor.image_seq_len * (2 * 2 + 1) == 20
+    assert encoding["image_document_tokens"] == len(reference.document(page(0))) == 43
     assert encoding["visual_prompt"] == processor.visual_prompt_prefix
     assert (encoding["query_augmentation"], encoding["query_augmentation_count"]) == ("<end_of_utterance>", 10)
 
@@ -536,3 +537,47 @@ def test_a_transparent_png_scores_as_the_processor_reads_it(vision_app, referenc
     expected = reference.scores(QUERIES[0], [image])  # Image.open gives RGBA: the processor converts it
     np.testing.assert_allclose(_rerank(vision_app, QUERIES[0], [data_url(image)]), expected, atol=1e-4, rtol=0)
     assert abs(reference.scores(QUERIES[0], [on_white])[0] - expected[0]) > 1e-2
+
+
+@pytest.mark.parametrize("splitting", [True, False])
+def test_colmodernvbert_vllm_processing_gives_the_processors_ids_and_pixels(tmp_path, splitting):
+    """vLLM's processing (through this service's plugin) of the prompt the encoder sends: `process_images`' ids and
+    pixels exactly, for a checkpoint whose image processor splits pages into tiles and one whose does not."""
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.multimodal.processing.context import TimingContext
+    from vllm.multimodal.processing.inputs import ProcessorInputs
+
+    from deployments.colmodernvbert_vllm import register
+    from scoring.late_interaction.vision import ARCHITECTURE, VisionProcessor, vision_engine_layout
+
+    import subprocess
+    import sys
+
+    from transformers import AutoProcessor
+
+    # written in a process of its own: once vLLM has registered its own ColModernVBert config with transformers
+    # (an earlier test's engine config), transformers' classes no longer build in this one
+    path = tmp_path / "ckpt"
+    subprocess.run([sys.executable, "-m", "tests.tiny_colmodernvbert", str(path)]
+                   + ([] if splitting else ["--no-splitting"]), check=True, capture_output=True)
+    register()
+    library = AutoProcessor.from_pretrained(str(path))
+    config = ModelConfig(model=str(vision_engine_layout(path, tmp_path / "cache")), tokenizer=str(path),
+                         runner="pooling", dtype="float32", max_model_len=128,
+                         hf_overrides={"architectures": [ARCHITECTURE]})
+    processor = MULTIMODAL_REGISTRY.create_processor(config)
+    ids = VisionProcessor(path, 128, 128).image_document_ids()
+    tile_counts = set()
+    for size in [(48, 64), (120, 30), (16, 16), (90, 40), (33, 200)]:
+        image = _pil(page(size[0], size)).convert("RGB")
+        items = processor.info.parse_mm_data({"image": [image]})
+        out = processor.apply(ProcessorInputs(prompt=ids, mm_data_items=items), TimingContext())
+        expected = library.process_images([image])
+        item = out["mm_kwargs"]["image"][0]
+        assert out["prompt_token_ids"] == expected["input_ids"][0].tolist(), size
+        tiles = int(item["num_patches"].data)
+        assert torch.equal(item["pixel_values"].data, expected["pixel_values"][0, :tiles]), size
+        assert expected["pixel_values"].shape[1] == tiles, size
+        tile_counts.add(tiles)
+    assert tile_counts == ({5, 3} if splitting else {1})

@@ -12,7 +12,13 @@ import pytest
 from safetensors import safe_open
 
 from scoring.checkpoints import CheckpointError
-from scoring.late_interaction.vision import VisionProcessor, check_no_text_settings, vision_engine_layout, vision_family
+from scoring.late_interaction.vision import (
+    VisionProcessor,
+    check_no_text_settings,
+    image_block_ids,
+    vision_engine_layout,
+    vision_family,
+)
 from scoring.messages import EncodeJob, ImageInput
 from scoring.store.batching import DEFAULT_IMAGE_TOKENS, estimate_tokens, plan_encode_calls
 from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
@@ -42,10 +48,25 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
+def _tiled(processor, ids: list[int], image) -> list[int]:
+    """`ids` with the global image's block replaced by `image`'s block of tiles, as vLLM's processing does it
+    (deployments/colmodernvbert_vllm_model.py)."""
+    out = processor.image_processor(images=[[image]], return_row_col_info=True)
+    block = image_block_ids(processor, 0, 0)
+    start = next(i for i in range(len(ids)) if ids[i:i + len(block)] == block)
+    return ids[:start] + image_block_ids(processor, out["rows"][0][0], out["cols"][0][0]) + ids[start + len(block):]
+
+
 def test_ids_are_the_processors(checkpoint, processor):
     vision = VisionProcessor(checkpoint, max_model_len=128, embedding_dim=128)
-    for size in [(48, 64), (200, 20), (8, 8)]:
-        assert vision.image_document_ids() == processor.process_images([_image(*size)])["input_ids"][0].tolist()
+    ids = vision.image_document_ids()
+    assert ids == processor.process_images([_image(8, 8)], do_image_splitting=False)["input_ids"][0].tolist()
+    lengths = set()
+    for size in [(48, 64), (200, 20), (8, 8), (64, 30)]:
+        expected = processor.process_images([_image(*size)])["input_ids"][0].tolist()
+        assert _tiled(processor, ids, _image(*size)) == expected, size
+        lengths.add(len(expected))
+    assert len(lengths) == 2  # pages of 2 x 2 tiles and of 1 x 2: each its own block
     queries = ["what does the chart show?", "red"]
     expected = processor.process_queries(queries, padding=False, return_tensors=None)["input_ids"]
     assert vision.query_ids(queries) == [list(ids) for ids in expected]
@@ -64,18 +85,20 @@ def test_the_image_block_and_augmentation_sit_where_the_processor_puts_them(chec
     query = processor.tokenizer.convert_ids_to_tokens(vision.query_ids(["red"])[0])
     assert query[-11:] == ["<end_of_utterance>"] * 10 + ["[SEP]"]
     encoding = vision.encoding
-    assert (encoding.image_tokens, encoding.image_document_tokens) == (4, len(tokens))
+    largest = len(processor.process_images([_image(64, 64)])["input_ids"][0])  # 2 x 2 tiles and the global image
+    assert (encoding.image_tokens, encoding.image_document_tokens) == (20, largest)
     assert encoding.as_dict(128)["format"] == "colmodernvbert"
 
 
 def test_texts_are_cut_at_max_tokens_and_the_engine_length(checkpoint):
-    vision = VisionProcessor(checkpoint, max_model_len=20, embedding_dim=128)
-    long = " ".join(["word"] * 40)
-    assert len(vision.text_document_ids([long])[0]) == 20
+    vision = VisionProcessor(checkpoint, max_model_len=44, embedding_dim=128)
+    long = " ".join(["word"] * 80)
+    assert len(vision.text_document_ids([long])[0]) == 44
     assert len(vision.text_document_ids([long], max_tokens=6)[0]) == 6
     assert len(vision.query_ids([long], max_tokens=8)[0]) == 8
-    with pytest.raises(CheckpointError, match="image document takes 19 tokens"):
-        VisionProcessor(checkpoint, max_model_len=12, embedding_dim=128)
+    # the largest page (2 x 2 tiles and the global image) must fit the engine's length
+    with pytest.raises(CheckpointError, match="image document takes up to 43 tokens"):
+        VisionProcessor(checkpoint, max_model_len=42, embedding_dim=128)
 
 
 def test_image_is_decoded_to_rgb():
@@ -83,16 +106,15 @@ def test_image_is_decoded_to_rgb():
     assert VisionProcessor.image(_png(image)).mode == "RGB"
 
 
-def test_a_tiling_image_processor_is_refused(checkpoint, tmp_path):
-    import shutil
+def test_a_processor_without_tiles_sends_each_page_as_one_global_image(tmp_path):
+    from transformers import AutoProcessor
 
-    copy = tmp_path / "tiles"
-    shutil.copytree(checkpoint, copy)
-    settings = json.loads((copy / "processor_config.json").read_text())
-    settings["image_processor"]["do_image_splitting"] = True
-    (copy / "processor_config.json").write_text(json.dumps(settings))
-    with pytest.raises(CheckpointError, match="splits images into tiles"):
-        VisionProcessor(copy, max_model_len=128, embedding_dim=128)
+    plain = build_tiny_colmodernvbert(tmp_path / "plain", image_splitting=False)
+    processor = AutoProcessor.from_pretrained(str(plain))
+    vision = VisionProcessor(plain, max_model_len=128, embedding_dim=128)
+    for size in [(48, 64), (200, 20)]:
+        assert vision.image_document_ids() == processor.process_images([_image(*size)])["input_ids"][0].tolist()
+    assert (vision.encoding.image_tokens, vision.encoding.image_document_tokens) == (4, 19)
 
 
 def test_family_from_architectures(checkpoint):
