@@ -8,9 +8,12 @@ For both servers, the largest |score difference| against transformers' reference
 `ColModernVBertForRetrieval` + `score_retrieval` of each page, float32) over the first requests.
 
 No ColModernVBert weights can be downloaded here: the checkpoint is tests/tiny_colmodernvbert.py's (random, 32-pixel
-images, 4 image tokens a page), so the numbers say what the serving path costs around a small model, not what the
-250M model's forward pass costs. This service loads it by path alone; vLLM's server gets the layout it reads (the
-converted copy scoring/late_interaction/vision.py writes), with its defaults otherwise.
+tiles, 4 image tokens a tile; its image processor splits a page into up to 2 x 2 tiles and the global image, as the
+released one splits a page into up to 4 x 4), so the numbers say what the serving path costs around a small model,
+not what the 250M model's forward pass costs. This service encodes each page as the library does (5 tiles, 20 image
+tokens); vLLM's server, which never splits, encodes one 32-pixel image (4 image tokens). This service loads it by
+path alone; vLLM's server gets the layout it reads (the converted copy scoring/late_interaction/vision.py writes), with
+its defaults otherwise.
 
     .venv/bin/python -m benchmarks.vision_bench                          # table + results/vision_bench.json
     .venv/bin/python -m benchmarks.vision_bench --requests 4 --pages 4   # smoke run
@@ -240,7 +243,8 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "settings": {k: v for k, v in vars(args).items() if k not in ("serve", "checkpoint", "output")},
-        "checkpoint": "tests/tiny_colmodernvbert.py (random; 32-pixel images, 4 image tokens, 19-token pages)",
+        "checkpoint": "tests/tiny_colmodernvbert.py (random; 32-pixel tiles of 4 image tokens; a 256-pixel page is "
+                      "2 x 2 tiles and the global image, 43 tokens, as its processor splits it)",
         "runs": rows,
         "max_abs_difference_vs_transformers": differences,
     }, indent=2))

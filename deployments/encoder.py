@@ -142,8 +142,8 @@ class Encoder(EngineReplica):
 
     async def _start_vision(self, path, family: str, document_cache_bytes: int, started: float) -> None:
         """Start the engine on a vision checkpoint (converted to vLLM's layout if need be), with vLLM's processor
-        taking the image's place from the prompt (deployments/colmodernvbert_vllm.py; ColQwen3: vLLM's Qwen3-VL processing
-        through the plugin that runs it without torchvision, scoring/late_interaction/colqwen3.py)."""
+        taking the image's place from the prompt (deployments/colmodernvbert_vllm.py; ColQwen3: vLLM's Qwen3-VL
+        processing through the plugin that runs it without torchvision, scoring/late_interaction/colqwen3.py)."""
         model = self._model
         check_no_text_settings(model)
         if family == "colqwen3":
@@ -155,7 +155,7 @@ class Encoder(EngineReplica):
             family_args, prompts = colpali_engine_args(path), ColPaliPrompts
             self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
         else:
-            add_plugin_path()  # vLLM's processes load the ColModernVBert model class (deployments/colmodernvbert_vllm.py)
+            add_plugin_path()  # vLLM's processes load the ColModernVBert model (deployments/colmodernvbert_vllm.py)
             family_args = {"weights": str(vision_engine_layout(path)), "hf_overrides": {"architectures": [VISION_ARCH]}}
             prompts = VisionProcessor
             self._dim = int(checkpoint_config(path).get("embedding_dim", 128))
