@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, _free_port, wait_until
 from tests.e2e.serve_configs import uncommented_serve_config
 from tests.tiny_cross_encoder import build_tiny_cross_encoder
 from tests.tiny_qwen3 import build_tiny_qwen3
@@ -38,12 +37,6 @@ SERVE = str(Path(sys.executable).with_name("serve"))
 QUERY, DOCUMENTS = "what is the capital of France?", ["Berlin is in Germany.", "Paris is the capital of France."]
 ENGINE_START_S = 1500  # four engines starting at once on 2 cores: 10 min seen on a busy machine
 STOP_S = 30  # `serve run` exits a few seconds after Ctrl-C; past this, its group is killed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServeRun:
