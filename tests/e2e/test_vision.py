@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from scoring.messages import DocumentSpec, ImageInput, QuerySpec
+from tests.conftest import ROOT
 from tests.tiny_colmodernvbert import build_tiny_colmodernvbert
 from tests.tiny_colqwen3 import CardReference, build_tiny_colqwen3
 from tests.tiny_jina_m0 import SERVICE_PIXELS, build_tiny_jina_m0, card_scorer, write_flat_config
@@ -542,42 +543,18 @@ def test_a_transparent_png_scores_as_the_processor_reads_it(vision_app, referenc
 @pytest.mark.parametrize("splitting", [True, False])
 def test_colmodernvbert_vllm_processing_gives_the_processors_ids_and_pixels(tmp_path, splitting):
     """vLLM's processing (through this service's plugin) of the prompt the encoder sends: `process_images`' ids and
-    pixels exactly, for a checkpoint whose image processor splits pages into tiles and one whose does not."""
-    from vllm.config import ModelConfig
-    from vllm.multimodal import MULTIMODAL_REGISTRY
-    from vllm.multimodal.processing.context import TimingContext
-    from vllm.multimodal.processing.inputs import ProcessorInputs
-
-    from deployments.colmodernvbert_vllm import register
-    from scoring.late_interaction.vision import ARCHITECTURE, VisionProcessor, vision_engine_layout
-
+    pixels exactly, for a checkpoint whose image processor splits pages into tiles and one whose does not (in a
+    process of its own: tests/e2e/colmodernvbert_processing.py says why)."""
+    import json
     import subprocess
     import sys
 
-    from transformers import AutoProcessor
-
-    # written in a process of its own: once vLLM has registered its own ColModernVBert config with transformers
-    # (an earlier test's engine config), transformers' classes no longer build in this one
-    path = tmp_path / "ckpt"
-    subprocess.run([sys.executable, "-m", "tests.tiny_colmodernvbert", str(path)]
-                   + ([] if splitting else ["--no-splitting"]), check=True, capture_output=True)
-    register()
-    library = AutoProcessor.from_pretrained(str(path))
-    config = ModelConfig(model=str(vision_engine_layout(path, tmp_path / "cache")), tokenizer=str(path),
-                         runner="pooling", dtype="float32", max_model_len=128,
-                         hf_overrides={"architectures": [ARCHITECTURE]})
-    processor = MULTIMODAL_REGISTRY.create_processor(config)
-    ids = VisionProcessor(path, 128, 128).image_document_ids()
-    tile_counts = set()
-    for size in [(48, 64), (120, 30), (16, 16), (90, 40), (33, 200)]:
-        image = _pil(page(size[0], size)).convert("RGB")
-        items = processor.info.parse_mm_data({"image": [image]})
-        out = processor.apply(ProcessorInputs(prompt=ids, mm_data_items=items), TimingContext())
-        expected = library.process_images([image])
-        item = out["mm_kwargs"]["image"][0]
-        assert out["prompt_token_ids"] == expected["input_ids"][0].tolist(), size
-        tiles = int(item["num_patches"].data)
-        assert torch.equal(item["pixel_values"].data, expected["pixel_values"][0, :tiles]), size
-        assert expected["pixel_values"].shape[1] == tiles, size
-        tile_counts.add(tiles)
-    assert tile_counts == ({5, 3} if splitting else {1})
+    run = subprocess.run([sys.executable, "-m", "tests.e2e.colmodernvbert_processing", str(tmp_path)]
+                         + ([] if splitting else ["--no-splitting"]), capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    pages = json.loads(run.stdout.strip().splitlines()[-1])
+    for page_ in pages:
+        assert page_["ids_equal"] and page_["pixels_equal"], page_
+        assert page_["tiles"] == page_["library_tiles"], page_
+    assert {p["tiles"] for p in pages} == ({5, 3} if splitting else {1})
