@@ -20,7 +20,13 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageSize
 from vllm.multimodal.processing import PromptReplacement, PromptUpdateDetails
 
-from scoring.late_interaction.vision import image_block_ids, max_tile_grid
+from scoring.late_interaction.vision import (
+    image_block_ids,
+    image_block_text,
+    longest_edge,
+    max_image_tokens,
+    max_tile_grid,
+)
 
 
 class LibraryProcessingInfo(ColModernVBertProcessingInfo):
@@ -32,23 +38,26 @@ class LibraryProcessingInfo(ColModernVBertProcessingInfo):
         config = self.ctx.model_config
         return AutoProcessor.from_pretrained(config.tokenizer or config.model)
 
-    def splits(self) -> bool:
-        return bool(getattr(self.library_processor.image_processor, "do_image_splitting", False))
+    @cached_property
+    def _blocks(self) -> dict[tuple[int, int], list[int]]:
+        return {}
+
+    def block_ids(self, rows: int, cols: int) -> list[int]:
+        """`image_block_ids` of a page of `rows` x `cols` tiles, tokenized once per grid (not once per page)."""
+        key = (rows, cols)
+        if key not in self._blocks:
+            self._blocks[key] = image_block_ids(self.library_processor, rows, cols)
+        return self._blocks[key]
 
     def get_image_size_with_most_features(self) -> ImageSize:
         """A page at the resize's bound gives the most tiles (the bound is the tile's size without tiles)."""
         image_processor = self.library_processor.image_processor
-        edge = max_tile_grid(image_processor) * self._tile_edge() if self.splits() else self._tile_edge()
+        edge = max(max_tile_grid(image_processor), 1) * longest_edge(image_processor.max_image_size)
         return ImageSize(width=edge, height=edge)
 
     def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
         """The `<image>` tokens of the largest page (what vLLM sizes its encoder cache by)."""
-        grid = max_tile_grid(self.library_processor.image_processor) if self.splits() else 0
-        return self.get_hf_config().image_seq_len * (grid * grid + 1)
-
-    def _tile_edge(self) -> int:
-        tile = self.library_processor.image_processor.max_image_size
-        return int(tile["longest_edge"] if isinstance(tile, dict) else tile.longest_edge)
+        return max_image_tokens(self.library_processor)
 
 
 class LibraryImageProcessor(ColModernVBertMultiModalProcessor):
@@ -82,22 +91,21 @@ class LibraryImageProcessor(ColModernVBertMultiModalProcessor):
         )
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        processor = self.info.library_processor
-        image_token = self.info.get_hf_config().image_token_id
+        info = self.info
+        image_token = info.get_hf_config().image_token_id
 
         def block(item_idx: int) -> PromptUpdateDetails:
             item = out_mm_kwargs["image"][item_idx]
-            ids = image_block_ids(processor, int(item["rows"].data), int(item["cols"].data))
+            ids = info.block_ids(int(item["rows"].data), int(item["cols"].data))
             return PromptUpdateDetails.select_token_id(ids, image_token)
 
-        return [PromptReplacement(modality="image", target=image_block_ids(processor, 0, 0), replacement=block)]
+        return [PromptReplacement(modality="image", target=info.block_ids(0, 0), replacement=block)]
 
 
 class LibraryDummyInputs(ColModernVBertDummyInputsBuilder):
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
         """One global image's block per image: the text the processing above replaces."""
-        processor = self.info.library_processor
-        return processor.replace_image_token({"rows": [[0]], "cols": [[0]]}, 0) * mm_counts.get("image", 0)
+        return image_block_text(self.info.library_processor, 0, 0) * mm_counts.get("image", 0)
 
 
 @MULTIMODAL_REGISTRY.register_processor(

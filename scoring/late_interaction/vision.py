@@ -200,15 +200,12 @@ class VisionProcessor:
         self._processor = AutoProcessor.from_pretrained(str(path))
         self._tokenizer = self._processor.tokenizer
         self._max_model_len = max_model_len
-        image_processor = self._processor.image_processor
-        self.splits = bool(getattr(image_processor, "do_image_splitting", False))
         # the visual prompt around one global image (no tiles: ids that do not depend on the image)
-        self._image_ids = image_document_ids(self._processor)
+        self._image_ids = global_image_document_ids(self._processor)
         image_token = self._tokenizer.convert_tokens_to_ids(self._processor.image_token)
-        seq_len = int(self._processor.image_seq_len)
-        if self._image_ids.count(image_token) != seq_len:
+        if self._image_ids.count(image_token) != int(self._processor.image_seq_len):
             raise CheckpointError(f"{path}: the visual prompt does not hold one image's {image_token} tokens")
-        grid = max_tile_grid(image_processor) if self.splits else 0
+        grid = max_tile_grid(self._processor.image_processor)
         largest = len(self._image_ids) - len(image_block_ids(self._processor, 0, 0)) + len(
             image_block_ids(self._processor, grid, grid))
         if largest > max_model_len:
@@ -218,7 +215,7 @@ class VisionProcessor:
             )
         self.encoding = VisionEncoding(
             family="colmodernvbert",
-            image_tokens=seq_len * (grid * grid + 1 if self.splits else 1),  # at most: tiles follow a page's size
+            image_tokens=max_image_tokens(self._processor),  # at most: a page's tiles follow its size
             image_document_tokens=largest,
             visual_prompt=self._processor.visual_prompt_prefix,
             query_prefix=self._processor.query_prefix,
@@ -257,7 +254,7 @@ class VisionProcessor:
         return [list(ids) for ids in encoded["input_ids"]]
 
 
-def image_document_ids(processor) -> list[int]:
+def global_image_document_ids(processor) -> list[int]:
     """`process_images`' ids of one image as a single global image (no tiles), from the checkpoint's processor."""
     from PIL import Image
 
@@ -265,18 +262,32 @@ def image_document_ids(processor) -> list[int]:
     return processor.process_images([blank], do_image_splitting=False)["input_ids"][0].tolist()
 
 
+def image_block_text(processor, rows: int, cols: int) -> str:
+    """An image's block as `ColModernVBertProcessor` writes it for a page of `rows` x `cols` tiles (0 x 0: the global
+    image alone)."""
+    return processor.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
+
+
 def image_block_ids(processor, rows: int, cols: int) -> list[int]:
-    """The ids of an image's block as `ColModernVBertProcessor` writes it for a page of `rows` x `cols` tiles (0 x 0:
-    the global image alone): the processor's own text for the block, tokenized as the processor tokenizes the
-    prompt (its tags are special tokens, so the block tokenizes alone as it does inside the prompt)."""
-    text = processor.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
-    return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    """`image_block_text`'s ids, tokenized as the processor tokenizes the prompt (its tags are special tokens, so the
+    block tokenizes alone as it does inside the prompt)."""
+    return processor.tokenizer(image_block_text(processor, rows, cols), add_special_tokens=False)["input_ids"]
+
+
+def longest_edge(size) -> int:
+    """`longest_edge` of an image processor's size setting (a dict, or transformers' `SizeDict`)."""
+    return int(size["longest_edge"] if isinstance(size, dict) else size.longest_edge)
 
 
 def max_tile_grid(image_processor) -> int:
     """Rows (= columns) of tiles of the largest page: pages are resized to `size.longest_edge` at most, then to
-    multiples of the tile (`max_image_size.longest_edge`)."""
-    size, tile = image_processor.size, image_processor.max_image_size
-    longest = size["longest_edge"] if isinstance(size, dict) else size.longest_edge
-    tile_edge = tile["longest_edge"] if isinstance(tile, dict) else tile.longest_edge
-    return -(-int(longest) // int(tile_edge))
+    multiples of the tile (`max_image_size.longest_edge`). 0 where the processor does not split pages."""
+    if not getattr(image_processor, "do_image_splitting", False):
+        return 0
+    return -(-longest_edge(image_processor.size) // longest_edge(image_processor.max_image_size))
+
+
+def max_image_tokens(processor) -> int:
+    """The `<image>` tokens of the largest page: its tiles' and the global image's."""
+    grid = max_tile_grid(processor.image_processor)
+    return int(processor.image_seq_len) * (grid * grid + 1)
